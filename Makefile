@@ -1,0 +1,38 @@
+# ballast — see README.md.
+GO      ?= go
+OUT     ?= out
+RECIPE  ?= control-plane
+# The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
+TESTFLAGS ?= -race -count=1 -timeout 40m
+
+.PHONY: all deps build image images test check bench-boot clean
+
+all: build
+
+deps:
+	tools/deps.sh test
+
+build:
+	$(GO) build -o bin/ ./image/cmd/imgbuild
+
+image: build
+	tools/deps.sh build
+	bin/imgbuild --recipe $(RECIPE) --out $(OUT)
+
+images: build
+	tools/deps.sh build
+	bin/imgbuild --recipe control-plane --out $(OUT)
+	bin/imgbuild --recipe worker --out $(OUT)
+
+check:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet ./...
+
+test: deps check
+	$(GO) test $(TESTFLAGS) ./...
+
+bench-boot: deps
+	$(GO) run ./tools/bench/boot
+
+clean:
+	rm -rf bin $(OUT)

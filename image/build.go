@@ -1,0 +1,330 @@
+// Package image turns a recipe into bootable artifacts.
+//
+//	r, _ := image.LoadRecipe("control-plane")
+//	m, err := image.Build(ctx, image.Options{Recipe: r, OutDir: "out", SourceDir: "."})
+//
+// Outputs go to OutDir/<recipe>/ and are reproducible: the same recipe and
+// inputs give byte-identical files (sorted archive entries, zero mtimes,
+// -trimpath builds, no host paths or times).
+package image
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/kernel"
+	"github.com/ballast-os/ballast/netboot"
+)
+
+// Options configure one build. Zero values are documented per field.
+type Options struct {
+	Recipe *Recipe
+	OutDir string // artifacts go to OutDir/<recipe name>/; required
+	// SourceDir is the ballast module root, used to build initagent. Required unless Initagent is set.
+	SourceDir string
+	// Initagent is a prebuilt initagent binary; empty builds it from SourceDir.
+	Initagent string
+	// KernelCache holds fetched kernels; empty means kernel.CacheDir().
+	KernelCache string
+	// CABundle is put at /etc/ssl/certs/ca-certificates.crt; empty means the host's Debian bundle.
+	CABundle string
+	// Progress receives one line per stage; nil discards them.
+	Progress io.Writer
+	// Log receives structured logs; nil discards them.
+	Log *slog.Logger
+}
+
+// Output names, fixed so scripts and the netboot server can rely on them.
+const (
+	KernelFile    = "vmlinuz"
+	InitramfsFile = "initramfs.img"
+	IPXEFile      = "boot.ipxe"
+	ManifestFile  = "manifest.json"
+)
+
+// DefaultCABundle is Debian's ca-certificates bundle.
+const DefaultCABundle = "/etc/ssl/certs/ca-certificates.crt"
+
+// Build runs every stage and returns the manifest it wrote.
+func Build(ctx context.Context, o Options) (*Manifest, error) {
+	if o.Recipe == nil || o.OutDir == "" {
+		return nil, fmt.Errorf("BUG: image.Build needs Recipe and OutDir")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.KernelCache == "" {
+		o.KernelCache = kernel.CacheDir()
+	}
+	if o.CABundle == "" {
+		o.CABundle = DefaultCABundle
+	}
+	r := o.Recipe
+	dir := filepath.Join(o.OutDir, r.Name)
+	p := NewProgress(o.Progress, 5)
+	m := &Manifest{
+		Recipe: ManifestRecipe{Name: r.Name, Source: recipeSource(r.File), SHA256: r.SHA256},
+		Go:     runtime.Version(),
+	}
+
+	var (
+		k       *kernel.Kernel
+		modules []kernel.Module
+	)
+	err := p.Stage("kernel", func() (string, error) {
+		var err error
+		if l := r.Kernel.Local; l != nil {
+			k, err = kernel.Local(l.Vmlinuz, l.Modules)
+		} else {
+			var pin kernel.Pin
+			if pin, err = kernel.PinFor(r.Kernel.Flavour); err == nil {
+				k, err = kernel.Fetch(ctx, o.KernelCache, pin, o.Log)
+			}
+		}
+		if err != nil {
+			return "", err
+		}
+		if modules, err = k.Resolve(r.Kernel.Modules); err != nil {
+			return "", fmt.Errorf("%s: kernel.modules: %w", r.File, err)
+		}
+		return fmt.Sprintf("%s, %d modules (%d named)", k.Release, len(modules), len(r.Kernel.Modules)), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	m.Kernel = ManifestKernel{Release: k.Release, Source: k.Source}
+
+	agentPath := o.Initagent
+	err = p.Stage("initagent", func() (string, error) {
+		if agentPath != "" {
+			return "prebuilt " + agentPath, nil
+		}
+		var err error
+		agentPath, err = buildInitagent(ctx, o.SourceDir, filepath.Join(o.OutDir, ".build"))
+		return "go build " + initagentPkg, err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	err = p.Stage("initramfs", func() (string, error) {
+		a, inputs, err := initramfs(r, k, modules, agentPath, o.CABundle)
+		if err != nil {
+			return "", err
+		}
+		m.Inputs = inputs
+		for _, mod := range modules {
+			m.Modules = append(m.Modules, mod.Name)
+		}
+		n, err := writeAtomic(filepath.Join(dir, InitramfsFile), a.WriteTo)
+		return fmt.Sprintf("%d entries, %.1f MiB", len(a.Names()), float64(n)/(1<<20)), err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	err = p.Stage("kernel+pxe", func() (string, error) {
+		if err := copyAtomic(filepath.Join(dir, KernelFile), k.Vmlinuz); err != nil {
+			return "", err
+		}
+		sums := map[string]string{}
+		for _, name := range []string{KernelFile, InitramfsFile} {
+			sum, _, err := fileSHA256(filepath.Join(dir, name))
+			if err != nil {
+				return "", err
+			}
+			sums[name] = sum
+		}
+		script := netboot.Script(netboot.ScriptParams{
+			Title: r.Name, Kernel: KernelFile, Initrds: []string{InitramfsFile}, Cmdline: r.Cmdline, SHA256: sums,
+		})
+		_, err := writeAtomic(filepath.Join(dir, IPXEFile), func(w io.Writer) (int64, error) {
+			n, err := w.Write(script)
+			return int64(n), err
+		})
+		return IPXEFile, err
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	err = p.Stage("manifest", func() (string, error) {
+		for _, name := range []string{KernelFile, InitramfsFile, IPXEFile} {
+			sum, size, err := fileSHA256(filepath.Join(dir, name))
+			if err != nil {
+				return "", err
+			}
+			m.Outputs = append(m.Outputs, ManifestFileEntry{Name: name, Size: size, SHA256: sum})
+		}
+		data, err := json.MarshalIndent(m, "", "  ")
+		if err != nil {
+			return "", err
+		}
+		_, err = writeAtomic(filepath.Join(dir, ManifestFile), func(w io.Writer) (int64, error) {
+			n, err := w.Write(append(data, '\n'))
+			return int64(n), err
+		})
+		return dir, err
+	})
+	return m, err
+}
+
+const initagentPkg = "./initagent/cmd/initagent"
+
+// buildInitagent builds a static, reproducible initagent: no cgo, no build
+// IDs, no VCS stamps, no host paths.
+func buildInitagent(ctx context.Context, srcDir, buildDir string) (string, error) {
+	if srcDir == "" {
+		return "", fmt.Errorf("no ballast source tree to build initagent from: run imgbuild inside the ballast checkout, or pass --initagent")
+	}
+	if err := os.MkdirAll(buildDir, 0o755); err != nil {
+		return "", err
+	}
+	out, err := filepath.Abs(filepath.Join(buildDir, "initagent"))
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-buildvcs=false",
+		"-ldflags=-s -w -buildid=", "-o", out, initagentPkg)
+	cmd.Dir = srcDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64", "GOFLAGS=-mod=mod")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %w\n%s", initagentPkg, err, b)
+	}
+	return out, nil
+}
+
+func initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, agentPath, caBundle string) (*Archive, []ManifestFileEntry, error) {
+	a := NewArchive()
+	var inputs []ManifestFileEntry
+	addHostFile := func(name, src string, perm uint64) error {
+		data, err := os.ReadFile(src)
+		if err != nil {
+			return fmt.Errorf("initramfs %s: %w", name, err)
+		}
+		sum := sha256.Sum256(data)
+		inputs = append(inputs, ManifestFileEntry{Name: name, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])})
+		return a.AddFile(name, data, perm)
+	}
+	for _, d := range []string{"/dev", "/proc", "/sys", "/run", "/tmp", "/var", "/root", "/mnt"} {
+		if err := a.AddDir(d, 0o755); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := a.AddCharDev("/dev/console", 0o600, 5, 1); err != nil {
+		return nil, nil, err
+	}
+	if err := a.AddCharDev("/dev/null", 0o666, 1, 3); err != nil {
+		return nil, nil, err
+	}
+	if err := addHostFile("/init", agentPath, 0o755); err != nil {
+		return nil, nil, err
+	}
+	if caBundle != "" {
+		if err := addHostFile("/etc/ssl/certs/ca-certificates.crt", caBundle, 0o644); err != nil {
+			return nil, nil, fmt.Errorf("%w (install Debian's ca-certificates package)", err)
+		}
+	}
+	info := boot.ImageInfo{Recipe: r.Name, Role: r.Role, Hostname: r.Hostname, KernelRelease: k.Release}
+	modRoot := "/lib/modules/" + k.Release
+	for _, mod := range modules {
+		data, err := os.ReadFile(filepath.Join(k.ModulesDir, mod.Path))
+		if err != nil {
+			return nil, nil, fmt.Errorf("module %s of kernel %s: %w", mod.Name, k.Release, err)
+		}
+		if err := a.AddFile(modRoot+"/"+mod.Path, data, 0o644); err != nil {
+			return nil, nil, err
+		}
+		info.Modules = append(info.Modules, mod.Path)
+	}
+	infoJSON, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := a.AddFile(boot.ImageInfoPath, append(infoJSON, '\n'), 0o644); err != nil {
+		return nil, nil, err
+	}
+	osRelease := fmt.Sprintf("NAME=ballast\nID=ballast\nVARIANT_ID=%s\nPRETTY_NAME=\"ballast %s\"\n", r.Name, r.Name)
+	if err := a.AddFile("/etc/os-release", []byte(osRelease), 0o644); err != nil {
+		return nil, nil, err
+	}
+	return a, inputs, nil
+}
+
+// writeAtomic writes path through a temporary file in the same directory,
+// so a failed build never leaves a truncated artifact behind.
+func writeAtomic(path string, write func(io.Writer) (int64, error)) (int64, error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	n, err := write(f)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return n, fmt.Errorf("write %s: %w", path, err)
+	}
+	return n, os.Rename(f.Name(), path)
+}
+
+func copyAtomic(dst, src string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	_, err = writeAtomic(dst, func(w io.Writer) (int64, error) { return io.Copy(w, in) })
+	return err
+}
+
+func fileSHA256(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	return hex.EncodeToString(h.Sum(nil)), n, err
+}
+
+// FindSourceDir walks up from dir to the ballast module root.
+func FindSourceDir(dir string) (string, error) {
+	for d := dir; ; d = filepath.Dir(d) {
+		data, err := os.ReadFile(filepath.Join(d, "go.mod"))
+		if err == nil && bytes.HasPrefix(data, []byte("module github.com/ballast-os/ballast\n")) {
+			return d, nil
+		}
+		if parent := filepath.Dir(d); parent == d {
+			return "", fmt.Errorf("%s is not inside the ballast source tree", strings.TrimSpace(dir))
+		}
+	}
+}
+
+// recipeSource names a recipe without the host directory it was read from.
+func recipeSource(file string) string {
+	if strings.HasPrefix(file, "embedded:") {
+		return file
+	}
+	return "file:" + filepath.Base(file)
+}

@@ -1,0 +1,111 @@
+package image
+
+import (
+	"fmt"
+	"io"
+	"path"
+	"sort"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/u-root/u-root/pkg/cpio"
+)
+
+// Archive is an in-memory initramfs manifest: archive path → record.
+// Entries are checked for conflicts as they are added and written in sorted
+// order with normalised metadata, so equal inputs give equal bytes.
+type Archive struct {
+	records map[string]cpio.Record
+}
+
+// NewArchive returns an empty archive holding the root directory.
+func NewArchive() *Archive {
+	return &Archive{records: map[string]cpio.Record{}}
+}
+
+// AddFile adds a regular file, creating its parent directories.
+func (a *Archive) AddFile(name string, data []byte, perm uint64) error {
+	return a.add(cpio.StaticRecord(data, cpio.Info{Name: name, Mode: cpio.S_IFREG | perm}))
+}
+
+// AddDir adds a directory and its parents.
+func (a *Archive) AddDir(name string, perm uint64) error {
+	return a.add(cpio.Directory(name, perm))
+}
+
+// AddCharDev adds a character device node (e.g. /dev/console, which the
+// kernel opens before it runs /init).
+func (a *Archive) AddCharDev(name string, perm, major, minor uint64) error {
+	return a.add(cpio.CharDev(name, perm, major, minor))
+}
+
+// AddSymlink adds a symbolic link.
+func (a *Archive) AddSymlink(name, target string) error {
+	return a.add(cpio.Symlink(name, target))
+}
+
+func (a *Archive) add(r cpio.Record) error {
+	name := cpio.Normalize(r.Name)
+	if name == "" || name == "." || strings.HasPrefix(name, "../") {
+		return fmt.Errorf("BUG: bad archive path %q", r.Name)
+	}
+	r.Name = name
+	if old, ok := a.records[name]; ok {
+		if old.Mode&cpio.S_IFMT == cpio.S_IFDIR && r.Mode&cpio.S_IFMT == cpio.S_IFDIR {
+			return nil
+		}
+		return fmt.Errorf("initramfs: %q added twice", "/"+name)
+	}
+	if dir := path.Dir(name); dir != "." {
+		if err := a.add(cpio.Directory(dir, 0o755)); err != nil {
+			return err
+		}
+	}
+	a.records[name] = cpio.MakeReproducible(r)
+	return nil
+}
+
+// Names lists the archive's paths in write order.
+func (a *Archive) Names() []string {
+	names := make([]string, 0, len(a.records))
+	for n := range a.records {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// WriteTo writes the archive as a zstd-compressed newc cpio. Sorted names put
+// every directory before its contents.
+func (a *Archive) WriteTo(w io.Writer) (int64, error) {
+	cw := &countingWriter{w: w}
+	// One encoder goroutine and a fixed level make the output depend only on the input.
+	zw, err := zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return 0, err
+	}
+	rw := cpio.Newc.Writer(zw)
+	for _, name := range a.Names() {
+		if err := rw.WriteRecord(a.records[name]); err != nil {
+			return cw.n, fmt.Errorf("initramfs: write %s: %w", name, err)
+		}
+	}
+	if err := cpio.WriteTrailer(rw); err != nil {
+		return cw.n, err
+	}
+	if err := zw.Close(); err != nil {
+		return cw.n, err
+	}
+	return cw.n, nil
+}
+
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}

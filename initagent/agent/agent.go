@@ -1,0 +1,109 @@
+// Package agent is initagent's boot sequence: it brings the node from the
+// kernel handing over to a ready state, runs the daemons, and returns when
+// the machine should go down.
+package agent
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/pid1"
+	"github.com/ballast-os/ballast/initagent/pid1/readiness"
+)
+
+// Agent runs one boot of a node.
+type Agent struct {
+	Log     *slog.Logger
+	Console io.Writer // gets the readiness line
+	// Root is "/" on a node; tests may point it elsewhere.
+	Root string
+	// StopTimeout bounds how long each daemon may take to stop; zero means 10s.
+	StopTimeout time.Duration
+
+	sup pid1.Supervisor
+}
+
+// Run boots the node and blocks until a power request arrives. It returns the
+// request after stopping the daemons; an error means boot could not go on.
+func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if a.Root == "" {
+		a.Root = "/"
+	}
+	if a.StopTimeout == 0 {
+		a.StopTimeout = 10 * time.Second
+	}
+	a.sup.Log = a.Log
+	bootStart := time.Now()
+
+	if err := boot.MountEssential(a.Root, a.Log); err != nil {
+		return pid1.Request{}, err
+	}
+	// Orphans can appear from here on; reap them for the life of the agent.
+	reaper := &pid1.Reaper{Log: a.Log}
+	go reaper.Run(ctx)
+
+	cmdline, err := boot.ReadCmdline()
+	if err != nil {
+		return pid1.Request{}, err
+	}
+	a.Log.Info("kernel cmdline", "ballast", cmdline.Ballast())
+	var shutdownAfterReady pid1.Action
+	if v, ok := cmdline.Get("ballast.shutdown"); ok {
+		if shutdownAfterReady, err = pid1.ParseAction(v); err != nil {
+			a.Log.Error("ignoring ballast.shutdown", "err", err)
+		}
+	}
+
+	info, err := boot.ReadImageInfo(filepath.Join(a.Root, boot.ImageInfoPath))
+	if err != nil {
+		// Without it there is no module list, but the node can still come up on built-in drivers.
+		a.Log.Error("no image description, skipping module loading", "err", err)
+		info = &boot.ImageInfo{}
+	} else {
+		res := boot.LoadModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
+		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
+			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
+	}
+
+	hostname := info.Hostname
+	if v, ok := cmdline.Get("ballast.hostname"); ok && v != "" {
+		hostname = v
+	}
+	if hostname == "" {
+		hostname = "ballast"
+	}
+	if err := boot.SetHostname(hostname); err != nil {
+		a.Log.Error("hostname", "err", err)
+	}
+
+	requests := make(chan pid1.Request, 1)
+	go pid1.WatchSignals(ctx, requests)
+	go pid1.WatchPowerButton(ctx, a.Log, requests)
+
+	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
+		Uptime: time.Since(bootStart)})
+	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
+
+	var req pid1.Request
+	if shutdownAfterReady != "" {
+		req = pid1.Request{Action: shutdownAfterReady, Reason: "ballast.shutdown on the kernel cmdline"}
+	} else {
+		select {
+		case req = <-requests:
+		case <-ctx.Done():
+			req = pid1.Request{Action: pid1.Poweroff, Reason: "context cancelled"}
+		}
+	}
+	a.Log.Info("shutting down", "action", req.Action, "reason", req.Reason)
+	if stuck := a.sup.StopAll(a.StopTimeout); len(stuck) > 0 {
+		a.Log.Error("daemons did not stop", "daemons", fmt.Sprint(stuck))
+	}
+	return req, nil
+}

@@ -1,0 +1,36 @@
+// Package boot brings up the early userspace of a ballast node: the
+// essential mounts, kernel modules, the kernel command line and the
+// hostname. Essential steps return errors; optional ones are logged and boot
+// continues, so a node stays reachable for repair.
+package boot
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+)
+
+// ImageInfoPath is where imgbuild describes the image to the agent.
+const ImageInfoPath = "/etc/ballast/image.json"
+
+// ImageInfo is what imgbuild tells initagent about the image it runs in.
+type ImageInfo struct {
+	Recipe        string   `json:"recipe"`
+	Role          string   `json:"role"`
+	Hostname      string   `json:"hostname,omitempty"`
+	KernelRelease string   `json:"kernelRelease"`
+	Modules       []string `json:"modules"` // paths under /lib/modules/<release>, in load order
+}
+
+// ReadImageInfo reads the image description at path.
+func ReadImageInfo(path string) (*ImageInfo, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read image info: %w", err)
+	}
+	var info ImageInfo
+	if err := json.Unmarshal(data, &info); err != nil {
+		return nil, fmt.Errorf("parse image info %s: %w", path, err)
+	}
+	return &info, nil
+}

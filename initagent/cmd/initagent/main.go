@@ -1,0 +1,55 @@
+// Command initagent is ballast's PID 1.
+//
+// It never returns: after the agent asks for a power action it kills what is
+// left, syncs and calls reboot(2). On a fatal error it logs, waits and
+// reboots, because an init that exits panics the kernel.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/ballast-os/ballast/initagent/agent"
+	"github.com/ballast-os/ballast/initagent/pid1"
+	"golang.org/x/sys/unix"
+)
+
+// fatalRebootDelay leaves time to read the error on the console.
+const fatalRebootDelay = 10 * time.Second
+
+func main() {
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "initagent: must run as PID 1 (the kernel's init)")
+		os.Exit(2)
+	}
+	// Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
+	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
+
+	req, err := runRecovered(log)
+	if err != nil {
+		log.Error("fatal, rebooting", "err", err, "in", fatalRebootDelay)
+		time.Sleep(fatalRebootDelay)
+		req = pid1.Request{Action: pid1.Reboot, Reason: "fatal error"}
+	}
+	pid1.KillAll(log, 5*time.Second)
+	log.Info("powering down", "action", req.Action)
+	fmt.Fprintf(os.Stdout, "ballast: %s\n", req.Action)
+	if err := pid1.PowerDown(req.Action); err != nil {
+		log.Error("reboot(2) refused", "err", err)
+	}
+	select {} // the kernel takes it from here
+}
+
+func runRecovered(log *slog.Logger) (req pid1.Request, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	a := &agent.Agent{Log: log, Console: os.Stdout}
+	return a.Run(context.Background())
+}

@@ -1,0 +1,72 @@
+package kernel
+
+import (
+	"strings"
+	"testing"
+)
+
+const testDep = `kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/net/net_failover.ko: kernel/net/core/failover.ko
+kernel/net/core/failover.ko:
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko
+kernel/drivers/virtio/virtio_pci_modern_dev.ko:
+`
+
+func testKernel(t *testing.T) *Kernel {
+	t.Helper()
+	g, err := parseDeps(strings.NewReader(testDep), strings.NewReader("kernel/fs/ext4/ext4.ko\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Kernel{Release: "6.1.0-test", Source: "test", ModulesDir: "/nonexistent", dep: g}
+}
+
+func TestResolveOrdersDependenciesFirst(t *testing.T) {
+	k := testKernel(t)
+	mods, err := k.Resolve([]string{"virtio-net", "virtio_blk", "virtio_pci", "ext4"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pos := map[string]int{}
+	for i, m := range mods {
+		if _, dup := pos[m.Name]; dup {
+			t.Fatalf("module %s listed twice in %v", m.Name, mods)
+		}
+		pos[m.Name] = i
+	}
+	for user, needs := range k.dep.deps {
+		if _, loaded := pos[user]; !loaded {
+			continue
+		}
+		for _, d := range needs {
+			if pos[d] > pos[user] {
+				t.Errorf("%s loads at %d before its dependency %s at %d", user, pos[user], d, pos[d])
+			}
+		}
+	}
+	if len(mods) != 8 {
+		t.Errorf("Resolve = %d modules, want 8 (ext4 is builtin): %v", len(mods), mods)
+	}
+}
+
+func TestResolveMissingNamesModuleAndKernel(t *testing.T) {
+	_, err := testKernel(t).Resolve([]string{"virtio_net", "no_such_mod"})
+	if err == nil {
+		t.Fatal("Resolve(no_such_mod) succeeded")
+	}
+	for _, want := range []string{`"no_such_mod"`, "6.1.0-test"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestPinForUnknownListsFlavours(t *testing.T) {
+	_, err := PinFor("nope")
+	if err == nil || !strings.Contains(err.Error(), "cloud-amd64") {
+		t.Fatalf("PinFor(nope) = %v, want error listing cloud-amd64", err)
+	}
+}

@@ -1,0 +1,238 @@
+// Package qemutests boots ballast artifacts in QEMU and checks what the
+// node prints on its serial console. One scenario per _test.go file.
+//
+// Flags (go test ./qemu-tests -args ...):
+//
+//	-out DIR     use artifacts already built in DIR/<recipe>/ instead of building them
+//	-accel NAME  QEMU accelerator: tcg (default; KVM hangs on the CI machines) or kvm
+package qemutests
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+)
+
+// VMOptions describe one QEMU machine.
+type VMOptions struct {
+	Kernel, Initrd string
+	Cmdline        []string
+	MemoryMiB      int      // zero means 512
+	Accel          string   // zero means "tcg"
+	Args           []string // extra QEMU arguments (NICs, disks)
+}
+
+// VM is a running QEMU with its serial console captured.
+type VM struct {
+	cmd     *exec.Cmd
+	qmpPath string
+	dir     string
+
+	mu      sync.Mutex
+	lines   []string // every console line so far
+	changed chan struct{}
+	exited  chan struct{}
+	waitErr error
+}
+
+// consoleTail is how many console lines a failure shows.
+const consoleTail = 100
+
+// StartVM starts QEMU. Stop it with Kill (always safe) when done.
+func StartVM(opts VMOptions) (*VM, error) {
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, errors.New("qemu-system-x86_64 not found: run `apt-get install -y qemu-system-x86` (or `make deps`)")
+	}
+	if opts.MemoryMiB == 0 {
+		opts.MemoryMiB = 512
+	}
+	if opts.Accel == "" {
+		opts.Accel = "tcg"
+	}
+	dir, err := os.MkdirTemp("", "ballast-vm-")
+	if err != nil {
+		return nil, err
+	}
+	vm := &VM{qmpPath: filepath.Join(dir, "qmp.sock"), dir: dir, changed: make(chan struct{}), exited: make(chan struct{})}
+	args := []string{
+		"-accel", opts.Accel,
+		"-m", fmt.Sprint(opts.MemoryMiB),
+		"-smp", "1",
+		"-display", "none",
+		"-monitor", "none",
+		"-serial", "stdio",
+		"-no-reboot", // a reboot ends the process too; the console says which it was
+		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
+		"-kernel", opts.Kernel,
+		"-initrd", opts.Initrd,
+		"-append", strings.Join(opts.Cmdline, " "),
+	}
+	if !containsArg(opts.Args, "-nic") && !containsArg(opts.Args, "-netdev") {
+		args = append(args, "-nic", "none")
+	}
+	args = append(args, opts.Args...)
+	vm.cmd = exec.Command(qemu, args...)
+	vm.cmd.Stdin = nil
+	out, err := vm.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	vm.cmd.Stderr = vm.cmd.Stdout
+	if err := vm.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start qemu: %w", err)
+	}
+	go vm.readConsole(out)
+	return vm, nil
+}
+
+func containsArg(args []string, a string) bool {
+	for _, x := range args {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+func (vm *VM) readConsole(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		// Firmware paints the screen with escape sequences; drop them so patterns match plain text.
+		line := ansiRE.ReplaceAllString(strings.TrimRight(sc.Text(), "\r"), "")
+		vm.mu.Lock()
+		vm.lines = append(vm.lines, line)
+		close(vm.changed)
+		vm.changed = make(chan struct{})
+		vm.mu.Unlock()
+	}
+	err := vm.cmd.Wait()
+	vm.mu.Lock()
+	vm.waitErr = err
+	close(vm.changed)
+	vm.changed = make(chan struct{})
+	vm.mu.Unlock()
+	close(vm.exited)
+}
+
+var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[a-zA-Z]|\x1bc`)
+
+// Expect waits for a console line matching re, scanning from line index
+// from, and returns its submatches and the index after it.
+func (vm *VM) Expect(ctx context.Context, re *regexp.Regexp, from int) ([]string, int, error) {
+	for {
+		vm.mu.Lock()
+		for i := from; i < len(vm.lines); i++ {
+			if m := re.FindStringSubmatch(vm.lines[i]); m != nil {
+				vm.mu.Unlock()
+				return m, i + 1, nil
+			}
+		}
+		from = len(vm.lines)
+		changed := vm.changed
+		vm.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, from, fmt.Errorf("waiting for console line %q: %w", re, ctx.Err())
+		case <-vm.exited:
+			// Drain anything printed just before the exit, then give up.
+			vm.mu.Lock()
+			n := len(vm.lines)
+			vm.mu.Unlock()
+			if n > from {
+				continue
+			}
+			return nil, from, fmt.Errorf("qemu exited (%v) before console line %q", vm.waitErr, re)
+		case <-changed:
+		}
+	}
+}
+
+// Wait waits for QEMU to exit.
+func (vm *VM) Wait(ctx context.Context) error {
+	select {
+	case <-vm.exited:
+		return vm.waitErr
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for qemu to exit: %w", ctx.Err())
+	}
+}
+
+// Exited reports whether QEMU has exited.
+func (vm *VM) Exited() bool {
+	select {
+	case <-vm.exited:
+		return true
+	default:
+		return false
+	}
+}
+
+// Kill stops QEMU if it still runs and removes its temporary files.
+func (vm *VM) Kill() {
+	if !vm.Exited() {
+		_ = vm.cmd.Process.Kill()
+		<-vm.exited
+	}
+	os.RemoveAll(vm.dir)
+}
+
+// Tail returns the last n console lines.
+func (vm *VM) Tail(n int) string {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	start := max(0, len(vm.lines)-n)
+	return strings.Join(vm.lines[start:], "\n")
+}
+
+// Powerdown presses the virtual ACPI power button (QMP system_powerdown).
+func (vm *VM) Powerdown(ctx context.Context) error {
+	return vm.qmp(ctx, "system_powerdown")
+}
+
+func (vm *VM) qmp(ctx context.Context, command string) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", vm.qmpPath)
+	if err != nil {
+		return fmt.Errorf("qmp: %w", err)
+	}
+	defer conn.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	dec := json.NewDecoder(conn)
+	var greeting map[string]any
+	if err := dec.Decode(&greeting); err != nil {
+		return fmt.Errorf("qmp greeting: %w", err)
+	}
+	for _, cmd := range []string{"qmp_capabilities", command} {
+		if err := json.NewEncoder(conn).Encode(map[string]string{"execute": cmd}); err != nil {
+			return fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+		for {
+			var resp map[string]json.RawMessage
+			if err := dec.Decode(&resp); err != nil {
+				return fmt.Errorf("qmp %s: %w", cmd, err)
+			}
+			if e, ok := resp["error"]; ok {
+				return fmt.Errorf("qmp %s: %s", cmd, e)
+			}
+			if _, ok := resp["return"]; ok {
+				break
+			}
+			// an asynchronous event; keep reading for the reply
+		}
+	}
+	return nil
+}

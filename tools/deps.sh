@@ -1,0 +1,22 @@
+#!/bin/sh
+# Installs the Debian packages ballast builds and tests with, only those missing.
+# Usage: tools/deps.sh [build|test]   (default: test, which includes build)
+set -eu
+build="apt dpkg kmod ca-certificates"
+test="qemu-system-x86 busybox-static iproute2 dnsmasq-base dnsutils"
+want="$build"
+[ "${1:-test}" = test ] && want="$build $test"
+missing=""
+for p in $want; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+	echo "missing Debian packages:$missing" >&2
+	echo "run as root: apt-get install -y$missing" >&2
+	exit 1
+fi
+echo "installing:$missing"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing
