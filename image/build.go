@@ -250,7 +250,7 @@ func initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, agentPath, 
 		if err := a.AddFile(modRoot+"/"+mod.Path, data, 0o644); err != nil {
 			return nil, nil, err
 		}
-		info.Modules = append(info.Modules, mod.Path)
+		info.Modules = append(info.Modules, boot.ModuleInfo{Name: mod.Name, Path: mod.Path, Deps: mod.Deps})
 	}
 	infoJSON, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
@@ -310,13 +310,17 @@ func fileSHA256(path string) (string, int64, error) {
 
 // FindSourceDir walks up from dir to the ballast module root.
 func FindSourceDir(dir string) (string, error) {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
+	}
 	for d := dir; ; d = filepath.Dir(d) {
 		data, err := os.ReadFile(filepath.Join(d, "go.mod"))
 		if err == nil && bytes.HasPrefix(data, []byte("module github.com/ballast-os/ballast\n")) {
 			return d, nil
 		}
 		if parent := filepath.Dir(d); parent == d {
-			return "", fmt.Errorf("%s is not inside the ballast source tree", strings.TrimSpace(dir))
+			return "", fmt.Errorf("%s is not inside the ballast source tree", dir)
 		}
 	}
 }

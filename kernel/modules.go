@@ -11,7 +11,8 @@ import (
 // Module is one loadable module file, relative to the module tree.
 type Module struct {
 	Name string // canonical name, dashes folded to underscores
-	Path string // e.g. "kernel/drivers/net/virtio_net.ko"
+	Path string   // e.g. "kernel/drivers/net/virtio_net.ko"
+	Deps []string // names of the modules it needs loaded first
 }
 
 type depGraph struct {
@@ -90,7 +91,7 @@ func (k *Kernel) Resolve(names []string) ([]Module, error) {
 			}
 		}
 		state[name] = 2
-		out = append(out, Module{Name: name, Path: k.dep.paths[name]})
+		out = append(out, Module{Name: name, Path: k.dep.paths[name], Deps: k.dep.deps[name]})
 		return nil
 	}
 	for _, raw := range names {

@@ -1,6 +1,8 @@
 package kernel
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -68,5 +70,44 @@ func TestPinForUnknownListsFlavours(t *testing.T) {
 	_, err := PinFor("nope")
 	if err == nil || !strings.Contains(err.Error(), "cloud-amd64") {
 		t.Fatalf("PinFor(nope) = %v, want error listing cloud-amd64", err)
+	}
+}
+
+func TestLocalKernelTree(t *testing.T) {
+	root := t.TempDir()
+	mods := filepath.Join(root, "lib", "modules", "6.9.0-local")
+	if err := os.MkdirAll(filepath.Join(mods, "kernel"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	vmlinuz := filepath.Join(root, "vmlinuz")
+	for name, data := range map[string]string{
+		vmlinuz:                                "kernel",
+		filepath.Join(mods, "modules.dep"):     "kernel/a.ko: kernel/b.ko\nkernel/b.ko:\n",
+		filepath.Join(mods, "modules.builtin"): "kernel/c.ko\n",
+	} {
+		if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, err := Local(vmlinuz, mods)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.Release != "6.9.0-local" || !strings.HasPrefix(k.Source, "local:") {
+		t.Errorf("Local = release %q source %q", k.Release, k.Source)
+	}
+	got, err := k.Resolve([]string{"a", "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Name != "b" || got[1].Name != "a" || got[1].Deps[0] != "b" {
+		t.Errorf("Resolve(a, c) = %+v, want b then a (c is builtin)", got)
+	}
+
+	if err := os.Remove(filepath.Join(mods, "modules.dep")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Local(vmlinuz, mods); err == nil || !strings.Contains(err.Error(), "depmod -b") {
+		t.Errorf("Local without modules.dep = %v, want an error telling to run depmod", err)
 	}
 }

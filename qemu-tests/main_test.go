@@ -60,10 +60,7 @@ func buildRecipe(t testing.TB, recipe string) string {
 	}
 	src, err := image.FindSourceDir(".")
 	if err != nil {
-		wd, _ := os.Getwd()
-		if src, err = image.FindSourceDir(wd); err != nil {
-			t.Fatal(err)
-		}
+		t.Fatal(err)
 	}
 	if _, err := image.Build(context.Background(), image.Options{
 		Recipe: r, OutDir: shared.tmp, SourceDir: src, Progress: testWriter{t}, Log: slog.New(slog.DiscardHandler),

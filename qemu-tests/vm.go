@@ -28,6 +28,7 @@ type VMOptions struct {
 	Kernel, Initrd string
 	Cmdline        []string
 	MemoryMiB      int      // zero means 512
+	CPUs           int      // zero means 2
 	Accel          string   // zero means "tcg"
 	Args           []string // extra QEMU arguments (NICs, disks)
 }
@@ -57,6 +58,9 @@ func StartVM(opts VMOptions) (*VM, error) {
 	if opts.MemoryMiB == 0 {
 		opts.MemoryMiB = 512
 	}
+	if opts.CPUs == 0 {
+		opts.CPUs = 2
+	}
 	if opts.Accel == "" {
 		opts.Accel = "tcg"
 	}
@@ -68,7 +72,7 @@ func StartVM(opts VMOptions) (*VM, error) {
 	args := []string{
 		"-accel", opts.Accel,
 		"-m", fmt.Sprint(opts.MemoryMiB),
-		"-smp", "1",
+		"-smp", fmt.Sprint(opts.CPUs),
 		"-display", "none",
 		"-monitor", "none",
 		"-serial", "stdio",

@@ -20,6 +20,8 @@ import (
 type Agent struct {
 	Log     *slog.Logger
 	Console io.Writer // gets the readiness line
+	// LogLevel, if set, is lowered to debug when the cmdline has ballast.debug.
+	LogLevel *slog.LevelVar
 	// Root is "/" on a node; tests may point it elsewhere.
 	Root string
 	// StopTimeout bounds how long each daemon may take to stop; zero means 10s.
@@ -52,6 +54,9 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	cmdline, err := boot.ReadCmdline()
 	if err != nil {
 		return pid1.Request{}, err
+	}
+	if _, debug := cmdline.Get("ballast.debug"); debug && a.LogLevel != nil {
+		a.LogLevel.Set(slog.LevelDebug)
 	}
 	a.Log.Info("kernel cmdline", "ballast", cmdline.Ballast())
 	var shutdownAfterReady pid1.Action

@@ -15,11 +15,18 @@ const ImageInfoPath = "/etc/ballast/image.json"
 
 // ImageInfo is what imgbuild tells initagent about the image it runs in.
 type ImageInfo struct {
-	Recipe        string   `json:"recipe"`
-	Role          string   `json:"role"`
-	Hostname      string   `json:"hostname,omitempty"`
-	KernelRelease string   `json:"kernelRelease"`
-	Modules       []string `json:"modules"` // paths under /lib/modules/<release>, in load order
+	Recipe        string       `json:"recipe"`
+	Role          string       `json:"role"`
+	Hostname      string       `json:"hostname,omitempty"`
+	KernelRelease string       `json:"kernelRelease"`
+	Modules       []ModuleInfo `json:"modules"` // in an order where dependencies come first
+}
+
+// ModuleInfo is one kernel module to load at boot.
+type ModuleInfo struct {
+	Name string   `json:"name"`
+	Path string   `json:"path"`           // under /lib/modules/<release>
+	Deps []string `json:"deps,omitempty"` // names of modules that must be loaded first
 }
 
 // ReadImageInfo reads the image description at path.

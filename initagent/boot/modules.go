@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,24 +20,65 @@ type ModuleResult struct {
 	Duration              time.Duration
 }
 
-// LoadModules loads modules (paths relative to dir) in the given order,
-// which imgbuild made dependency-first. A failure is recorded and loading
-// goes on: a missing NIC driver must not stop the node from reporting it.
-func LoadModules(dir string, paths []string, log *slog.Logger) ModuleResult {
+// LoadModules loads modules (paths relative to dir), each once all its
+// dependencies are in, up to one load per CPU at a time: the kernel verifies
+// signatures and relocates modules in parallel. A failure is recorded and
+// loading goes on: a missing NIC driver must not stop the node from
+// reporting it. Modules depending on a failed one are not tried.
+func LoadModules(dir string, modules []ModuleInfo, log *slog.Logger) ModuleResult {
 	start := time.Now()
-	var res ModuleResult
-	for _, p := range paths {
-		err := loadModule(filepath.Join(dir, p))
-		switch {
-		case err == nil:
-			res.Loaded++
-		case errors.Is(err, unix.EEXIST):
-			res.AlreadyLoaded++
-		default:
-			log.Error("load module", "module", p, "err", err)
-			res.Failed = append(res.Failed, err)
-		}
+	done := make(map[string]chan struct{}, len(modules))
+	for _, m := range modules {
+		done[m.Name] = make(chan struct{})
 	}
+	var (
+		mu     sync.Mutex
+		res    ModuleResult
+		failed = map[string]bool{}
+		slots  = make(chan struct{}, runtime.NumCPU())
+		wg     sync.WaitGroup
+	)
+	for _, m := range modules {
+		wg.Go(func() {
+			defer close(done[m.Name])
+			for _, d := range m.Deps {
+				if ch, ok := done[d]; ok {
+					<-ch
+				}
+			}
+			mu.Lock()
+			var blocked string
+			for _, d := range m.Deps {
+				if failed[d] {
+					blocked = d
+				}
+			}
+			mu.Unlock()
+			var err error
+			if blocked != "" {
+				err = fmt.Errorf("load module %s: dependency %s failed", m.Name, blocked)
+			} else {
+				slots <- struct{}{}
+				t := time.Now()
+				err = loadModule(filepath.Join(dir, m.Path))
+				<-slots
+				log.Debug("module", "name", m.Name, "took", time.Since(t), "err", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				res.Loaded++
+			case errors.Is(err, unix.EEXIST):
+				res.AlreadyLoaded++
+			default:
+				failed[m.Name] = true
+				log.Error("load module", "module", m.Name, "err", err)
+				res.Failed = append(res.Failed, err)
+			}
+		})
+	}
+	wg.Wait()
 	res.Duration = time.Since(start)
 	return res
 }

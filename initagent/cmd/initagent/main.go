@@ -21,7 +21,8 @@ import (
 const fatalRebootDelay = 10 * time.Second
 
 func main() {
-	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	level := new(slog.LevelVar) // the agent lowers it to debug for ballast.debug on the cmdline
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: level}))
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "initagent: must run as PID 1 (the kernel's init)")
 		os.Exit(2)
@@ -29,7 +30,7 @@ func main() {
 	// Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 
-	req, err := runRecovered(log)
+	req, err := runRecovered(log, level)
 	if err != nil {
 		log.Error("fatal, rebooting", "err", err, "in", fatalRebootDelay)
 		time.Sleep(fatalRebootDelay)
@@ -44,12 +45,12 @@ func main() {
 	select {} // the kernel takes it from here
 }
 
-func runRecovered(log *slog.Logger) (req pid1.Request, err error) {
+func runRecovered(log *slog.Logger, level *slog.LevelVar) (req pid1.Request, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v", r)
 		}
 	}()
-	a := &agent.Agent{Log: log, Console: os.Stdout}
+	a := &agent.Agent{Log: log, LogLevel: level, Console: os.Stdout}
 	return a.Run(context.Background())
 }

@@ -1,0 +1,105 @@
+package image
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestBuildIsReproducible builds the control-plane recipe twice into
+// different directories (initagent compiled twice) and compares every output
+// byte for byte. It uses the real pinned kernel (fetched with apt on first use).
+func TestBuildIsReproducible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fetches the kernel and builds initagent twice")
+	}
+	r, err := LoadRecipe("control-plane")
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, err := FindSourceDir(".")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dirs []string
+	var manifests []*Manifest
+	for i := 0; i < 2; i++ {
+		out := t.TempDir()
+		m, err := Build(context.Background(), Options{Recipe: r, OutDir: out, SourceDir: src})
+		if err != nil {
+			t.Fatalf("build %d: %v", i+1, err)
+		}
+		dirs = append(dirs, filepath.Join(out, r.Name))
+		manifests = append(manifests, m)
+	}
+	names := []string{KernelFile, InitramfsFile, IPXEFile, ManifestFile}
+	for _, name := range names {
+		a, err := os.ReadFile(filepath.Join(dirs[0], name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(dirs[1], name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s differs between two builds of the same recipe (%d vs %d bytes)", name, len(a), len(b))
+		}
+	}
+
+	// The manifest on disk describes the files next to it.
+	data, err := os.ReadFile(filepath.Join(dirs[0], ManifestFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m Manifest
+	if err := json.Unmarshal(data, &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Recipe.SHA256 != r.SHA256 || m.Kernel.Release == "" || len(m.Modules) == 0 {
+		t.Errorf("manifest recipe/kernel/modules incomplete: %+v", m)
+	}
+	if len(m.Outputs) != 3 {
+		t.Fatalf("manifest lists %d outputs, want 3", len(m.Outputs))
+	}
+	for _, o := range m.Outputs {
+		sum, size, err := fileSHA256(filepath.Join(dirs[0], o.Name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum != o.SHA256 || size != o.Size {
+			t.Errorf("manifest says %s is %d bytes sha256 %s; file is %d bytes sha256 %s", o.Name, o.Size, o.SHA256, size, sum)
+		}
+	}
+	for _, in := range m.Inputs {
+		if bytes.Contains([]byte(in.Name), []byte(src)) {
+			t.Errorf("manifest input %q contains the host path %s", in.Name, src)
+		}
+	}
+	if bytes.Contains(data, []byte(dirs[0])) || bytes.Contains(data, []byte(src)) {
+		t.Error("manifest contains a host path")
+	}
+}
+
+func TestBuildMissingModuleNamesItAndKernel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fetches the kernel")
+	}
+	r, err := ParseRecipe("bad.yaml", []byte(goodRecipe+"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Kernel.Modules = append(r.Kernel.Modules, "no_such_driver")
+	_, err = Build(context.Background(), Options{Recipe: r, OutDir: t.TempDir(), Initagent: "/bin/true"})
+	if err == nil {
+		t.Fatal("build with a missing module succeeded")
+	}
+	for _, want := range []string{`"no_such_driver"`, "6.1.0-", "bad.yaml"} {
+		if !bytes.Contains([]byte(err.Error()), []byte(want)) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
