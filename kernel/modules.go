@@ -10,7 +10,7 @@ import (
 
 // Module is one loadable module file, relative to the module tree.
 type Module struct {
-	Name string // canonical name, dashes folded to underscores
+	Name string   // canonical name, dashes folded to underscores
 	Path string   // e.g. "kernel/drivers/net/virtio_net.ko"
 	Deps []string // names of the modules it needs loaded first
 }
