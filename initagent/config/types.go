@@ -1,0 +1,163 @@
+// Package config reads and validates a node's MachineConfig: YAML or JSON,
+// versioned, strict. Unknown fields are errors, every error names the field
+// path and says what to do, and network values that are legal but dangerous
+// (a gateway off every subnet, an IPv4-compatible IPv6 address, a VIP that is
+// also a node address) are refused rather than fixed silently.
+//
+//	cfg, warnings, err := config.Parse(data)
+package config
+
+// APIVersion is the MachineConfig version this agent reads.
+const APIVersion = "ballast.dev/v1alpha1"
+
+// MachineConfig is the whole node configuration.
+type MachineConfig struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	// Ignition is an Ignition v3.x config, applied once on first boot. Parsed
+	// by coreos/ignition/v2; see Ignition().
+	Ignition map[string]any `yaml:"ignition"`
+	Network  Network        `yaml:"network"`
+	Cluster  Cluster        `yaml:"cluster"`
+	Kubelet  Kubelet        `yaml:"kubelet"`
+	Services Services       `yaml:"services"`
+
+	ignitionJSON []byte // the ignition section as JSON, for the Ignition parser
+}
+
+// Network is the host network: interfaces with their addresses and routes,
+// policy rules, DNS.
+type Network struct {
+	Interfaces []Interface `yaml:"interfaces"`
+	Rules      []Rule      `yaml:"rules"`
+	DNS        DNS         `yaml:"dns"`
+}
+
+// Interface types.
+const (
+	TypeEthernet = "ethernet"
+	TypeBond     = "bond"
+	TypeVLAN     = "vlan"
+	TypeBridge   = "bridge"
+	TypeDummy    = "dummy"
+)
+
+// Interface is one link: a physical NIC (by name or permanent MAC) or a
+// virtual one the agent creates.
+type Interface struct {
+	Name string `yaml:"name"` // kernel name; for ethernet with mac set, the name the NIC is renamed to (optional)
+	MAC  string `yaml:"mac"`  // permanent MAC selecting a physical NIC
+	Type string `yaml:"type"` // ethernet (default), bond, vlan, bridge, dummy
+	// State is "up" (default) or "down".
+	State string `yaml:"state"`
+	MTU   int    `yaml:"mtu"` // 0 keeps the kernel's
+	// Managed is "additive" (default: addresses and routes the agent did not
+	// create are left alone) or "exclusive" (they are removed).
+	Managed string  `yaml:"managed"`
+	Bond    *Bond   `yaml:"bond"`
+	VLAN    *VLAN   `yaml:"vlan"`
+	Bridge  *Bridge `yaml:"bridge"`
+
+	Addresses []Address `yaml:"addresses"`
+	Routes    []Route   `yaml:"routes"`
+	DHCP4     bool      `yaml:"dhcp4"`
+	// DHCP6 is "" (off), "stateful" or "stateless" (information-request only).
+	DHCP6   string  `yaml:"dhcp6"`
+	SLAAC   *bool   `yaml:"slaac"` // nil keeps the kernel's default
+	Sysctls Sysctls `yaml:"sysctls"`
+}
+
+// Bond settings; see the kernel's bonding.rst.
+type Bond struct {
+	Mode     string   `yaml:"mode"`     // balance-rr, active-backup, balance-xor, broadcast, 802.3ad, balance-tlb, balance-alb
+	MIIMon   int      `yaml:"miimon"`   // ms; 0 means 100
+	LACPRate string   `yaml:"lacpRate"` // slow (default) or fast; 802.3ad only
+	Members  []string `yaml:"members"`  // interface names
+}
+
+// VLAN settings.
+type VLAN struct {
+	ID   int    `yaml:"id"`   // 1–4094
+	Link string `yaml:"link"` // parent interface or bond
+}
+
+// Bridge settings.
+type Bridge struct {
+	Members []string `yaml:"members"`
+	STP     bool     `yaml:"stp"`
+}
+
+// Address is an address with its prefix length ("10.0.0.5/24"), optionally
+// with lifetimes (seconds; 0 means forever).
+type Address struct {
+	Address           string `yaml:"address"`
+	ValidLifetime     int    `yaml:"validLifetime"`
+	PreferredLifetime int    `yaml:"preferredLifetime"`
+}
+
+// Route is a static route.
+type Route struct {
+	To     string `yaml:"to"`     // destination prefix; "default" means 0.0.0.0/0 or ::/0 by the family of via
+	Via    string `yaml:"via"`    // gateway; may be an IPv6 link-local address
+	Src    string `yaml:"src"`    // preferred source address
+	Metric int    `yaml:"metric"` // priority
+	Table  int    `yaml:"table"`  // 0 means main (254)
+	Scope  string `yaml:"scope"`  // global (default), link, host
+	OnLink bool   `yaml:"onlink"` // the gateway is reachable on the link though outside every subnet
+}
+
+// Rule is a policy routing rule (`ip rule`).
+type Rule struct {
+	Priority int    `yaml:"priority"`
+	From     string `yaml:"from"`
+	To       string `yaml:"to"`
+	IIF      string `yaml:"iif"`
+	OIF      string `yaml:"oif"`
+	FWMark   uint32 `yaml:"fwmark"`
+	Table    int    `yaml:"table"`
+}
+
+// Sysctls are per-interface kernel settings; nil keeps the kernel's.
+type Sysctls struct {
+	Forwarding  *bool `yaml:"forwarding"`  // net.ipv4.conf.X.forwarding and net.ipv6.conf.X.forwarding
+	AcceptRA    *int  `yaml:"acceptRA"`    // 0, 1, or 2 (accept even when forwarding)
+	RPFilter    *int  `yaml:"rpFilter"`    // 0 off, 1 strict, 2 loose
+	DisableIPv6 *bool `yaml:"disableIPv6"` // net.ipv6.conf.X.disable_ipv6
+}
+
+// DNS is the node's resolver configuration (upstreams of the local DNS server).
+type DNS struct {
+	Servers []string `yaml:"servers"`
+	Search  []string `yaml:"search"`
+}
+
+// Cluster describes the Kubernetes cluster the node belongs to.
+type Cluster struct {
+	Name        string   `yaml:"name"`
+	Domain      string   `yaml:"domain"`
+	Role        string   `yaml:"role"` // control-plane or worker
+	APIVIPs     []string `yaml:"apiVIPs"`
+	IngressVIPs []string `yaml:"ingressVIPs"`
+	APIServers  []string `yaml:"apiServers"` // host:port of kube-apiservers
+	Peers       []string `yaml:"peers"`      // addresses of the other control-plane nodes
+}
+
+// Kubelet settings that the agent decides for kubelet.
+type Kubelet struct {
+	NodeIP    NodeIP            `yaml:"nodeIP"`
+	ExtraArgs map[string]string `yaml:"extraArgs"`
+}
+
+// NodeIP hints for choosing the node's address.
+type NodeIP struct {
+	Addresses []string `yaml:"addresses"` // explicit, at most one per family
+	Subnets   []string `yaml:"subnets"`   // valid subnets, in order of preference
+	Family    string   `yaml:"family"`    // ipv4 or ipv6: which goes first
+}
+
+// Services switches the agent's daemons; nil means the role's default.
+type Services struct {
+	DNS      *bool `yaml:"dns"`
+	APIProxy *bool `yaml:"apiProxy"`
+	VIP      *bool `yaml:"vip"`
+}
