@@ -123,7 +123,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, err
 	}
 	err = p.Stage("initramfs", func() (string, error) {
-		a, inputs, err := initramfs(r, k, modules, agentPath, o.CABundle)
+		a, inputs, err := Initramfs(r, k, modules, agentPath, o.CABundle)
 		if err != nil {
 			return "", err
 		}
@@ -209,7 +209,9 @@ func buildInitagent(ctx context.Context, srcDir, buildDir string) (string, error
 	return out, nil
 }
 
-func initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, agentPath, caBundle string) (*Archive, []ManifestFileEntry, error) {
+// Initramfs assembles the image's initramfs with initPath as /init; the
+// inputs it read from the host are returned for the manifest.
+func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, initPath, caBundle string) (*Archive, []ManifestFileEntry, error) {
 	a := NewArchive()
 	var inputs []ManifestFileEntry
 	addHostFile := func(name, src string, perm uint64) error {
@@ -232,7 +234,7 @@ func initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, agentPath, 
 	if err := a.AddCharDev("/dev/null", 0o666, 1, 3); err != nil {
 		return nil, nil, err
 	}
-	if err := addHostFile("/init", agentPath, 0o755); err != nil {
+	if err := addHostFile("/init", initPath, 0o755); err != nil {
 		return nil, nil, err
 	}
 	if caBundle != "" {

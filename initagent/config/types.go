@@ -84,7 +84,6 @@ type VLAN struct {
 // Bridge settings.
 type Bridge struct {
 	Members []string `yaml:"members"`
-	STP     bool     `yaml:"stp"`
 }
 
 // Address is an address with its prefix length ("10.0.0.5/24"), optionally
