@@ -195,14 +195,32 @@ func (a *Applier) apply(ctx context.Context, spec Spec, res *Result) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	// One dump each for addresses and routes, grouped by link: the kernel
+	// filters neither by interface, so per-link dumps would cost a full dump each.
+	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return fmt.Errorf("list addresses: %w", err)
+	}
 	for _, l := range spec.Links {
-		if err := a.addresses(links[linkName(l, links)], l, res); err != nil {
+		link := links[linkName(l, links)]
+		if err := a.addresses(link, addrMap(addrs, link.Attrs().Index), l, res); err != nil {
 			return err
 		}
 	}
 	// Routes after every address: a gateway must be on-link, a source must exist.
+	routes, err := retryDump(func() ([]netlink.Route, error) {
+		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	})
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	byLink := map[int][]netlink.Route{}
+	for _, r := range routes {
+		byLink[r.LinkIndex] = append(byLink[r.LinkIndex], r)
+	}
 	for _, l := range spec.Links {
-		if err := a.routes(links[linkName(l, links)], l, res); err != nil {
+		link := links[linkName(l, links)]
+		if err := a.routes(link, byLink[link.Attrs().Index], l, res); err != nil {
 			return err
 		}
 	}
@@ -321,7 +339,7 @@ func sameVirtual(have, want netlink.Link) bool {
 	switch w := want.(type) {
 	case *netlink.Bond:
 		h := have.(*netlink.Bond)
-		lacpOK := w.Mode != netlink.BOND_MODE_802_3AD || w.LacpRate == netlink.BOND_LACP_RATE_UNKNOWN || h.LacpRate == w.LacpRate
+		lacpOK := w.Mode != netlink.BOND_MODE_802_3AD || h.LacpRate == w.LacpRate
 		return h.Mode == w.Mode && h.Miimon == w.Miimon && lacpOK
 	case *netlink.Vlan:
 		h := have.(*netlink.Vlan)
@@ -376,12 +394,8 @@ func (a *Applier) sysctls(name string, l LinkSpec, res *Result) error {
 	return nil
 }
 
-func (a *Applier) addresses(link netlink.Link, l LinkSpec, res *Result) error {
+func (a *Applier) addresses(link netlink.Link, haveBy map[netip.Prefix]netlink.Addr, l LinkSpec, res *Result) error {
 	h, name := a.Handle, link.Attrs().Name
-	haveBy, err := a.addrMap(link)
-	if err != nil {
-		return err
-	}
 	removed := false
 	want := map[netip.Prefix]bool{}
 	for _, as := range l.Addresses {
@@ -408,9 +422,11 @@ func (a *Applier) addresses(link netlink.Link, l LinkSpec, res *Result) error {
 		removed = true
 	}
 	if removed { // the kernel may have taken secondaries with a primary
-		if haveBy, err = a.addrMap(link); err != nil {
-			return err
+		have, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
+		if err != nil {
+			return fmt.Errorf("list addresses of %s: %w", name, err)
 		}
+		haveBy = addrMap(have, link.Attrs().Index)
 	}
 	for _, as := range l.Addresses {
 		key := name + "|" + as.Prefix.String()
@@ -436,18 +452,17 @@ func (a *Applier) addresses(link netlink.Link, l LinkSpec, res *Result) error {
 	return nil
 }
 
-func (a *Applier) addrMap(link netlink.Link) (map[netip.Prefix]netlink.Addr, error) {
-	have, err := retryDump(func() ([]netlink.Addr, error) { return a.Handle.AddrList(link, netlink.FAMILY_ALL) })
-	if err != nil {
-		return nil, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
-	}
+func addrMap(addrs []netlink.Addr, linkIndex int) map[netip.Prefix]netlink.Addr {
 	m := map[netip.Prefix]netlink.Addr{}
-	for _, ad := range have {
+	for _, ad := range addrs {
+		if ad.LinkIndex != linkIndex {
+			continue
+		}
 		if p, ok := prefixOf(ad.IPNet); ok {
 			m[p] = ad
 		}
 	}
-	return m, nil
+	return m
 }
 
 // lifetimesMatch compares lifetime kinds only: the kernel counts remaining
@@ -480,16 +495,8 @@ type routeKey struct {
 	metric int
 }
 
-func (a *Applier) routes(link netlink.Link, l LinkSpec, res *Result) error {
+func (a *Applier) routes(link netlink.Link, have []netlink.Route, l LinkSpec, res *Result) error {
 	h, name := a.Handle, link.Attrs().Name
-	have, err := retryDump(func() ([]netlink.Route, error) {
-		return h.RouteListFiltered(netlink.FAMILY_ALL,
-			&netlink.Route{LinkIndex: link.Attrs().Index, Table: unix.RT_TABLE_UNSPEC},
-			netlink.RT_FILTER_OIF|netlink.RT_FILTER_TABLE)
-	})
-	if err != nil {
-		return fmt.Errorf("list routes of %s: %w", name, err)
-	}
 	haveBy := map[routeKey]netlink.Route{}
 	for _, r := range have {
 		haveBy[keyOf(r)] = r

@@ -53,7 +53,7 @@ network:
     - {priority: 110, fwmark: 7, table: 100}
 `
 
-func mustSpec(t *testing.T, doc string) Spec {
+func mustSpec(t testing.TB, doc string) Spec {
 	t.Helper()
 	cfg, _, err := config.Parse([]byte(doc))
 	if err != nil {
@@ -66,7 +66,7 @@ func mustSpec(t *testing.T, doc string) Spec {
 	return s
 }
 
-func setupNICs(t *testing.T, h *netlink.Handle) {
+func setupNICs(t testing.TB, h *netlink.Handle) {
 	nstest.RequireLinkKinds(t, h, "bond", "vlan", "dummy", "bridge")
 	nstest.Veth(t, h, "eth0", "eth0-peer")
 	nstest.Veth(t, h, "eth1", "eth1-peer")

@@ -117,6 +117,9 @@ func FromConfig(n config.Network) (Spec, error) {
 			if l.Bond.Mode == "" {
 				l.Bond.Mode = "active-backup"
 			}
+			if l.Bond.Mode == "802.3ad" && l.Bond.LACPRate == "" {
+				l.Bond.LACPRate = "slow" // the kernel's default, made explicit so it compares
+			}
 		}
 		if ifc.VLAN != nil {
 			l.VLANID, l.VLANLink = ifc.VLAN.ID, ifc.VLAN.Link

@@ -16,7 +16,7 @@ import (
 // Do runs fn on an OS thread switched into a new network namespace, with a
 // netlink handle bound to it. The namespace disappears when fn returns.
 // It skips the test when not running as root.
-func Do(t *testing.T, fn func(h *netlink.Handle)) {
+func Do(t testing.TB, fn func(h *netlink.Handle)) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
@@ -68,14 +68,14 @@ func Skipf(format string, args ...any) {
 
 // Fatalf fails the test from inside Do's function (t.Fatal must not be
 // called from another goroutine).
-func Fatalf(t *testing.T, format string, args ...any) {
+func Fatalf(t testing.TB, format string, args ...any) {
 	t.Helper()
 	t.Errorf(format, args...)
 	panic(testFailed{})
 }
 
 // Veth creates a veth pair in h's namespace and returns the first end.
-func Veth(t *testing.T, h *netlink.Handle, name, peer string) netlink.Link {
+func Veth(t testing.TB, h *netlink.Handle, name, peer string) netlink.Link {
 	t.Helper()
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = name
@@ -96,7 +96,7 @@ func Veth(t *testing.T, h *netlink.Handle, name, peer string) netlink.Link {
 // of these kinds (bond, vlan, dummy, bridge). Some CI kernels lack the
 // bonding and 8021q drivers; qemu-tests runs the same tests on the image's
 // kernel, which has them.
-func RequireLinkKinds(t *testing.T, h *netlink.Handle, kinds ...string) {
+func RequireLinkKinds(t testing.TB, h *netlink.Handle, kinds ...string) {
 	t.Helper()
 	for _, kind := range kinds {
 		attrs := netlink.NewLinkAttrs()
