@@ -44,9 +44,9 @@ func openFAT(r io.ReaderAt) (*fatFS, error) {
 	}
 	le16 := func(o int) uint64 { return uint64(binary.LittleEndian.Uint16(bs[o:])) }
 	le32 := func(o int) uint64 { return uint64(binary.LittleEndian.Uint32(bs[o:])) }
-	bps := le16(11)     // BPB_BytsPerSec
+	bps := le16(11)       // BPB_BytsPerSec
 	spc := uint64(bs[13]) // BPB_SecPerClus
-	reserved := le16(14) // BPB_RsvdSecCnt
+	reserved := le16(14)  // BPB_RsvdSecCnt
 	nFATs := uint64(bs[16])
 	rootEntries := le16(17)
 	total := le16(19) // BPB_TotSec16, else BPB_TotSec32

@@ -6,7 +6,8 @@
 //  1. kernel cmdline ballast.config=URL (http, https, tftp), optionally
 //     pinned by ballast.config.sha256=HEX;
 //  2. a config drive: a block device labelled config-2 (OpenStack) or
-//     cidata (NoCloud), vfat, iso9660 or ext4;
+//     cidata (NoCloud); vfat and iso9660 are read in-process (no kernel
+//     modules, no mount), ext4 is mounted read-only under RunDir;
 //  3. the file imgbuild --config embedded in the initramfs (EmbeddedPath).
 //
 // Usage:
@@ -18,7 +19,7 @@
 //	case err != nil:
 //		return err // a source exists but is broken: do not guess
 //	}
-//	cfg, err := config.Parse(res.Data)
+//	cfg, warnings, err := config.Parse(res.Data)
 package source
 
 import (
@@ -114,12 +115,15 @@ type Result struct {
 //     names it; later sources are NOT tried. For the cmdline this includes a
 //     URL still unreachable when the timeout expires, a sha256 mismatch
 //     (ErrChecksum) and a document over MaxSize (ErrTooLarge). For a config
-//     drive it includes an unreadable device or filesystem.
+//     drive it includes a corrupt filesystem or an unreadable file. (A device
+//     that cannot even be opened or probed during the scan, such as an empty
+//     CD drive, is skipped.)
 //   - The cmdline URL is retried with exponential backoff and jitter until
 //     the timeout while the network comes up. Errors that retrying cannot
 //     fix end it early: a malformed URL or hash, HTTP 4xx other than 408 and
 //     429, TFTP "file not found" or "access violation", an untrusted TLS
-//     certificate, a checksum mismatch, a document that is too large.
+//     certificate, a checksum mismatch, a document that is too large. An
+//     empty document from the URL is retried, as the server may be writing it.
 func Fetch(ctx context.Context, o Options) (*Result, error) {
 	o.setDefaults()
 	res, err := fetchCmdline(ctx, o)

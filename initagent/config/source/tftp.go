@@ -173,6 +173,13 @@ type tftpConfig struct {
 	max     int64         // size cap; MaxSize
 	timeout time.Duration // before a retransmission; 1s
 	retries int           // retransmissions of one packet before giving up; 5
+	stats   *tftpStats    // if set, filled in when the transfer ends
+}
+
+// tftpStats describes a finished transfer, for tests.
+type tftpStats struct {
+	blksize int // negotiated
+	blocks  int // DATA blocks received
 }
 
 func tftpAddr(u *url.URL) string {
@@ -216,6 +223,9 @@ func tftpGet(ctx context.Context, addr, file string, c tftpConfig) ([]byte, erro
 
 	t := &tftpTransfer{conn: conn, server: server, cfg: c, blksize: tftpDefBlksize}
 	data, err := t.run(ctx, file)
+	if c.stats != nil {
+		*c.stats = tftpStats{blksize: t.blksize, blocks: t.blocks}
+	}
 	if ctx.Err() != nil {
 		err = ctx.Err()
 	}
