@@ -24,6 +24,8 @@ import (
 	"strings"
 
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/config/source"
 	"github.com/ballast-os/ballast/kernel"
 	"github.com/ballast-os/ballast/netboot"
 )
@@ -40,6 +42,9 @@ type Options struct {
 	KernelCache string
 	// CABundle is put at /etc/ssl/certs/ca-certificates.crt; empty means the host's Debian bundle.
 	CABundle string
+	// Config is a machine config file embedded at source.EmbeddedPath, used
+	// when the node finds no other; it is validated at build time. Empty: none.
+	Config string
 	// Progress receives one line per stage; nil discards them.
 	Progress io.Writer
 	// Log receives structured logs; nil discards them.
@@ -126,6 +131,13 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		a, inputs, err := Initramfs(r, k, modules, agentPath, o.CABundle)
 		if err != nil {
 			return "", err
+		}
+		if o.Config != "" {
+			in, err := embedConfig(a, o.Config)
+			if err != nil {
+				return "", err
+			}
+			inputs = append(inputs, in)
 		}
 		m.Inputs = inputs
 		for _, mod := range modules {
@@ -266,6 +278,23 @@ func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, initPath, c
 		return nil, nil, err
 	}
 	return a, inputs, nil
+}
+
+// embedConfig validates a machine config and puts it where the agent looks
+// for an embedded one, so a bad config fails the build, not the boot.
+func embedConfig(a *Archive, path string) (ManifestFileEntry, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ManifestFileEntry{}, fmt.Errorf("--config: %w", err)
+	}
+	if _, _, err := config.Parse(data); err != nil {
+		return ManifestFileEntry{}, fmt.Errorf("--config %s is not a valid machine config:\n%w", path, err)
+	}
+	sum := sha256.Sum256(data)
+	if err := a.AddFile(source.EmbeddedPath, data, 0o600); err != nil {
+		return ManifestFileEntry{}, err
+	}
+	return ManifestFileEntry{Name: source.EmbeddedPath, Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])}, nil
 }
 
 // writeAtomic writes path through a temporary file in the same directory,

@@ -112,3 +112,13 @@ func must(t *testing.T, err error) {
 		t.Fatal(fmt.Sprint(err))
 	}
 }
+
+// loadRecipe returns the recipe's kernel cmdline.
+func loadRecipe(t *testing.T, name string) ([]string, error) {
+	t.Helper()
+	r, err := image.LoadRecipe(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Cmdline, nil
+}

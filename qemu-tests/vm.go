@@ -31,6 +31,8 @@ type VMOptions struct {
 	CPUs           int      // zero means 2
 	Accel          string   // zero means "tcg"
 	Args           []string // extra QEMU arguments (NICs, disks)
+	// Netns runs QEMU inside this network namespace (for tap devices made there).
+	Netns string
 }
 
 // VM is a running QEMU with its serial console captured.
@@ -77,6 +79,9 @@ func StartVM(opts VMOptions) (*VM, error) {
 		"-monitor", "none",
 		"-serial", "stdio",
 		"-no-reboot", // a reboot ends the process too; the console says which it was
+		// TCG's CPU has no RDRAND: without a hardware RNG, getrandom(2) (DHCP
+		// transaction IDs, TLS) can block for a long time at early boot.
+		"-device", "virtio-rng-pci",
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
 		"-kernel", opts.Kernel,
 		"-initrd", opts.Initrd,
@@ -86,6 +91,10 @@ func StartVM(opts VMOptions) (*VM, error) {
 		args = append(args, "-nic", "none")
 	}
 	args = append(args, opts.Args...)
+	if opts.Netns != "" {
+		args = append([]string{"netns", "exec", opts.Netns, qemu}, args...)
+		qemu = "ip"
+	}
 	vm.cmd = exec.Command(qemu, args...)
 	vm.cmd.Stdin = nil
 	out, err := vm.cmd.StdoutPipe()

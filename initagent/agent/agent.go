@@ -92,8 +92,13 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	go pid1.WatchSignals(ctx, requests)
 	go pid1.WatchPowerButton(ctx, a.Log, requests)
 
+	net, _ := a.startNetwork(ctx, cmdline, hostname)
+	if err := a.waitNetwork(ctx, net, cmdline, a.Log); err != nil {
+		a.Log.Error("network degraded", "err", err)
+	}
+	st := net.Status()
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
-		Uptime: time.Since(bootStart)})
+		Uptime: time.Since(bootStart), Addresses: st.Addresses})
 	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
 
 	var req pid1.Request

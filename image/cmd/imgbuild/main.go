@@ -42,12 +42,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("imgbuild", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var (
-		recipe    = fs.String("recipe", "", "embedded recipe name (see `imgbuild recipes`) or path to a recipe file")
-		out       = fs.String("out", "out", "output directory; artifacts go to OUT/<recipe>/")
-		initagent = fs.String("initagent", "", "prebuilt initagent binary (default: build it from the source tree)")
-		cache     = fs.String("kernel-cache", "", "kernel cache directory (default: $BALLAST_CACHE/kernel or ~/.cache/ballast/kernel)")
-		ca        = fs.String("ca-bundle", image.DefaultCABundle, "CA bundle to put in the image")
-		verbose   = fs.Bool("v", false, "debug logs")
+		recipe     = fs.String("recipe", "", "embedded recipe name (see `imgbuild recipes`) or path to a recipe file")
+		out        = fs.String("out", "out", "output directory; artifacts go to OUT/<recipe>/")
+		initagent  = fs.String("initagent", "", "prebuilt initagent binary (default: build it from the source tree)")
+		cache      = fs.String("kernel-cache", "", "kernel cache directory (default: $BALLAST_CACHE/kernel or ~/.cache/ballast/kernel)")
+		ca         = fs.String("ca-bundle", image.DefaultCABundle, "CA bundle to put in the image")
+		machineCfg = fs.String("config", "", "machine config to embed (validated now; used when the node finds no other)")
+		verbose    = fs.Bool("v", false, "debug logs")
 	)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: imgbuild --recipe NAME|PATH [--out DIR]\n       imgbuild recipes")
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := image.Options{Recipe: r, OutDir: *out, Initagent: *initagent, KernelCache: *cache, CABundle: *ca, Progress: stdout, Log: log}
+	opts := image.Options{Recipe: r, OutDir: *out, Initagent: *initagent, KernelCache: *cache, CABundle: *ca, Config: *machineCfg, Progress: stdout, Log: log}
 	if *initagent == "" {
 		wd, err := os.Getwd()
 		if err != nil {

@@ -1,0 +1,369 @@
+// Package network keeps the node's network at its desired state: the
+// machine config's interfaces (or, without one, DHCP on every NIC) merged
+// with what the DHCP clients learn, applied through netconf whenever either
+// changes. DHCP clients publish leases here and never touch the kernel.
+//
+//	m := &network.Manager{Log: log, Applier: &netconf.Applier{Log: log}}
+//	go m.Run(ctx)
+//	m.SetDesired(network.Desired{Spec: spec, DHCP4: []string{"eth0"}})
+package network
+
+import (
+	"net"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/dhcp"
+	"github.com/ballast-os/ballast/initagent/netconf"
+)
+
+// Desired is one layer of configuration: static state plus which interfaces
+// run DHCPv4.
+type Desired struct {
+	Spec   netconf.Spec
+	DHCP4  []string // interface names
+	DNS    []netip.Addr
+	Search []string
+	Source string // where it came from, for logs and status
+}
+
+// Manager reconciles the kernel with Desired plus the current DHCP leases.
+type Manager struct {
+	Log     *slog.Logger
+	Applier *netconf.Applier
+	// LeaseDir persists DHCP leases across agent restarts; empty: none.
+	LeaseDir string
+	Hostname string
+	// OnDNS is called with the DNS servers and search domains whenever they
+	// change (static config first, then DHCP); nil: ignored.
+	OnDNS func(servers []netip.Addr, search []string)
+
+	mu         sync.Mutex
+	desired    Desired
+	desiredGen int // bumped by SetDesired
+	appliedGen int // desiredGen of the last apply
+	leases  map[string]dhcp.Lease
+	status  Status
+	kick    chan struct{}
+	waiters []chan struct{}
+	once    sync.Once
+}
+
+// Status is what the node API and the readiness line report.
+type Status struct {
+	Source    string
+	Applied   time.Time
+	LastError string
+	Changes   int // kernel changes made by the last apply
+	Addresses []netip.Prefix
+	Leases    []dhcp.Lease
+}
+
+func (m *Manager) init() {
+	m.once.Do(func() {
+		m.kick = make(chan struct{}, 1)
+		m.leases = map[string]dhcp.Lease{}
+		if m.Log == nil {
+			m.Log = slog.New(slog.DiscardHandler)
+		}
+	})
+}
+
+// SetDesired replaces the desired state and reconciles.
+func (m *Manager) SetDesired(d Desired) {
+	m.init()
+	m.mu.Lock()
+	m.desired = d
+	m.desiredGen++
+	m.mu.Unlock()
+	m.poke()
+}
+
+func (m *Manager) poke() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Status returns a copy of the current status.
+func (m *Manager) Status() Status {
+	m.init()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.status
+	s.Addresses = slices.Clone(s.Addresses)
+	s.Leases = slices.Clone(s.Leases)
+	return s
+}
+
+// WaitSettled returns once the latest desired state has been applied, every
+// DHCPv4 interface has a lease and no interface keeps a lease it should no
+// longer have, or when ctx ends (then with its error).
+func (m *Manager) WaitSettled(ctx context.Context) error {
+	m.init()
+	for {
+		m.mu.Lock()
+		settled := m.appliedGen == m.desiredGen && m.status.LastError == "" && len(m.leases) == len(m.desired.DHCP4)
+		for _, name := range m.desired.DHCP4 {
+			if _, ok := m.leases[name]; !ok {
+				settled = false
+			}
+		}
+		ch := make(chan struct{})
+		m.waiters = append(m.waiters, ch)
+		m.mu.Unlock()
+		if settled {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		}
+	}
+}
+
+// Run reconciles until ctx ends, starting and stopping DHCP clients as the
+// desired state names them.
+func (m *Manager) Run(ctx context.Context) error {
+	m.init()
+	clients := map[string]context.CancelFunc{}
+	var wg sync.WaitGroup
+	defer func() {
+		for _, cancel := range clients {
+			cancel()
+		}
+		wg.Wait()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-m.kick:
+		}
+		m.mu.Lock()
+		d, gen := m.desired, m.desiredGen
+		spec := merge(d.Spec, m.leases)
+		m.mu.Unlock()
+
+		res, err := m.Applier.Apply(ctx, spec)
+		m.mu.Lock()
+		m.status.Source = d.Source
+		m.status.Applied = time.Now()
+		m.appliedGen = gen
+		m.status.Changes = 0
+		if res != nil {
+			m.status.Changes = len(res.Changes)
+		}
+		m.status.LastError = ""
+		if err != nil {
+			m.status.LastError = err.Error()
+			m.Log.Error("apply network", "source", d.Source, "err", err)
+		} else if m.status.Changes > 0 {
+			m.Log.Info("network applied", "source", d.Source, "changes", m.status.Changes)
+		}
+		m.status.Addresses = addresses(spec)
+		m.status.Leases = m.leaseList()
+		servers, search := dnsOf(d, m.leases)
+		for _, w := range m.waiters {
+			close(w)
+		}
+		m.waiters = nil
+		m.mu.Unlock()
+		if m.OnDNS != nil {
+			m.OnDNS(servers, search)
+		}
+
+		// DHCP clients follow the desired state; the interface is up by now.
+		for name, cancel := range clients {
+			if !slices.Contains(d.DHCP4, name) {
+				m.Log.Info("stopping dhcp4", "interface", name)
+				cancel()
+				delete(clients, name)
+			}
+		}
+		for _, name := range d.DHCP4 {
+			if _, running := clients[name]; running {
+				continue
+			}
+			c, err := m.newClient(name)
+			if err != nil {
+				m.Log.Error("dhcp4", "interface", name, "err", err)
+				continue
+			}
+			m.Log.Info("starting dhcp4", "interface", name)
+			cctx, cancel := context.WithCancel(ctx)
+			clients[name] = cancel
+			wg.Go(func() {
+				if err := c.Run(cctx); err != nil && cctx.Err() == nil {
+					m.Log.Error("dhcp4 stopped", "interface", name, "err", err)
+				}
+			})
+		}
+	}
+}
+
+func (m *Manager) newClient(name string) (*dhcp.Client4, error) {
+	return dhcp.NewClient4(dhcp.Config4{
+		Interface: name,
+		LeaseDir:  m.LeaseDir,
+		Hostname:  m.Hostname,
+		Log:       m.Log.With("interface", name),
+		OnLease: func(l dhcp.Lease) {
+			m.mu.Lock()
+			m.leases[name] = l
+			m.mu.Unlock()
+			m.Log.Info("dhcp4 lease", "interface", name, "address", l.Address, "router", l.Router, "lease", l.LeaseTime)
+			m.poke()
+		},
+		OnExpire: func(l dhcp.Lease) {
+			m.mu.Lock()
+			if cur, ok := m.leases[name]; ok && cur.Address == l.Address {
+				delete(m.leases, name)
+			}
+			m.mu.Unlock()
+			m.Log.Info("dhcp4 lease gone", "interface", name, "address", l.Address)
+			m.poke()
+		},
+	})
+}
+
+func (m *Manager) leaseList() []dhcp.Lease {
+	var ls []dhcp.Lease
+	for _, l := range m.leases {
+		ls = append(ls, l)
+	}
+	slices.SortFunc(ls, func(a, b dhcp.Lease) int { return strings.Compare(a.Interface, b.Interface) })
+	return ls
+}
+
+// dhcpMetric is the metric of DHCP default routes: static routes (metric 0
+// by default) win over them.
+const dhcpMetric = 1024
+
+// merge adds each lease's address, routes and MTU to its interface.
+func merge(spec netconf.Spec, leases map[string]dhcp.Lease) netconf.Spec {
+	out := netconf.Spec{Rules: spec.Rules}
+	for _, l := range spec.Links {
+		l.Addresses = slices.Clone(l.Addresses)
+		l.Routes = slices.Clone(l.Routes)
+		if lease, ok := leases[l.Name]; ok && lease.Address.IsValid() {
+			l.Addresses = append(l.Addresses, netconf.AddrSpec{Prefix: lease.Address})
+			routes := lease.Routes
+			if len(routes) == 0 && lease.Router.IsValid() {
+				routes = []dhcp.Route{{Dst: netip.PrefixFrom(netip.IPv4Unspecified(), 0), Gateway: lease.Router}}
+			}
+			for _, r := range routes {
+				l.Routes = append(l.Routes, netconf.RouteSpec{Dst: r.Dst, Gw: r.Gateway, Src: lease.Address.Addr(), Metric: dhcpMetric})
+			}
+			if l.MTU == 0 && lease.MTU >= 576 {
+				l.MTU = lease.MTU
+			}
+		}
+		out.Links = append(out.Links, l)
+	}
+	return out
+}
+
+func addresses(spec netconf.Spec) []netip.Prefix {
+	var ps []netip.Prefix
+	for _, l := range spec.Links {
+		for _, a := range l.Addresses {
+			ps = append(ps, a.Prefix)
+		}
+	}
+	return ps
+}
+
+func dnsOf(d Desired, leases map[string]dhcp.Lease) ([]netip.Addr, []string) {
+	servers, search := slices.Clone(d.DNS), slices.Clone(d.Search)
+	names := make([]string, 0, len(leases))
+	for n := range leases {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		l := leases[n]
+		for _, s := range l.DNS {
+			if !slices.Contains(servers, s) {
+				servers = append(servers, s)
+			}
+		}
+		for _, s := range append(slices.Clone(l.Search), l.Domain) {
+			if s != "" && !slices.Contains(search, s) {
+				search = append(search, s)
+			}
+		}
+	}
+	return servers, search
+}
+
+// DefaultDesired is the state of a node without a machine config: every
+// physical NIC up with DHCPv4.
+func DefaultDesired() (Desired, error) {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return Desired{}, fmt.Errorf("netlink: %w", err)
+	}
+	defer h.Close()
+	links, err := h.LinkList()
+	if err != nil {
+		return Desired{}, fmt.Errorf("list links: %w", err)
+	}
+	d := Desired{Source: "default (DHCPv4 on every NIC)"}
+	for _, l := range links {
+		if l.Type() != "device" || l.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		name := l.Attrs().Name
+		d.Spec.Links = append(d.Spec.Links, netconf.LinkSpec{Name: name, Kind: config.TypeEthernet})
+		d.DHCP4 = append(d.DHCP4, name)
+	}
+	return d, nil
+}
+
+// FromConfig is the desired state of a validated machine config.
+func FromConfig(cfg *config.MachineConfig, source string) (Desired, error) {
+	spec, err := netconf.FromConfig(cfg.Network)
+	if err != nil {
+		return Desired{}, err
+	}
+	d := Desired{Spec: spec, Source: source, Search: cfg.Network.DNS.Search}
+	for _, s := range cfg.Network.DNS.Servers {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return Desired{}, err
+		}
+		d.DNS = append(d.DNS, a)
+	}
+	for _, ifc := range cfg.Network.Interfaces {
+		if ifc.DHCP4 {
+			d.DHCP4 = append(d.DHCP4, ifc.Name)
+		}
+	}
+	return d, nil
+}
+
+// ResolvConf renders /etc/resolv.conf.
+func ResolvConf(servers []netip.Addr, search []string) []byte {
+	var b strings.Builder
+	b.WriteString("# written by ballast initagent\n")
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(search) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(search, " "))
+	}
+	return []byte(b.String())
+}
