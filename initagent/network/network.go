@@ -9,10 +9,10 @@
 package network
 
 import (
-	"net"
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -52,11 +52,11 @@ type Manager struct {
 	desired    Desired
 	desiredGen int // bumped by SetDesired
 	appliedGen int // desiredGen of the last apply
-	leases  map[string]dhcp.Lease
-	status  Status
-	kick    chan struct{}
-	waiters []chan struct{}
-	once    sync.Once
+	leases     map[string]dhcp.Lease
+	status     Status
+	kick       chan struct{}
+	waiters    []chan struct{}
+	once       sync.Once
 }
 
 // Status is what the node API and the readiness line report.
