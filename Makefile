@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 40m
 
-.PHONY: all deps build image images test check bench-boot clean
+.PHONY: all deps build image images test check bench-boot bench-netconf clean
 
 all: build
 
@@ -28,8 +28,15 @@ check:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
 	$(GO) vet ./...
 
+# Fuzz targets run for a short bounded time on every test run; their corpora live in testdata/fuzz.
+FUZZTIME ?= 10s
+
 test: deps check
 	$(GO) test $(TESTFLAGS) ./...
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initagent/config/
+
+bench-netconf: deps
+	$(GO) run ./tools/bench/netconf
 
 bench-boot: deps
 	$(GO) run ./tools/bench/boot

@@ -183,8 +183,8 @@ func (v *validator) interfaces() {
 		default:
 			v.fail(p+".managed", "%q: use additive (leave foreign addresses and routes alone) or exclusive (remove them)", ifc.Managed)
 		}
-		if ifc.Name == "" && ifc.DHCP4 {
-			v.fail(p+".name", "missing: an interface with dhcp4 needs a name (the NIC selected by mac is renamed to it)")
+		if ifc.Name == "" && (ifc.DHCP4 || ifc.DHCP6 != "") {
+			v.fail(p+".name", "missing: an interface with DHCP needs a name (the NIC selected by mac is renamed to it)")
 		}
 		v.kindSection(p, ifc, bondOf)
 		switch ifc.DHCP6 {

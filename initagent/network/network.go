@@ -31,7 +31,8 @@ import (
 // run DHCPv4.
 type Desired struct {
 	Spec   netconf.Spec
-	DHCP4  []string // interface names
+	DHCP4  []string          // interface names
+	DHCP6  map[string]string // interface name → "stateful" or "stateless"
 	DNS    []netip.Addr
 	Search []string
 	Source string // where it came from, for logs and status
@@ -114,9 +115,10 @@ func (m *Manager) WaitSettled(ctx context.Context) error {
 	m.init()
 	for {
 		m.mu.Lock()
-		settled := m.appliedGen == m.desiredGen && m.status.LastError == "" && len(m.leases) == len(m.desired.DHCP4)
-		for _, name := range m.desired.DHCP4 {
-			if _, ok := m.leases[name]; !ok {
+		want := wantedClients(m.desired)
+		settled := m.appliedGen == m.desiredGen && m.status.LastError == "" && len(m.leases) == len(want)
+		for key := range want {
+			if _, ok := m.leases[key]; !ok {
 				settled = false
 			}
 		}
@@ -186,57 +188,76 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 
 		// DHCP clients follow the desired state; the interface is up by now.
-		for name, cancel := range clients {
-			if !slices.Contains(d.DHCP4, name) {
-				m.Log.Info("stopping dhcp4", "interface", name)
+		want := wantedClients(d)
+		for key, cancel := range clients {
+			if _, ok := want[key]; !ok {
+				m.Log.Info("stopping dhcp", "client", key)
 				cancel()
-				delete(clients, name)
+				delete(clients, key)
 			}
 		}
-		for _, name := range d.DHCP4 {
-			if _, running := clients[name]; running {
+		for key, mode := range want {
+			if _, running := clients[key]; running {
 				continue
 			}
-			c, err := m.newClient(name)
+			c, err := m.newClient(key, mode)
 			if err != nil {
-				m.Log.Error("dhcp4", "interface", name, "err", err)
+				m.Log.Error("dhcp", "client", key, "err", err)
 				continue
 			}
-			m.Log.Info("starting dhcp4", "interface", name)
+			m.Log.Info("starting dhcp", "client", key, "mode", mode)
 			cctx, cancel := context.WithCancel(ctx)
-			clients[name] = cancel
+			clients[key] = cancel
 			wg.Go(func() {
 				if err := c.Run(cctx); err != nil && cctx.Err() == nil {
-					m.Log.Error("dhcp4 stopped", "interface", name, "err", err)
+					m.Log.Error("dhcp stopped", "client", key, "err", err)
 				}
 			})
 		}
 	}
 }
 
-func (m *Manager) newClient(name string) (*dhcp.Client4, error) {
-	return dhcp.NewClient4(dhcp.Config4{
-		Interface: name,
-		LeaseDir:  m.LeaseDir,
-		Hostname:  m.Hostname,
-		Log:       m.Log.With("interface", name),
-		OnLease: func(l dhcp.Lease) {
-			m.mu.Lock()
-			m.leases[name] = l
-			m.mu.Unlock()
-			m.Log.Info("dhcp4 lease", "interface", name, "address", l.Address, "router", l.Router, "lease", l.LeaseTime)
-			m.poke()
-		},
-		OnExpire: func(l dhcp.Lease) {
-			m.mu.Lock()
-			if cur, ok := m.leases[name]; ok && cur.Address == l.Address {
-				delete(m.leases, name)
-			}
-			m.mu.Unlock()
-			m.Log.Info("dhcp4 lease gone", "interface", name, "address", l.Address)
-			m.poke()
-		},
-	})
+// wantedClients lists the DHCP clients d asks for: "eth0/4" → "", "eth0/6" → mode.
+func wantedClients(d Desired) map[string]string {
+	w := map[string]string{}
+	for _, name := range d.DHCP4 {
+		w[name+"/4"] = ""
+	}
+	for name, mode := range d.DHCP6 {
+		w[name+"/6"] = mode
+	}
+	return w
+}
+
+type dhcpClient interface {
+	Run(ctx context.Context) error
+}
+
+func (m *Manager) newClient(key, mode string) (dhcpClient, error) {
+	name, fam, _ := strings.Cut(key, "/")
+	log := m.Log.With("interface", name, "family", fam)
+	onLease := func(l dhcp.Lease) {
+		m.mu.Lock()
+		m.leases[key] = l
+		m.mu.Unlock()
+		log.Info("dhcp lease", "address", l.Address, "router", l.Router, "dns", fmt.Sprint(l.DNS), "lease", l.LeaseTime)
+		m.poke()
+	}
+	onExpire := func(l dhcp.Lease) {
+		m.mu.Lock()
+		if cur, ok := m.leases[key]; ok && cur.Address == l.Address {
+			delete(m.leases, key)
+		}
+		m.mu.Unlock()
+		log.Info("dhcp lease gone", "address", l.Address)
+		m.poke()
+	}
+	if fam == "6" {
+		return dhcp.NewClient6(dhcp.Config6{Interface: name, Stateless: mode == "stateless", LeaseDir: m.LeaseDir,
+			Log: log, OnLease: onLease, OnExpire: onExpire})
+	}
+	return dhcp.NewClient4(dhcp.Config4{Interface: name, LeaseDir: m.LeaseDir, Hostname: m.Hostname,
+		Log: log, OnLease: onLease, OnExpire: onExpire})
 }
 
 func (m *Manager) leaseList() []dhcp.Lease {
@@ -258,7 +279,11 @@ func merge(spec netconf.Spec, leases map[string]dhcp.Lease) netconf.Spec {
 	for _, l := range spec.Links {
 		l.Addresses = slices.Clone(l.Addresses)
 		l.Routes = slices.Clone(l.Routes)
-		if lease, ok := leases[l.Name]; ok && lease.Address.IsValid() {
+		if lease, ok := leases[l.Name+"/6"]; ok && lease.Address.IsValid() {
+			// DHCPv6 gives no prefix length or routes: those come from router advertisements.
+			l.Addresses = append(l.Addresses, netconf.AddrSpec{Prefix: lease.Address})
+		}
+		if lease, ok := leases[l.Name+"/4"]; ok && lease.Address.IsValid() {
 			l.Addresses = append(l.Addresses, netconf.AddrSpec{Prefix: lease.Address})
 			routes := lease.Routes
 			if len(routes) == 0 && lease.Router.IsValid() {
@@ -339,7 +364,7 @@ func FromConfig(cfg *config.MachineConfig, source string) (Desired, error) {
 	if err != nil {
 		return Desired{}, err
 	}
-	d := Desired{Spec: spec, Source: source, Search: cfg.Network.DNS.Search}
+	d := Desired{Spec: spec, Source: source, Search: cfg.Network.DNS.Search, DHCP6: map[string]string{}}
 	for _, s := range cfg.Network.DNS.Servers {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -350,6 +375,9 @@ func FromConfig(cfg *config.MachineConfig, source string) (Desired, error) {
 	for _, ifc := range cfg.Network.Interfaces {
 		if ifc.DHCP4 {
 			d.DHCP4 = append(d.DHCP4, ifc.Name)
+		}
+		if ifc.DHCP6 != "" {
+			d.DHCP6[ifc.Name] = ifc.DHCP6
 		}
 	}
 	return d, nil
