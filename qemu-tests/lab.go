@@ -80,11 +80,14 @@ func (l *Lab) Tap(mac string) ([]string, error) {
 		"-device", "virtio-net-pci,netdev=" + name + ",mac=" + mac}, nil
 }
 
-// DHCP runs dnsmasq as the lab's DHCP server, handing out addresses from
-// first to last (extra are more dnsmasq options).
+// DHCP runs dnsmasq as the lab's DHCP and DNS server (DNS on the gateway
+// address), handing out addresses from first to last (extra are more
+// dnsmasq options).
 func (l *Lab) DHCP(first, last string, extra ...string) error {
-	args := append([]string{"netns", "exec", l.Name, "dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--port=0",
-		"--interface=br0", "--bind-interfaces", "--log-dhcp",
+	args := append([]string{"netns", "exec", l.Name, "dnsmasq", "--no-daemon", "--conf-file=/dev/null",
+		// DNS too, on the gateway address: authoritative for lab.test, no upstreams.
+		"--port=53", "--no-resolv", "--no-hosts", "--local=/lab.test/", "--address=/gateway.lab.test/" + l.Gateway,
+		"--interface=br0", "--bind-interfaces", "--log-dhcp", "--log-queries",
 		"--dhcp-leasefile=" + filepath.Join(l.dir, "leases"), "--pid-file=" + filepath.Join(l.dir, "dnsmasq.pid"),
 		fmt.Sprintf("--dhcp-range=%s,%s,2m", first, last),
 		"--dhcp-option=option:router," + l.Gateway}, extra...)

@@ -27,7 +27,7 @@ func newLab(t *testing.T) *Lab {
 		}
 		lab.Close()
 	})
-	if err := lab.DHCP("192.0.2.100", "192.0.2.150", "--dhcp-option=option:dns-server,192.0.2.53", "--dhcp-option=option:domain-name,lab.test"); err != nil {
+	if err := lab.DHCP("192.0.2.100", "192.0.2.150", "--dhcp-option=option:dns-server,192.0.2.1", "--dhcp-option=option:domain-name,lab.test"); err != nil {
 		t.Fatal(err)
 	}
 	return lab
@@ -85,7 +85,7 @@ network:
       routes:
         - {to: default, via: 192.0.2.1}
   dns:
-    servers: [192.0.2.53]
+    servers: [192.0.2.1]
     search: [lab.test]
 ignition:
   ignition: {version: 3.4.0}

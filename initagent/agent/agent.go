@@ -11,9 +11,12 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
+	"github.com/ballast-os/ballast/initagent/txn"
 )
 
 // Agent runs one boot of a node.
@@ -28,6 +31,7 @@ type Agent struct {
 	StopTimeout time.Duration
 
 	sup pid1.Supervisor
+	txn *txn.Manager
 }
 
 // Run boots the node and blocks until a power request arrives. It returns the
@@ -96,6 +100,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	if err := a.waitNetwork(ctx, net, cmdline, a.Log); err != nil {
 		a.Log.Error("network degraded", "err", err)
 	}
+	a.startAPI(ctx, hostname, net)
 	st := net.Status()
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
 		Uptime: time.Since(bootStart), Addresses: st.Addresses})
@@ -116,4 +121,16 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		a.Log.Error("daemons did not stop", "daemons", fmt.Sprint(stuck))
 	}
 	return req, nil
+}
+
+// startAPI serves the local API on its unix socket and, when the hypervisor
+// provides one, on the org.ballast.api.0 virtio-serial port.
+func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Manager) {
+	srv := &api.Server{Log: a.Log.With("part", "api"), Txn: a.txn, Hostname: hostname,
+		NetworkStatus: func() any { return net.Status() }}
+	sock := filepath.Join(a.Root, api.SocketPath)
+	a.sup.Start(ctx, pid1.Daemon{Name: "api", Run: func(ctx context.Context) error { return srv.ServeLocal(ctx, sock) }})
+	if dev := api.FindVirtioPort(a.Root, api.VirtioPortName); dev != "" {
+		a.sup.Start(ctx, pid1.Daemon{Name: "api-vport", Run: func(ctx context.Context) error { return srv.ServePort(ctx, dev) }})
+	}
 }

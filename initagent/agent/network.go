@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -19,6 +20,8 @@ import (
 	"github.com/ballast-os/ballast/initagent/netconf"
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/pid1"
+	"github.com/ballast-os/ballast/initagent/txn"
+	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
 
 // defaultNetworkTimeout bounds how long boot waits for the network (and
@@ -47,6 +50,26 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 	}
 	m.SetDesired(def)
 
+	a.txn = &txn.Manager{
+		Store:       a.configStore(),
+		Network:     networkApplier{m},
+		Log:         a.Log.With("part", "txn"),
+		HistoryFile: filepath.Join(a.Root, "var/lib/ballast/txn/history.json"),
+	}
+	// A config in the slots (committed, or interrupted with a try left) wins:
+	// it is what the node was last told through nodectl or a previous boot.
+	cfg, err := a.txn.Boot(ctx)
+	switch {
+	case err == nil:
+		a.Log.Info("machine config from config slot")
+		if err := a.firstBoot(ctx, cfg); err != nil {
+			a.Log.Error("ignition", "err", err)
+		}
+		return m, cfg
+	case !errors.Is(err, txn.ErrNoConfig):
+		a.Log.Error("config slots unusable", "err", err)
+	}
+
 	res, err := source.Fetch(ctx, source.Options{Cmdline: cmdline.Ballast(), Root: a.Root, Log: a.Log.With("part", "config")})
 	switch {
 	case errors.Is(err, source.ErrNoConfig):
@@ -72,17 +95,75 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		a.Log.Error("machine config rejected, keeping DHCP on every NIC", "source", res.Source, "sha256", res.SHA256)
 		return m, nil
 	}
-	desired, err := network.FromConfig(cfg, res.Source)
+	a.Log.Info("machine config accepted", "source", res.Source, "sha256", res.SHA256)
+	rec, err := a.txn.Apply(ctx, res.Data, txn.Options{Origin: "boot"})
 	if err != nil {
-		a.Log.Error("machine config rejected, keeping DHCP on every NIC", "err", err)
+		a.Log.Error("machine config did not pass its probes, back on DHCP", "source", res.Source, "probe", rec.FailedProbe, "err", err)
 		return m, nil
 	}
-	a.Log.Info("machine config accepted", "source", res.Source, "sha256", res.SHA256)
-	m.SetDesired(desired)
 	if err := a.firstBoot(ctx, cfg); err != nil {
 		a.Log.Error("ignition", "err", err)
 	}
 	return m, cfg
+}
+
+// networkApplier lets transactions drive the network manager.
+type networkApplier struct{ m *network.Manager }
+
+func (n networkApplier) Apply(ctx context.Context, cfg *config.MachineConfig, source string) error {
+	var (
+		d   network.Desired
+		err error
+	)
+	if cfg == nil {
+		d, err = network.DefaultDesired()
+	} else {
+		d, err = network.FromConfig(cfg, source)
+	}
+	if err != nil {
+		return err
+	}
+	n.m.SetDesired(d)
+	if err := n.m.WaitSettled(ctx); err != nil {
+		if st := n.m.Status(); st.LastError != "" {
+			return errors.New(st.LastError)
+		}
+		return fmt.Errorf("network did not settle: %w", err)
+	}
+	return nil
+}
+
+// configStore finds the CONFIG-A/CONFIG-B partitions of an installed disk,
+// or keeps the slots in tmpfs on a diskless node.
+func (a *Agent) configStore() slot.Store {
+	ueventFiles, _ := filepath.Glob(filepath.Join(a.Root, "sys/class/block/*/uevent"))
+	for _, u := range ueventFiles {
+		data, err := os.ReadFile(u)
+		if err != nil || !strings.Contains(string(data), "PARTNAME=CONFIG-A\n") {
+			continue
+		}
+		part := filepath.Dir(u)
+		disk := filepath.Base(filepath.Dir(mustEval(part)))
+		store, err := slot.NewGPT(filepath.Join(a.Root, "dev", disk))
+		if err == nil {
+			a.Log.Info("config slots on disk", "disk", "/dev/"+disk)
+			return store
+		}
+		a.Log.Error("config partitions unusable, using tmpfs slots", "disk", disk, "err", err)
+	}
+	dir := filepath.Join(a.Root, "run/ballast/config-slots")
+	store, err := slot.NewDir(dir)
+	if err != nil {
+		a.Log.Error("tmpfs config slots", "err", err)
+	}
+	return store
+}
+
+func mustEval(p string) string {
+	if r, err := filepath.EvalSymlinks(p); err == nil {
+		return r
+	}
+	return p
 }
 
 // firstBoot applies the config's Ignition section once per boot of a fresh

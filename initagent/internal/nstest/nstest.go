@@ -4,7 +4,9 @@ package nstest
 
 import (
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"testing"
 
@@ -127,4 +129,58 @@ func RequireLinkKinds(t testing.TB, h *netlink.Handle, kinds ...string) {
 		}
 		_ = h.LinkDel(l)
 	}
+}
+
+const isolatedEnv = "BALLAST_NSTEST_ISOLATED"
+
+// Main runs a package's tests inside a fresh network namespace: called from
+// TestMain, it re-executes the test binary under `unshare --net`, so every
+// thread, including goroutines the code under test starts, is in the
+// namespace. Without root or unshare it runs the tests in place, where
+// Handle skips them.
+func Main(m *testing.M) int {
+	if os.Getenv(isolatedEnv) != "" {
+		if h, err := netlink.NewHandle(unix.NETLINK_ROUTE); err == nil {
+			if lo, err := h.LinkByName("lo"); err == nil {
+				_ = h.LinkSetUp(lo)
+			}
+			h.Close()
+		}
+		return m.Run()
+	}
+	if _, err := exec.LookPath("unshare"); err != nil || os.Geteuid() != 0 {
+		return m.Run()
+	}
+	return Unshare(os.Args[1:], nil, os.Stdout, os.Stderr)
+}
+
+// Unshare runs the test binary with args in a fresh network namespace and
+// returns its exit code; env is added to the environment.
+func Unshare(args, env []string, stdout, stderr io.Writer) int {
+	cmd := exec.Command("unshare", append([]string{"--net", os.Args[0]}, args...)...)
+	cmd.Env = append(append(os.Environ(), isolatedEnv+"=1"), env...)
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	if err := cmd.Run(); err != nil {
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(stderr, "unshare:", err)
+		return 2
+	}
+	return 0
+}
+
+// Handle returns a netlink handle for the namespace the tests run in, or
+// skips the test when Main could not isolate them.
+func Handle(t testing.TB) *netlink.Handle {
+	t.Helper()
+	if os.Getenv(isolatedEnv) == "" {
+		t.Skip("needs root and unshare to run in its own network namespace")
+	}
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
 }

@@ -1,0 +1,422 @@
+// Package txn makes every network change a transaction: the new config is
+// written whole to the inactive A/B slot, marked trying, applied, probed,
+// and then committed, or rolled back by re-applying the last good slot. A
+// crash or power cut at any point leaves a node that boots the last good
+// config (see initagent/txn/slot for the selector rules).
+//
+//	t := &txn.Manager{Store: store, Network: applier, Log: log}
+//	cfg, err := t.Boot(ctx)                  // committed config, or an interrupted one with tries left
+//	rec, err := t.Apply(ctx, data, txn.Options{}) // a change from nodectl
+package txn
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/txn/probe"
+	"github.com/ballast-os/ballast/initagent/txn/slot"
+)
+
+// Network applies a validated config to the host and returns once it is in
+// place (or ctx ends); a nil config means the default network (DHCP on every
+// NIC). The agent's implementation drives network.Manager.
+type Network interface {
+	Apply(ctx context.Context, cfg *config.MachineConfig, source string) error
+}
+
+// ProbeSet derives the probes that judge a config.
+type ProbeSet func(cfg *config.MachineConfig) []probe.Probe
+
+// State of a transaction, as in Kubernetes conditions.
+const (
+	Progressing = "Progressing"
+	Available   = "Available"
+	Degraded    = "Degraded"
+
+	ReasonFailedToConfigure = "FailedToConfigure"
+	ReasonInvalid           = "InvalidConfig"
+)
+
+// Record is one transaction, kept in the history.
+type Record struct {
+	Generation   uint64         `json:"generation"`
+	SHA256       string         `json:"sha256"`
+	Slot         string         `json:"slot,omitempty"`
+	Origin       string         `json:"origin"` // boot, apply, dhcp
+	Started      time.Time      `json:"started"`
+	Finished     time.Time      `json:"finished,omitzero"`
+	State        string         `json:"state"`
+	Reason       string         `json:"reason,omitempty"`
+	FailedProbe  string         `json:"failedProbe,omitempty"`
+	Message      string         `json:"message,omitempty"`
+	Probes       []ProbeOutcome `json:"probes,omitempty"`
+	RolledBackTo string         `json:"rolledBackTo,omitempty"`
+}
+
+// ProbeOutcome is one probe's result before and after the change.
+type ProbeOutcome struct {
+	Name   string `json:"name"`
+	Before string `json:"before"` // "ok" or the error
+	After  string `json:"after"`
+}
+
+// HistoryLen is how many transactions are kept.
+const HistoryLen = 20
+
+// Options for one Apply.
+type Options struct {
+	DryRun bool
+	Origin string // "apply" (default), "dhcp"
+}
+
+// Manager runs transactions one at a time.
+type Manager struct {
+	Store   slot.Store
+	Network Network
+	Probes  ProbeSet
+	Log     *slog.Logger
+	// Deadline bounds apply plus probes; zero means 10s.
+	Deadline time.Duration
+	// ProbeTimeout bounds each probe; zero means 3s.
+	ProbeTimeout time.Duration
+	// HistoryFile keeps the last HistoryLen records across reboots; empty: memory only.
+	HistoryFile string
+	// Fault, if set, is called at each step of the flow ("slot-written",
+	// "flipped", "applied", "probed"); crash tests kill the process there.
+	Fault func(step string)
+
+	mu      sync.Mutex // one transaction at a time
+	hmu     sync.Mutex
+	history []Record
+	loaded  bool
+}
+
+func (m *Manager) defaults() {
+	if m.Deadline == 0 {
+		m.Deadline = 10 * time.Second
+	}
+	if m.ProbeTimeout == 0 {
+		m.ProbeTimeout = 3 * time.Second
+	}
+	if m.Log == nil {
+		m.Log = slog.New(slog.DiscardHandler)
+	}
+	if m.Probes == nil {
+		m.Probes = DefaultProbes
+	}
+}
+
+func (m *Manager) fault(step string) {
+	if m.Fault != nil {
+		m.Fault(step)
+	}
+}
+
+// ErrNoConfig means no slot holds a bootable config; the caller keeps its defaults.
+var ErrNoConfig = errors.New("no committed or trying config in the config slots")
+
+// Boot applies the config the slots select: the committed one, or one that
+// was being tried when the node went down and still has a try left (its
+// try is used up first, so a config that crashes the node is tried once).
+func (m *Manager) Boot(ctx context.Context) (*config.MachineConfig, error) {
+	m.defaults()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for attempt := 0; attempt < 2; attempt++ {
+		s, data, err := slot.Boot(m.Store)
+		if errors.Is(err, slot.ErrNoSlot) {
+			return nil, ErrNoConfig
+		}
+		if err != nil {
+			return nil, fmt.Errorf("config slots: %w", err)
+		}
+		h := s.Header
+		cfg, _, err := config.Parse(data)
+		if err != nil {
+			_ = slot.Fail(m.Store, s.Name, "invalid: "+firstLine(err))
+			continue
+		}
+		rec := Record{Generation: h.Generation, SHA256: h.SHA256, Slot: s.Name, Origin: "boot", Started: time.Now().UTC(), State: Progressing}
+		if s.Selector.Successful {
+			err := m.Network.Apply(ctx, cfg, "config slot "+s.Name)
+			rec.Finished = time.Now().UTC()
+			if err != nil {
+				rec.State, rec.Reason, rec.Message = Degraded, ReasonFailedToConfigure, err.Error()
+			} else {
+				rec.State = Available
+			}
+			m.record(rec)
+			return cfg, err
+		}
+		// An interrupted transaction: its try is already used up by slot.Boot.
+		m.Log.Info("resuming interrupted network transaction", "slot", s.Name, "generation", h.Generation)
+		ok, rec := m.tryAndJudge(ctx, cfg, s.Name, rec, nil)
+		if ok {
+			return cfg, nil
+		}
+		// Fall through: the next Boot picks the last good slot.
+	}
+	return nil, ErrNoConfig
+}
+
+// Apply runs one transaction for a new config document.
+func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, error) {
+	m.defaults()
+	if o.Origin == "" {
+		o.Origin = "apply"
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sum := sha256.Sum256(data)
+	rec := Record{SHA256: hex.EncodeToString(sum[:]), Origin: o.Origin, Started: time.Now().UTC(), State: Progressing}
+	cfg, _, err := config.Parse(data)
+	if err != nil {
+		rec.State, rec.Reason, rec.Message, rec.Finished = Degraded, ReasonInvalid, err.Error(), time.Now().UTC()
+		if !o.DryRun {
+			m.record(rec)
+		}
+		return rec, fmt.Errorf("config refused, nothing was changed:\n%w", err)
+	}
+	if o.DryRun {
+		rec.State, rec.Message = "DryRun", "valid"
+		return rec, nil
+	}
+	slots, err := m.Store.Slots()
+	if err != nil {
+		return rec, fmt.Errorf("config slots: %w", err)
+	}
+	rec.Generation = max(slots[0].Header.Generation, slots[1].Header.Generation) + 1
+
+	// The running config's probes, measured now: one that already fails
+	// (a flaky upstream) and is still named by the new config does not
+	// block the change. Targets the new config adds must answer.
+	var before []probe.Result
+	if _, data, err := slot.Active(m.Store); err == nil {
+		if old, _, err := config.Parse(data); err == nil {
+			before = probe.RunAll(ctx, m.Probes(old), m.ProbeTimeout)
+		}
+	}
+
+	name, err := slot.Begin(m.Store, slot.Header{Generation: rec.Generation, SHA256: rec.SHA256, Time: rec.Started, Result: "trying"}, data)
+	if err != nil {
+		return rec, fmt.Errorf("write config slot: %w", err)
+	}
+	rec.Slot = name
+	m.fault("flipped")
+	// Use the try now: from here on a crash boots the last good slot.
+	if _, _, err := slot.Boot(m.Store); err != nil {
+		return rec, fmt.Errorf("config slots: %w", err)
+	}
+	m.record(rec)
+	_, rec = m.tryAndJudge(ctx, cfg, name, rec, before)
+	if rec.State != Available {
+		return rec, fmt.Errorf("%s: %s", rec.Reason, rec.Message)
+	}
+	return rec, nil
+}
+
+// tryAndJudge applies cfg from slot name, probes, and commits or rolls back.
+// before are the probe results under the previous config (nil at boot: then
+// every probe must pass).
+func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, name string, rec Record, before []probe.Result) (bool, Record) {
+	dctx, cancel := context.WithTimeout(ctx, m.Deadline)
+	defer cancel()
+	start := time.Now()
+	err := m.Network.Apply(dctx, cfg, "config slot "+name)
+	m.fault("applied")
+	var regressions []probe.Result
+	if err == nil {
+		probes := m.Probes(cfg)
+		after := probe.RunAll(dctx, probes, m.ProbeTimeout)
+		m.fault("probed")
+		before = baseline(before, after)
+		regressions, _ = probe.Compare(before, after)
+		rec.Probes = outcomes(before, after)
+	}
+	rec.Finished = time.Now().UTC()
+	if err == nil && len(regressions) == 0 {
+		m.fault("before-commit")
+		if cerr := slot.Commit(m.Store, name); cerr != nil {
+			err = fmt.Errorf("commit slot %s: %w", name, cerr)
+		} else {
+			rec.State = Available
+			m.Log.Info("network transaction committed", "generation", rec.Generation, "slot", name, "took", time.Since(start).Round(time.Millisecond))
+			m.record(rec)
+			return true, rec
+		}
+	}
+	rec.State, rec.Reason = Degraded, ReasonFailedToConfigure
+	if err != nil {
+		rec.Message = "apply: " + err.Error()
+	} else {
+		rec.FailedProbe = regressions[0].Name
+		var msgs []string
+		for _, r := range regressions {
+			msgs = append(msgs, fmt.Sprintf("%s: %v", r.Name, r.Err))
+		}
+		rec.Message = "probe failed after the change: " + strings.Join(msgs, "; ")
+	}
+	reason := rec.Message
+	if rec.FailedProbe != "" {
+		reason = rec.FailedProbe
+	}
+	if ferr := slot.Fail(m.Store, name, reason); ferr != nil {
+		m.Log.Error("mark slot failed", "slot", name, "err", ferr)
+	}
+	rec.RolledBackTo = m.rollback(ctx)
+	m.Log.Error("network transaction rolled back", "generation", rec.Generation, "reason", rec.Reason,
+		"probe", rec.FailedProbe, "message", rec.Message, "restored", rec.RolledBackTo, "took", time.Since(start).Round(time.Millisecond))
+	m.record(rec)
+	return false, rec
+}
+
+// rollback re-applies the committed slot (or, without one, the default
+// network), returning what it restored.
+func (m *Manager) rollback(ctx context.Context) string {
+	s, data, err := slot.Active(m.Store)
+	if err != nil {
+		m.Log.Error("rollback: no good config slot, restoring the default network", "err", err)
+		if err := m.Network.Apply(ctx, nil, "rollback to the default network"); err != nil {
+			m.Log.Error("rollback apply", "err", err)
+		}
+		return "default"
+	}
+	cfg, _, err := config.Parse(data)
+	if err != nil {
+		m.Log.Error("rollback: slot config invalid", "slot", s.Name, "err", err)
+		return ""
+	}
+	if err := m.Network.Apply(ctx, cfg, "rollback to slot "+s.Name); err != nil {
+		m.Log.Error("rollback apply", "slot", s.Name, "err", err)
+	}
+	return s.Name
+}
+
+// baseline keeps the before-results of probes that are still asked for and
+// counts a probe the old config did not have as passing before, so that it
+// must pass after.
+func baseline(before, after []probe.Result) []probe.Result {
+	prev := map[string]probe.Result{}
+	for _, r := range before {
+		prev[r.Name] = r
+	}
+	out := make([]probe.Result, len(after))
+	for i, r := range after {
+		if p, ok := prev[r.Name]; ok {
+			out[i] = p
+		} else {
+			out[i] = probe.Result{Name: r.Name}
+		}
+	}
+	return out
+}
+
+func outcomes(before, after []probe.Result) []ProbeOutcome {
+	prev := map[string]string{}
+	for _, r := range before {
+		prev[r.Name] = errString(r.Err)
+	}
+	var out []ProbeOutcome
+	for _, r := range after {
+		out = append(out, ProbeOutcome{Name: r.Name, Before: prev[r.Name], After: errString(r.Err)})
+	}
+	return out
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "ok"
+	}
+	return err.Error()
+}
+
+func firstLine(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\n")
+	return s
+}
+
+// DefaultProbes are the probes a config implies: each default gateway
+// answers ARP/NDP, each DNS server answers, each API server accepts TCP.
+func DefaultProbes(cfg *config.MachineConfig) []probe.Probe {
+	var ps []probe.Probe
+	for _, ifc := range cfg.Network.Interfaces {
+		for _, r := range ifc.Routes {
+			if r.To != "default" && r.To != "0.0.0.0/0" && r.To != "::/0" {
+				continue
+			}
+			if gw, err := netip.ParseAddr(r.Via); err == nil && (r.Table == 0 || r.Table == 254) {
+				ps = append(ps, probe.Gateway(ifc.Name, gw))
+			}
+		}
+	}
+	for _, s := range cfg.Network.DNS.Servers {
+		if a, err := netip.ParseAddr(s); err == nil {
+			ps = append(ps, probe.DNS(a, ""))
+		}
+	}
+	for _, ep := range cfg.Cluster.APIServers {
+		ps = append(ps, probe.TCP(ep))
+	}
+	return ps
+}
+
+// History returns the recorded transactions, oldest first.
+func (m *Manager) History() []Record {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	m.loadHistory()
+	return append([]Record(nil), m.history...)
+}
+
+func (m *Manager) loadHistory() {
+	if m.loaded || m.HistoryFile == "" {
+		m.loaded = true
+		return
+	}
+	m.loaded = true
+	data, err := os.ReadFile(m.HistoryFile)
+	if err == nil {
+		_ = json.Unmarshal(data, &m.history)
+	}
+}
+
+// record adds or updates (same generation and origin start) a record and persists the history.
+func (m *Manager) record(r Record) {
+	m.hmu.Lock()
+	defer m.hmu.Unlock()
+	m.loadHistory()
+	replaced := false
+	for i := range m.history {
+		if m.history[i].Generation == r.Generation && m.history[i].Started.Equal(r.Started) {
+			m.history[i], replaced = r, true
+		}
+	}
+	if !replaced {
+		m.history = append(m.history, r)
+	}
+	if len(m.history) > HistoryLen {
+		m.history = m.history[len(m.history)-HistoryLen:]
+	}
+	if m.HistoryFile != "" {
+		data, _ := json.MarshalIndent(m.history, "", "  ")
+		if err := os.MkdirAll(filepath.Dir(m.HistoryFile), 0o755); err == nil {
+			if err := renameio.WriteFile(m.HistoryFile, data, 0o644); err != nil {
+				m.Log.Error("write transaction history", "err", err)
+			}
+		}
+	}
+}
