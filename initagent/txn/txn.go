@@ -363,9 +363,15 @@ func DefaultProbes(cfg *config.MachineConfig) []probe.Probe {
 			}
 		}
 	}
+	// Ask for a name the site's resolvers should know: the first search
+	// domain or the cluster domain, else the root's NS set.
+	name := cfg.Cluster.Domain
+	if len(cfg.Network.DNS.Search) > 0 {
+		name = cfg.Network.DNS.Search[0]
+	}
 	for _, s := range cfg.Network.DNS.Servers {
 		if a, err := netip.ParseAddr(s); err == nil {
-			ps = append(ps, probe.DNS(a, ""))
+			ps = append(ps, probe.DNS(a, name))
 		}
 	}
 	for _, ep := range cfg.Cluster.APIServers {
