@@ -201,6 +201,13 @@ func (vm *VM) Kill() {
 	os.RemoveAll(vm.dir)
 }
 
+// Lines returns how many console lines were read so far (an index for Expect).
+func (vm *VM) Lines() int {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return len(vm.lines)
+}
+
 // Tail returns the last n console lines.
 func (vm *VM) Tail(n int) string {
 	vm.mu.Lock()

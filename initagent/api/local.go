@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/txn"
@@ -90,12 +91,18 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
+// writeJSON sends v with a Content-Length: over a virtio-serial byte stream
+// there are no connection boundaries, so every response must be framed.
 func writeJSON(w http.ResponseWriter, code int, v any) {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		code, data = http.StatusInternalServerError, []byte(fmt.Sprintf("{\"error\": %q}", err.Error()))
+	}
+	data = append(data, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	w.WriteHeader(code)
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	_ = enc.Encode(v)
+	_, _ = w.Write(data)
 }
 
 // ServeLocal serves the API on a unix socket (mode 0600) until ctx ends.

@@ -1,15 +1,16 @@
 package api
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -29,67 +30,69 @@ func FindVirtioPort(root, name string) string {
 	return ""
 }
 
-// ServePort serves the API on a virtio-serial character device: one HTTP
-// connection at a time over the port's byte stream, reopened after the host
-// side goes away.
+// ServePort serves the API on a virtio-serial character device: HTTP/1.1
+// requests one after another over the port's byte stream, read and answered
+// in order. The device stays open for good (the kernel drops what the host
+// sends while the guest side is closed), and nothing reads ahead of the
+// request being served, so no byte of the next request is ever lost.
 func (s *Server) ServePort(ctx context.Context, dev string) error {
-	ln := &portListener{dev: dev, ctx: ctx, next: make(chan struct{}, 1)}
-	ln.next <- struct{}{}
-	srv := &http.Server{Handler: s.Handler(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 0}
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("open %s: %w", dev, err)
+	}
 	go func() {
 		<-ctx.Done()
-		srv.Close()
-		ln.Close()
+		f.Close()
 	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && ctx.Err() == nil {
-		return err
+	h := s.Handler()
+	br := bufio.NewReader(f)
+	for ctx.Err() == nil {
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				// No host on the other end: reads return EOF at once until one connects.
+				br.Reset(f)
+				select {
+				case <-ctx.Done():
+				case <-time.After(50 * time.Millisecond):
+				}
+				continue
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			s.Log.Warn("bad request on the API port", "err", err)
+			br.Reset(f)
+			continue
+		}
+		rw := &bufferedResponse{header: http.Header{}, code: http.StatusOK}
+		h.ServeHTTP(rw, req.WithContext(ctx))
+		_, _ = io.Copy(io.Discard, req.Body)
+		resp := &http.Response{StatusCode: rw.code, ProtoMajor: 1, ProtoMinor: 1, Header: rw.header,
+			ContentLength: int64(rw.body.Len()), Body: io.NopCloser(&rw.body), Request: req}
+		if err := resp.Write(f); err != nil && ctx.Err() == nil {
+			s.Log.Warn("write on the API port", "err", err)
+		}
 	}
 	return nil
 }
 
-// portListener hands out the port as a connection, again whenever the
-// previous one was closed.
-type portListener struct {
-	dev  string
-	ctx  context.Context
-	next chan struct{}
-	once sync.Once
+// bufferedResponse collects a handler's response so it can be written
+// with its exact length.
+type bufferedResponse struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+	wrote  bool
 }
 
-func (l *portListener) Accept() (net.Conn, error) {
-	select {
-	case <-l.ctx.Done():
-		return nil, net.ErrClosed
-	case <-l.next:
+func (b *bufferedResponse) Header() http.Header { return b.header }
+func (b *bufferedResponse) WriteHeader(code int) {
+	if !b.wrote {
+		b.code, b.wrote = code, true
 	}
-	f, err := os.OpenFile(l.dev, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", l.dev, err)
-	}
-	return &portConn{File: f, done: func() {
-		// The host closed its end (reads return EOF): wait a little before reopening to avoid spinning.
-		time.AfterFunc(100*time.Millisecond, func() { l.next <- struct{}{} })
-	}}, nil
 }
-
-func (l *portListener) Close() error   { return nil }
-func (l *portListener) Addr() net.Addr { return portAddr(l.dev) }
-
-type portConn struct {
-	*os.File
-	once sync.Once
-	done func()
+func (b *bufferedResponse) Write(p []byte) (int, error) {
+	b.wrote = true
+	return b.body.Write(p)
 }
-
-func (c *portConn) Close() error {
-	err := c.File.Close()
-	c.once.Do(c.done)
-	return err
-}
-func (c *portConn) LocalAddr() net.Addr  { return portAddr(c.Name()) }
-func (c *portConn) RemoteAddr() net.Addr { return portAddr("host") }
-
-type portAddr string
-
-func (a portAddr) Network() string { return "virtio-serial" }
-func (a portAddr) String() string  { return string(a) }
