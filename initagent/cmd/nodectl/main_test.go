@@ -1,0 +1,89 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ballast-os/ballast/initagent/api"
+	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/txn"
+	"github.com/ballast-os/ballast/initagent/txn/slot"
+)
+
+// hostless applies nothing to the host: these configs have no interfaces,
+// so the transaction is judged by the slots and validation alone.
+type hostless struct{}
+
+func (hostless) Apply(context.Context, *config.MachineConfig, string) error { return nil }
+
+const okConfig = "apiVersion: ballast.dev/v1alpha1\nkind: MachineConfig\ncluster: {name: c1}\n"
+
+func TestNodectlAgainstLocalAPI(t *testing.T) {
+	dir := t.TempDir()
+	store, err := slot.NewDir(filepath.Join(dir, "slots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &txn.Manager{Store: store, Network: hostless{}}
+	srv := &api.Server{Log: slog.New(slog.DiscardHandler), Txn: m, Hostname: "node-1"}
+	sock := filepath.Join(dir, "agent.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeLocal(ctx, sock) }()
+	defer func() { cancel(); <-done }()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		if i == 99 {
+			t.Fatal("socket never appeared")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", okConfig)
+	bad := write("bad.yaml", strings.Replace(okConfig, "cluster: {name: c1}", "cluster: {name: c1, role: boss}", 1))
+
+	var out bytes.Buffer
+	if err := run([]string{"apply", "--socket", sock, "--dry-run", "-f", good}, &out); err != nil {
+		t.Fatalf("dry run: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "DryRun") {
+		t.Errorf("dry run output: %s", out.String())
+	}
+	out.Reset()
+	if err := run([]string{"apply", "--socket", sock, "-f", good}, &out); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "generation 1 slot A: Available") {
+		t.Errorf("apply output: %s", out.String())
+	}
+	out.Reset()
+	err = run([]string{"apply", "--socket", sock, "-f", bad}, &out)
+	if err == nil || !strings.Contains(err.Error(), `cluster.role: "boss": use control-plane or worker`) {
+		t.Errorf("invalid apply: %v", err)
+	}
+	out.Reset()
+	if err := run([]string{"status", "--socket", sock}, &out); err != nil {
+		t.Fatal(err)
+	}
+	table := out.String()
+	if !strings.Contains(table, "node node-1") || !strings.Contains(table, "Available") || !strings.Contains(table, "InvalidConfig") {
+		t.Errorf("status table:\n%s", table)
+	}
+	if err := run([]string{"status", "--socket", filepath.Join(dir, "nope.sock")}, &out); err == nil || !strings.Contains(err.Error(), "agent not reachable") {
+		t.Errorf("unreachable agent: %v", err)
+	}
+}
