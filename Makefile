@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 40m
 
-.PHONY: all deps build image images test check bench-boot bench-netconf clean
+.PHONY: all deps build image images test check bench-boot bench-netconf bench-txn clean
 
 all: build
 
@@ -37,6 +37,9 @@ test: deps check
 
 bench-netconf: deps
 	$(GO) run ./tools/bench/netconf
+
+bench-txn: deps
+	$(GO) run ./tools/bench/txn
 
 bench-boot: deps
 	$(GO) run ./tools/bench/boot
