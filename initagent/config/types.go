@@ -31,6 +31,23 @@ type Network struct {
 	Interfaces []Interface `yaml:"interfaces"`
 	Rules      []Rule      `yaml:"rules"`
 	DNS        DNS         `yaml:"dns"`
+	// Probes are checked after every change in addition to the gateways,
+	// DNS servers and API servers the config implies.
+	Probes      []Probe     `yaml:"probes"`
+	Transaction Transaction `yaml:"transaction"`
+}
+
+// Probe is a user-defined connectivity check; exactly one field is set.
+type Probe struct {
+	TCP  string `yaml:"tcp"`  // host:port accepts a connection
+	HTTP string `yaml:"http"` // http(s) URL answers 2xx–3xx
+	ICMP string `yaml:"icmp"` // address answers echo
+}
+
+// Transaction tunes how long a change may take to prove itself.
+type Transaction struct {
+	DeadlineSeconds     int `yaml:"deadlineSeconds"`     // apply plus probes; 0 means 10
+	ProbeTimeoutSeconds int `yaml:"probeTimeoutSeconds"` // each probe; 0 means 3
 }
 
 // Interface types.

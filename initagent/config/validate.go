@@ -47,6 +47,7 @@ func (v *validator) validate() {
 	v.interfaces()
 	v.rules()
 	v.dns()
+	v.probes()
 	v.cluster()
 	v.kubelet()
 }
@@ -619,5 +620,42 @@ func (v *validator) kubelet() {
 	case "", "ipv4", "ipv6":
 	default:
 		v.fail("kubelet.nodeIP.family", "%q: use ipv4 or ipv6", n.Family)
+	}
+}
+
+func (v *validator) probes() {
+	n := &v.cfg.Network
+	for i := range n.Probes {
+		pr := &n.Probes[i]
+		p := fmt.Sprintf("network.probes[%d]", i)
+		set := 0
+		for _, f := range []string{pr.TCP, pr.HTTP, pr.ICMP} {
+			if f != "" {
+				set++
+			}
+		}
+		if set != 1 {
+			v.fail(p, "set exactly one of tcp, http, icmp")
+			continue
+		}
+		switch {
+		case pr.TCP != "":
+			if host, port, err := net.SplitHostPort(pr.TCP); err != nil || host == "" || port == "" {
+				v.fail(p+".tcp", "%q: write host:port", pr.TCP)
+			}
+		case pr.HTTP != "":
+			if !strings.HasPrefix(pr.HTTP, "http://") && !strings.HasPrefix(pr.HTTP, "https://") {
+				v.fail(p+".http", "%q: write an http:// or https:// URL", pr.HTTP)
+			}
+		case pr.ICMP != "":
+			v.addr(p+".icmp", &pr.ICMP)
+		}
+	}
+	t := n.Transaction
+	if t.DeadlineSeconds < 0 || t.DeadlineSeconds > 300 {
+		v.fail("network.transaction.deadlineSeconds", "%d: use 1–300 (0 means 10)", t.DeadlineSeconds)
+	}
+	if t.ProbeTimeoutSeconds < 0 || (t.DeadlineSeconds > 0 && t.ProbeTimeoutSeconds > t.DeadlineSeconds) {
+		v.fail("network.transaction.probeTimeoutSeconds", "%d: must be positive and within the deadline", t.ProbeTimeoutSeconds)
 	}
 }

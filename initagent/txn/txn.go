@@ -65,6 +65,7 @@ type Record struct {
 	Message      string         `json:"message,omitempty"`
 	Probes       []ProbeOutcome `json:"probes,omitempty"`
 	RolledBackTo string         `json:"rolledBackTo,omitempty"`
+	Diff         string         `json:"diff,omitempty"` // dry runs: running config → new config
 }
 
 // ProbeOutcome is one probe's result before and after the change.
@@ -193,6 +194,11 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 	}
 	if o.DryRun {
 		rec.State, rec.Message = "DryRun", "valid"
+		if _, old, err := slot.Active(m.Store); err == nil {
+			rec.Diff = LineDiff(string(old), string(data))
+		} else {
+			rec.Diff = LineDiff("", string(data))
+		}
 		return rec, nil
 	}
 	slots, err := m.Store.Slots()
@@ -233,7 +239,8 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 // before are the probe results under the previous config (nil at boot: then
 // every probe must pass).
 func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, name string, rec Record, before []probe.Result) (bool, Record) {
-	dctx, cancel := context.WithTimeout(ctx, m.Deadline)
+	deadline, each := m.limits(cfg)
+	dctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	start := time.Now()
 	err := m.Network.Apply(dctx, cfg, "config slot "+name)
@@ -241,7 +248,7 @@ func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, na
 	var regressions []probe.Result
 	if err == nil {
 		probes := m.Probes(cfg)
-		after := probe.RunAll(dctx, probes, m.ProbeTimeout)
+		after := probe.RunAll(dctx, probes, each)
 		m.fault("probed")
 		before = baseline(before, after)
 		regressions, _ = probe.Compare(before, after)
@@ -377,7 +384,32 @@ func DefaultProbes(cfg *config.MachineConfig) []probe.Probe {
 	for _, ep := range cfg.Cluster.APIServers {
 		ps = append(ps, probe.TCP(ep))
 	}
+	for _, p := range cfg.Network.Probes {
+		switch {
+		case p.TCP != "":
+			ps = append(ps, probe.TCP(p.TCP))
+		case p.HTTP != "":
+			ps = append(ps, probe.HTTP(p.HTTP, nil))
+		case p.ICMP != "":
+			if a, err := netip.ParseAddr(p.ICMP); err == nil {
+				ps = append(ps, probe.ICMP(a))
+			}
+		}
+	}
 	return ps
+}
+
+// limits returns the deadline and per-probe timeout for cfg: its own
+// network.transaction settings, else the Manager's.
+func (m *Manager) limits(cfg *config.MachineConfig) (deadline, each time.Duration) {
+	deadline, each = m.Deadline, m.ProbeTimeout
+	if t := cfg.Network.Transaction; t.DeadlineSeconds > 0 {
+		deadline = time.Duration(t.DeadlineSeconds) * time.Second
+	}
+	if t := cfg.Network.Transaction; t.ProbeTimeoutSeconds > 0 {
+		each = time.Duration(t.ProbeTimeoutSeconds) * time.Second
+	}
+	return deadline, each
 }
 
 // History returns the recorded transactions, oldest first.

@@ -108,6 +108,9 @@ func run(args []string, out io.Writer) error {
 			}
 		} else {
 			r := ar.Record
+			if r.Diff != "" {
+				fmt.Fprintf(out, "changes against the running config:\n%s\n", r.Diff)
+			}
 			fmt.Fprintf(out, "generation %d slot %s: %s %s\n", r.Generation, r.Slot, r.State, r.Reason)
 			for _, p := range r.Probes {
 				fmt.Fprintf(out, "  probe %-40s before: %-6s after: %s\n", p.Name, short(p.Before), p.After)

@@ -60,7 +60,7 @@ func TestNodectlAgainstLocalAPI(t *testing.T) {
 	if err := run([]string{"apply", "--socket", sock, "--dry-run", "-f", good}, &out); err != nil {
 		t.Fatalf("dry run: %v\n%s", err, out.String())
 	}
-	if !strings.Contains(out.String(), "DryRun") {
+	if !strings.Contains(out.String(), "DryRun") || !strings.Contains(out.String(), "+ cluster: {name: c1}") {
 		t.Errorf("dry run output: %s", out.String())
 	}
 	out.Reset()
