@@ -92,7 +92,7 @@ func (l *Lab) DHCP(first, last string, extra ...string) error {
 		fmt.Sprintf("--dhcp-range=%s,%s,2m", first, last),
 		"--dhcp-option=option:router," + l.Gateway}, extra...)
 	cmd := exec.Command("ip", args...)
-	log, err := os.Create(filepath.Join(l.dir, "dnsmasq.log"))
+	log, err := os.OpenFile(filepath.Join(l.dir, "dnsmasq.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -102,6 +102,16 @@ func (l *Lab) DHCP(first, last string, extra ...string) error {
 	}
 	l.procs = append(l.procs, cmd)
 	return nil
+}
+
+// StopDHCP stops the lab's dnsmasq processes (the lease file is kept, so a
+// restarted one knows the leases).
+func (l *Lab) StopDHCP() {
+	for _, p := range l.procs {
+		p.Process.Kill()
+		p.Wait()
+	}
+	l.procs = nil
 }
 
 // DHCPLog returns what dnsmasq logged so far.

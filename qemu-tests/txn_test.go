@@ -176,3 +176,50 @@ func TestTransactionDemo(t *testing.T) {
 	}
 	must(t, lab.Ping(ctx, "192.0.2.11"))
 }
+
+// TestDHCPChangeIsATransaction: the DHCP server starts handing out a
+// gateway nobody answers for; at the next renewal the node applies the new
+// lease, its gateway probe fails, the previous lease's gateway is put back,
+// and the status records a degraded "dhcp" transaction.
+func TestDHCPChangeIsATransaction(t *testing.T) {
+	lab, err := NewLab("192.0.2.1", 24)
+	must(t, err)
+	t.Cleanup(lab.Close)
+	renewSoon := []string{"--dhcp-option=option:domain-name,lab.test", "--dhcp-option=option:dns-server,192.0.2.1", "--dhcp-option=option:T1,8"}
+	must(t, lab.DHCP("192.0.2.100", "192.0.2.150", renewSoon...))
+	tmp := t.TempDir()
+	sock := filepath.Join(tmp, "api.sock")
+	disk := filepath.Join(tmp, "disk.img")
+	must(t, slot.CreateImage(disk, 16<<20))
+	vm := bootWithDisk(t, lab, disk, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*bootTimeout)
+	defer cancel()
+	m, _, err := vm.Expect(ctx, readiness.Pattern, 0)
+	must(t, err)
+	addr := strings.Split(m[5], "/")[0]
+
+	next := vm.Lines()
+	lab.StopDHCP()
+	// The same server, now announcing a router that does not exist.
+	must(t, lab.DHCP("192.0.2.100", "192.0.2.150", append(renewSoon, "--dhcp-option=option:router,192.0.2.254")...))
+	_, _, err = vm.Expect(ctx, regexp.MustCompile(`msg="dhcp change failed its probes, keeping the previous lease"`), next)
+	must(t, err)
+	must(t, lab.Ping(ctx, addr))
+
+	resp, err := apiClient(sock).Get("http://node/v1/status")
+	must(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	must(t, err)
+	var st api.Status
+	must(t, json.Unmarshal(body, &st))
+	found := false
+	for _, r := range st.Transactions {
+		if r.Origin == "dhcp" && r.State == txn.Degraded && strings.Contains(r.Message, "gateway 192.0.2.254 on eth0") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no degraded dhcp transaction naming the gateway probe in %s", body)
+	}
+}

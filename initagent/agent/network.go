@@ -16,11 +16,13 @@ import (
 	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/config/source"
+	"github.com/ballast-os/ballast/initagent/dhcp"
 	"github.com/ballast-os/ballast/initagent/ignite"
 	"github.com/ballast-os/ballast/initagent/netconf"
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/txn"
+	"github.com/ballast-os/ballast/initagent/txn/probe"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
 
@@ -42,6 +44,18 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 				a.Log.Error("write resolv.conf", "err", err)
 			}
 		},
+	}
+	m.VerifyLease = func(ctx context.Context, l dhcp.Lease) error { return verifyLease(ctx, l) }
+	m.OnLeaseVerdict = func(old, cur dhcp.Lease, err error) {
+		if a.txn == nil {
+			return
+		}
+		rec := txn.Record{Origin: "dhcp", Slot: "-", Started: time.Now().UTC(), Finished: time.Now().UTC(), State: txn.Available,
+			Message: fmt.Sprintf("%s lease %s → %s", cur.Interface, old.Address, cur.Address)}
+		if err != nil {
+			rec.State, rec.Reason, rec.Message = txn.Degraded, txn.ReasonFailedToConfigure, rec.Message+": "+err.Error()
+		}
+		a.txn.Note(rec)
 	}
 	a.sup.Start(ctx, pid1.Daemon{Name: "network", Run: m.Run})
 	def, err := network.DefaultDesired()
@@ -105,6 +119,35 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		a.Log.Error("ignition", "err", err)
 	}
 	return m, cfg
+}
+
+// verifyLease probes what a new DHCP lease brings: its gateway answers
+// ARP/NDP and its DNS servers answer.
+func verifyLease(ctx context.Context, l dhcp.Lease) error {
+	var ps []probe.Probe
+	gw := l.Router
+	for _, r := range l.Routes {
+		if r.Dst.Bits() == 0 && r.Gateway.IsValid() {
+			gw = r.Gateway
+		}
+	}
+	if gw.IsValid() {
+		ps = append(ps, probe.Gateway(l.Interface, gw))
+	}
+	name := l.Domain
+	if len(l.Search) > 0 {
+		name = l.Search[0]
+	}
+	for _, s := range l.DNS {
+		ps = append(ps, probe.DNS(s, name))
+	}
+	var errs []error
+	for _, r := range probe.RunAll(ctx, ps, 3*time.Second) {
+		if r.Err != nil {
+			errs = append(errs, r.Err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // networkApplier lets transactions drive the network manager.

@@ -48,16 +48,26 @@ type Manager struct {
 	// OnDNS is called with the DNS servers and search domains whenever they
 	// change (static config first, then DHCP); nil: ignored.
 	OnDNS func(servers []netip.Addr, search []string)
+	// VerifyLease judges a DHCP lease whose address, routes or DNS servers
+	// differ from the previous one, after it is applied (a DHCP change is a
+	// transaction too). An error puts the previous lease back while it is
+	// still valid. Nil: every lease is accepted.
+	VerifyLease func(ctx context.Context, lease dhcp.Lease) error
+	// OnLeaseVerdict reports each verified change; nil: ignored.
+	OnLeaseVerdict func(old, new dhcp.Lease, err error)
 
 	mu         sync.Mutex
 	desired    Desired
 	desiredGen int // bumped by SetDesired
 	appliedGen int // desiredGen of the last apply
 	leases     map[string]dhcp.Lease
-	status     Status
-	kick       chan struct{}
-	waiters    []chan struct{}
-	once       sync.Once
+	// verify holds the clients whose new lease awaits VerifyLease, with the
+	// lease it replaced (zero when there was none).
+	verify  map[string]dhcp.Lease
+	status  Status
+	kick    chan struct{}
+	waiters []chan struct{}
+	once    sync.Once
 }
 
 // Status is what the node API and the readiness line report.
@@ -74,6 +84,7 @@ func (m *Manager) init() {
 	m.once.Do(func() {
 		m.kick = make(chan struct{}, 1)
 		m.leases = map[string]dhcp.Lease{}
+		m.verify = map[string]dhcp.Lease{}
 		if m.Log == nil {
 			m.Log = slog.New(slog.DiscardHandler)
 		}
@@ -187,6 +198,10 @@ func (m *Manager) Run(ctx context.Context) error {
 			m.OnDNS(servers, search)
 		}
 
+		if err == nil {
+			m.verifyLeases(ctx)
+		}
+
 		// DHCP clients follow the desired state; the interface is up by now.
 		want := wantedClients(d)
 		for key, cancel := range clients {
@@ -217,6 +232,52 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
+// leaseChanged reports whether b differs from a in what reaches the kernel
+// or the resolver; a plain renewal does not.
+func leaseChanged(a, b dhcp.Lease) bool {
+	return a.Address != b.Address || a.Router != b.Router || !slices.Equal(a.Routes, b.Routes) ||
+		!slices.Equal(a.DNS, b.DNS) || a.MTU != b.MTU
+}
+
+// leaseVerifyTimeout bounds VerifyLease, like a config transaction's deadline.
+const leaseVerifyTimeout = 10 * time.Second
+
+// verifyLeases judges the leases applied since the last call and puts the
+// previous lease back for each one that fails while that one is still valid.
+func (m *Manager) verifyLeases(ctx context.Context) {
+	m.mu.Lock()
+	pending := m.verify
+	m.verify = map[string]dhcp.Lease{}
+	m.mu.Unlock()
+	for key, old := range pending {
+		m.mu.Lock()
+		cur, ok := m.leases[key]
+		m.mu.Unlock()
+		if !ok {
+			continue
+		}
+		vctx, cancel := context.WithTimeout(ctx, leaseVerifyTimeout)
+		err := m.VerifyLease(vctx, cur)
+		cancel()
+		if m.OnLeaseVerdict != nil {
+			m.OnLeaseVerdict(old, cur, err)
+		}
+		if err == nil {
+			continue
+		}
+		if old.Address.IsValid() && time.Now().Before(old.ExpiresAt) {
+			m.Log.Error("dhcp change failed its probes, keeping the previous lease", "client", key,
+				"new", cur.Address, "kept", old.Address, "until", old.ExpiresAt, "err", err)
+			m.mu.Lock()
+			m.leases[key] = old
+			m.mu.Unlock()
+			m.poke()
+		} else {
+			m.Log.Error("dhcp lease failed its probes and there is no previous one to keep", "client", key, "address", cur.Address, "err", err)
+		}
+	}
+}
+
 // wantedClients lists the DHCP clients d asks for: "eth0/4" → "", "eth0/6" → mode.
 func wantedClients(d Desired) map[string]string {
 	w := map[string]string{}
@@ -238,7 +299,11 @@ func (m *Manager) newClient(key, mode string) (dhcpClient, error) {
 	log := m.Log.With("interface", name, "family", fam)
 	onLease := func(l dhcp.Lease) {
 		m.mu.Lock()
+		old := m.leases[key]
 		m.leases[key] = l
+		if m.VerifyLease != nil && leaseChanged(old, l) {
+			m.verify[key] = old
+		}
 		m.mu.Unlock()
 		log.Info("dhcp lease", "address", l.Address, "router", l.Router, "dns", fmt.Sprint(l.DNS), "lease", l.LeaseTime)
 		m.poke()

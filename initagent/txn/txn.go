@@ -412,6 +412,13 @@ func (m *Manager) limits(cfg *config.MachineConfig) (deadline, each time.Duratio
 	return deadline, each
 }
 
+// Note records a transaction that did not go through the slots, such as a
+// DHCP lease change (Origin "dhcp").
+func (m *Manager) Note(r Record) {
+	m.defaults()
+	m.record(r)
+}
+
 // History returns the recorded transactions, oldest first.
 func (m *Manager) History() []Record {
 	m.hmu.Lock()
