@@ -126,6 +126,20 @@ func TestTransactionDemo(t *testing.T) {
 	}
 	must(t, lab.Ping(ctx, "192.0.2.11"))
 
+	// The nodeIP follows: the old address is gone, the explanation says why.
+	resp, err := c.Get("http://node/v1/nodeip")
+	must(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	must(t, err)
+	var nr api.NodeIPResponse
+	if err := json.Unmarshal(body, &nr); err != nil {
+		t.Fatalf("nodeip %q: %v", body, err)
+	}
+	if nr.KubeletArg != "192.0.2.11" || !strings.Contains(nr.Explanation, "192.0.2.11") || !strings.Contains(nr.Explanation, "chosen") || !nr.Decision.Changed {
+		t.Errorf("nodeip after the address change: %q changed=%v reason=%q\n%s", nr.KubeletArg, nr.Decision.Changed, nr.Decision.Reason, nr.Explanation)
+	}
+
 	code, ar = applyVia(t, c, labConfig("192.0.2.11/24", "192.0.2.1", "192.0.2.99"))
 	rec := ar.Record
 	if code != http.StatusConflict || rec.State != txn.Degraded || rec.Reason != txn.ReasonFailedToConfigure || rec.FailedProbe != "dns 192.0.2.99" {
@@ -141,9 +155,9 @@ func TestTransactionDemo(t *testing.T) {
 		t.Errorf("off-subnet gateway: HTTP %d %+v", code, ar)
 	}
 
-	resp, err := c.Get("http://node/v1/status")
+	resp, err = c.Get("http://node/v1/status")
 	must(t, err)
-	body, err := io.ReadAll(resp.Body)
+	body, err = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	must(t, err)
 	var st api.Status
@@ -152,7 +166,9 @@ func TestTransactionDemo(t *testing.T) {
 	}
 	var states []string
 	for _, r := range st.Transactions {
-		states = append(states, r.State+"/"+r.Reason)
+		if r.Origin != "dhcp" { // the boot-time DHCP lease is judged too
+			states = append(states, r.State+"/"+r.Reason)
+		}
 	}
 	if want := "Available/ Available/ Degraded/FailedToConfigure Degraded/InvalidConfig"; strings.Join(states, " ") != want {
 		t.Errorf("status transactions %v, want %s", states, want)

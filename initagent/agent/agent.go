@@ -13,10 +13,13 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/network"
+	"github.com/ballast-os/ballast/initagent/nodeip"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 	"github.com/ballast-os/ballast/initagent/txn"
+	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
 
 // Agent runs one boot of a node.
@@ -30,8 +33,9 @@ type Agent struct {
 	// StopTimeout bounds how long each daemon may take to stop; zero means 10s.
 	StopTimeout time.Duration
 
-	sup pid1.Supervisor
-	txn *txn.Manager
+	sup    pid1.Supervisor
+	txn    *txn.Manager
+	nodeIP nodeIPState
 }
 
 // Run boots the node and blocks until a power request arrives. It returns the
@@ -96,10 +100,14 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	go pid1.WatchSignals(ctx, requests)
 	go pid1.WatchPowerButton(ctx, a.Log, requests)
 
-	net, _ := a.startNetwork(ctx, cmdline, hostname)
+	net, cfg := a.startNetwork(ctx, cmdline, hostname)
 	if err := a.waitNetwork(ctx, net, cmdline, a.Log); err != nil {
 		a.Log.Error("network degraded", "err", err)
 	}
+	if _, err := a.decideNodeIP(cfg); err != nil {
+		a.Log.Error("nodeip", "err", err)
+	}
+
 	a.startAPI(ctx, hostname, net)
 	st := net.Status()
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
@@ -127,10 +135,38 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 // provides one, on the org.ballast.api.0 virtio-serial port.
 func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Manager) {
 	srv := &api.Server{Log: a.Log.With("part", "api"), Txn: a.txn, Hostname: hostname,
-		NetworkStatus: func() any { return net.Status() }}
+		NetworkStatus: func() any { return net.Status() },
+		NodeIP:        func() *nodeip.Decision { return a.nodeIP.get() }}
 	sock := filepath.Join(a.Root, api.SocketPath)
 	a.sup.Start(ctx, pid1.Daemon{Name: "api", Run: func(ctx context.Context) error { return srv.ServeLocal(ctx, sock) }})
 	if dev := api.FindVirtioPort(a.Root, api.VirtioPortName); dev != "" {
 		a.sup.Start(ctx, pid1.Daemon{Name: "api-vport", Run: func(ctx context.Context) error { return srv.ServePort(ctx, dev) }})
+	}
+}
+
+// currentConfig is the config in the active slot, if any.
+func (a *Agent) currentConfig() *config.MachineConfig {
+	if a.txn == nil {
+		return nil
+	}
+	_, data, err := slot.Active(a.txn.Store)
+	if err != nil {
+		return nil
+	}
+	cfg, _, err := config.Parse(data)
+	if err != nil {
+		return nil
+	}
+	return cfg
+}
+
+// networkApplied decides the nodeIP again after the network changed (once
+// the first decision exists): sticky while the chosen address stays.
+func (a *Agent) networkApplied() {
+	if a.nodeIP.get() == nil {
+		return
+	}
+	if _, err := a.decideNodeIP(a.currentConfig()); err != nil {
+		a.Log.Error("nodeip", "err", err)
 	}
 }

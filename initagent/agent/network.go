@@ -35,10 +35,11 @@ const defaultNetworkTimeout = 60 * time.Second
 // config leaves the default in place and is reported, never half-applied.
 func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname string) (*network.Manager, *config.MachineConfig) {
 	m := &network.Manager{
-		Log:      a.Log.With("part", "network"),
-		Applier:  &netconf.Applier{Log: a.Log},
-		LeaseDir: filepath.Join(a.Root, "var/lib/ballast/dhcp"),
-		Hostname: hostname,
+		Log:       a.Log.With("part", "network"),
+		Applier:   &netconf.Applier{Log: a.Log},
+		LeaseDir:  filepath.Join(a.Root, "var/lib/ballast/dhcp"),
+		Hostname:  hostname,
+		OnApplied: a.networkApplied,
 		OnDNS: func(servers []netip.Addr, search []string) {
 			if err := renameio.WriteFile(filepath.Join(a.Root, "etc/resolv.conf"), network.ResolvConf(servers, search), 0o644); err != nil {
 				a.Log.Error("write resolv.conf", "err", err)

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ballast-os/ballast/initagent/nodeip"
 	"github.com/ballast-os/ballast/initagent/txn"
 )
 
@@ -37,6 +38,7 @@ type Status struct {
 	Hostname     string       `json:"hostname"`
 	Transactions []txn.Record `json:"transactions"`
 	Network      any          `json:"network,omitempty"`
+	NodeIP       string       `json:"nodeIP,omitempty"` // kubelet --node-ip value
 }
 
 // Server serves the node API handlers.
@@ -46,6 +48,15 @@ type Server struct {
 	Hostname string
 	// NetworkStatus, if set, is included in the status.
 	NetworkStatus func() any
+	// NodeIP, if set, returns the current nodeIP decision.
+	NodeIP func() *nodeip.Decision
+}
+
+// NodeIPResponse is the answer to GET /v1/nodeip.
+type NodeIPResponse struct {
+	KubeletArg  string           `json:"kubeletArg"`
+	Decision    *nodeip.Decision `json:"decision"`
+	Explanation string           `json:"explanation"`
 }
 
 // ApplyResponse is the answer to POST /v1/apply.
@@ -62,7 +73,23 @@ func (s *Server) Handler() http.Handler {
 		if s.NetworkStatus != nil {
 			st.Network = s.NetworkStatus()
 		}
+		if s.NodeIP != nil {
+			if d := s.NodeIP(); d != nil {
+				st.NodeIP = d.KubeletArg()
+			}
+		}
 		writeJSON(w, http.StatusOK, st)
+	})
+	mux.HandleFunc("GET /v1/nodeip", func(w http.ResponseWriter, r *http.Request) {
+		var d *nodeip.Decision
+		if s.NodeIP != nil {
+			d = s.NodeIP()
+		}
+		if d == nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "no nodeIP decision yet"})
+			return
+		}
+		writeJSON(w, http.StatusOK, NodeIPResponse{KubeletArg: d.KubeletArg(), Decision: d, Explanation: d.String()})
 	})
 	mux.HandleFunc("POST /v1/apply", func(w http.ResponseWriter, r *http.Request) {
 		data, err := io.ReadAll(io.LimitReader(r.Body, MaxConfigSize+1))

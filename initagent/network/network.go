@@ -55,6 +55,8 @@ type Manager struct {
 	VerifyLease func(ctx context.Context, lease dhcp.Lease) error
 	// OnLeaseVerdict reports each verified change; nil: ignored.
 	OnLeaseVerdict func(old, new dhcp.Lease, err error)
+	// OnApplied is called after every apply that changed the kernel; nil: ignored.
+	OnApplied func()
 
 	mu         sync.Mutex
 	desired    Desired
@@ -196,6 +198,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Unlock()
 		if m.OnDNS != nil {
 			m.OnDNS(servers, search)
+		}
+		if m.OnApplied != nil && res != nil && len(res.Changes) > 0 {
+			m.OnApplied()
 		}
 
 		if err == nil {

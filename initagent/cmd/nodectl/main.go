@@ -2,6 +2,7 @@
 //
 //	nodectl status [-o json]
 //	nodectl apply -f machine-config.yaml [--dry-run]
+//	nodectl nodeip [--explain] [-o json]
 //
 // Until the network API exists it uses the agent's local socket.
 package main
@@ -40,6 +41,7 @@ func run(args []string, out io.Writer) error {
 	file := fs.String("f", "", "machine config file to apply (- for stdin)")
 	dry := fs.Bool("dry-run", false, "validate and show the change without applying it")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long")
+	explain := fs.Bool("explain", false, "nodeip: list every candidate address and the rule that chose or rejected it")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -123,8 +125,31 @@ func run(args []string, out io.Writer) error {
 			return fmt.Errorf("%s", strings.TrimSpace(ar.Error))
 		}
 		return nil
+	case "nodeip":
+		resp, err := client.Get("http://agent/v1/nodeip")
+		if err != nil {
+			return fmt.Errorf("agent not reachable at %s: %w", *socket, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			b, _ := io.ReadAll(resp.Body)
+			return fmt.Errorf("agent: %s", strings.TrimSpace(string(b)))
+		}
+		var nr api.NodeIPResponse
+		if err := json.NewDecoder(resp.Body).Decode(&nr); err != nil {
+			return err
+		}
+		switch {
+		case *output == "json":
+			return printJSON(out, nr)
+		case *explain:
+			fmt.Fprint(out, nr.Explanation)
+		default:
+			fmt.Fprintln(out, nr.KubeletArg)
+		}
+		return nil
 	}
-	return fmt.Errorf("unknown command %q: use status or apply", args[0])
+	return fmt.Errorf("unknown command %q: use status, apply or nodeip", args[0])
 }
 
 func short(s string) string {
