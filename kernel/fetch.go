@@ -40,8 +40,15 @@ func Fetch(ctx context.Context, cacheDir string, pin Pin, log *slog.Logger) (*Ke
 	_ = os.Chmod(work, 0o777)
 
 	spec := pin.Package + "=" + pin.Version
-	if out, err := run(ctx, work, "apt-get", "download", "-q", spec); err != nil {
-		return nil, fmt.Errorf("apt-get download %s: %w\n%s\nIf apt cannot find this version, run `apt-get update`; if it is gone from the archive, re-pin with tools/kernel-pin", spec, err, out)
+	if _, err := run(ctx, work, "apt-get", "download", "-q", spec); err != nil {
+		// A fresh machine may have no or stale package lists.
+		log.Info("apt-get download failed, updating package lists and retrying", "package", spec)
+		if out, err := run(ctx, work, "apt-get", "update", "-q"); err != nil {
+			return nil, fmt.Errorf("apt-get update: %w\n%s", err, out)
+		}
+		if out, err := run(ctx, work, "apt-get", "download", "-q", spec); err != nil {
+			return nil, fmt.Errorf("apt-get download %s: %w\n%s\nIf the version is gone from the archive, re-pin it in kernel/kernel.go (apt-cache policy linux-image-cloud-amd64 shows what is there)", spec, err, out)
+		}
 	}
 	debs, _ := filepath.Glob(filepath.Join(work, pin.Package+"_*.deb"))
 	if len(debs) != 1 {

@@ -22,7 +22,8 @@ type Pin struct {
 
 // pins is the single place kernel versions are pinned. Versions come from
 // bookworm/main (point release), which stays in the archive until the next
-// point release; re-pin with `tools/kernel-pin`.
+// point release; re-pin from `apt-cache policy linux-image-cloud-amd64` and
+// `apt-cache depends linux-image-cloud-amd64=VERSION`.
 func pins() []Pin {
 	return []Pin{
 		{Flavour: "cloud-amd64", Package: "linux-image-6.1.0-50-cloud-amd64", Version: "6.1.176-1", Release: "6.1.0-50-cloud-amd64"},

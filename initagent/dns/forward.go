@@ -1,0 +1,208 @@
+package dns
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// ErrNoUpstream is returned when no upstream answered.
+var ErrNoUpstream = errors.New("no upstream answered")
+
+type upstream struct {
+	addr    netip.AddrPort
+	down    bool
+	lastOK  time.Time
+	lastErr string
+}
+
+// forwarder sends queries to the upstreams one after another. An upstream
+// that fails to answer is marked down and skipped until a probe or a query
+// gets an answer from it again; when every upstream is down they are all
+// tried anyway, since the health state may be the thing that is wrong.
+type forwarder struct {
+	mu      sync.Mutex
+	ups     []*upstream
+	timeout time.Duration
+	log     *slog.Logger
+	udp     *dns.Client
+	tcp     *dns.Client
+}
+
+func newForwarder(ups []netip.AddrPort, timeout time.Duration, log *slog.Logger) *forwarder {
+	f := &forwarder{
+		timeout: timeout,
+		log:     log,
+		udp:     &dns.Client{Net: "udp", Timeout: timeout, UDPSize: dns.MaxMsgSize},
+		tcp:     &dns.Client{Net: "tcp", Timeout: timeout},
+	}
+	f.setUpstreams(ups)
+	return f
+}
+
+func (f *forwarder) setUpstreams(addrs []netip.AddrPort) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	old := map[netip.AddrPort]*upstream{}
+	for _, u := range f.ups {
+		old[u.addr] = u
+	}
+	ups := make([]*upstream, 0, len(addrs))
+	for _, a := range addrs {
+		a = netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+		if u, ok := old[a]; ok {
+			ups = append(ups, u)
+			continue
+		}
+		ups = append(ups, &upstream{addr: a})
+	}
+	f.ups = ups
+}
+
+func (f *forwarder) status() []UpstreamStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]UpstreamStatus, 0, len(f.ups))
+	for _, u := range f.ups {
+		out = append(out, UpstreamStatus{Addr: u.addr, Healthy: !u.down, LastOK: u.lastOK, LastError: u.lastErr})
+	}
+	return out
+}
+
+// order returns the upstreams to try: the healthy ones in configured order,
+// or all of them when none is healthy.
+func (f *forwarder) order() []*upstream {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var up []*upstream
+	for _, u := range f.ups {
+		if !u.down {
+			up = append(up, u)
+		}
+	}
+	if len(up) == 0 {
+		up = append(up, f.ups...)
+	}
+	return up
+}
+
+func (f *forwarder) mark(u *upstream, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil {
+		if u.down {
+			f.log.Info("dns: upstream is back", "upstream", u.addr)
+		}
+		u.down, u.lastOK, u.lastErr = false, time.Now(), ""
+		return
+	}
+	if !u.down {
+		f.log.Warn("dns: upstream down", "upstream", u.addr, "err", err)
+	}
+	u.down, u.lastErr = true, err.Error()
+}
+
+// exchange sends r to one upstream over UDP, and again over TCP when the
+// reply is truncated (RFC 7766 §5).
+func (f *forwarder) exchange(ctx context.Context, u *upstream, r *dns.Msg) (*dns.Msg, error) {
+	ctx, cancel := context.WithTimeout(ctx, f.timeout)
+	defer cancel()
+	addr := u.addr.String()
+	m, _, err := f.udp.ExchangeContext(ctx, r, addr)
+	if err == nil && m.Truncated {
+		m, _, err = f.tcp.ExchangeContext(ctx, r, addr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(m.Question) != 1 || !equalQuestion(m.Question[0], r.Question[0]) {
+		return nil, fmt.Errorf("reply for another question")
+	}
+	return m, nil
+}
+
+func equalQuestion(a, b dns.Question) bool {
+	return a.Qtype == b.Qtype && a.Qclass == b.Qclass && dns.CanonicalName(a.Name) == dns.CanonicalName(b.Name)
+}
+
+// forward returns the first good reply. SERVFAIL and REFUSED send the query
+// to the next upstream without marking this one down; network errors and
+// timeouts mark it down.
+func (f *forwarder) forward(ctx context.Context, r *dns.Msg) (*dns.Msg, error) {
+	ups := f.order()
+	if len(ups) == 0 {
+		return nil, fmt.Errorf("%w: no upstreams configured", ErrNoUpstream)
+	}
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
+	req := r.Copy()
+	req.Id = dns.Id()
+	var errs []error
+	for _, u := range ups {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		m, err := f.exchange(ctx, u, req)
+		if err != nil {
+			f.mark(u, err)
+			errs = append(errs, fmt.Errorf("upstream %s: %w", u.addr, err))
+			continue
+		}
+		f.mark(u, nil)
+		if m.Rcode == dns.RcodeServerFailure || m.Rcode == dns.RcodeRefused {
+			errs = append(errs, fmt.Errorf("upstream %s: %s", u.addr, dns.RcodeToString[m.Rcode]))
+			continue
+		}
+		m.Id = r.Id
+		m.Question = r.Question
+		return m, nil
+	}
+	return nil, fmt.Errorf("%w: %w", ErrNoUpstream, errors.Join(errs...))
+}
+
+// probeDown sends ". IN NS" to every upstream marked down; any reply, even
+// an error rcode, proves it is reachable again.
+func (f *forwarder) probeDown(ctx context.Context) {
+	f.mu.Lock()
+	var down []*upstream
+	for _, u := range f.ups {
+		if u.down {
+			down = append(down, u)
+		}
+	}
+	f.mu.Unlock()
+	for _, u := range down {
+		m := new(dns.Msg)
+		m.SetQuestion(".", dns.TypeNS)
+		ctx, cancel := context.WithTimeout(ctx, f.timeout)
+		_, _, err := f.udp.ExchangeContext(ctx, m, u.addr.String())
+		cancel()
+		if err == nil {
+			f.mark(u, nil)
+		}
+	}
+}
+
+// forwardHandler is the end of the chain.
+type forwardHandler struct {
+	s *Server
+}
+
+func (h *forwardHandler) Name() string { return "forward" }
+
+func (h *forwardHandler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	m, err := h.s.fwd.forward(ctx, r)
+	if err != nil {
+		h.s.log.Debug("dns: forward failed", "name", r.Question[0].Name, "err", err)
+		return dns.RcodeServerFailure, err
+	}
+	h.s.stats.forwarded.Add(1)
+	return m.Rcode, w.WriteMsg(m)
+}
