@@ -33,6 +33,7 @@ network:
   dns:
     servers: [%s]
     search: [lab.test]
+cluster: {name: lab, domain: example}
 `, addr, gw, dns)
 }
 
@@ -112,6 +113,8 @@ func TestTransactionDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*bootTimeout)
 	defer cancel()
 	_, _, err := vm.Expect(ctx, regexp.MustCompile(`msg="config slots on disk" disk=/dev/vda`), 0)
+	must(t, err)
+	_, _, err = vm.Expect(ctx, regexp.MustCompile(`msg="local dns" listen=127.0.0.53:53 zone=lab.example`), 0)
 	must(t, err)
 	m, _, err := vm.Expect(ctx, readiness.Pattern, 0)
 	must(t, err)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"path/filepath"
 	"time"
 
@@ -33,9 +34,10 @@ type Agent struct {
 	// StopTimeout bounds how long each daemon may take to stop; zero means 10s.
 	StopTimeout time.Duration
 
-	sup    pid1.Supervisor
-	txn    *txn.Manager
-	nodeIP nodeIPState
+	sup      pid1.Supervisor
+	txn      *txn.Manager
+	nodeIP   nodeIPState
+	resolver *resolver
 }
 
 // Run boots the node and blocks until a power request arrives. It returns the
@@ -100,13 +102,20 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	go pid1.WatchSignals(ctx, requests)
 	go pid1.WatchPowerButton(ctx, a.Log, requests)
 
+	a.resolver = &resolver{root: a.Root, a: a}
 	net, cfg := a.startNetwork(ctx, cmdline, hostname)
 	if err := a.waitNetwork(ctx, net, cmdline, a.Log); err != nil {
 		a.Log.Error("network degraded", "err", err)
 	}
-	if _, err := a.decideNodeIP(cfg); err != nil {
+	d, err := a.decideNodeIP(cfg)
+	if err != nil {
 		a.Log.Error("nodeip", "err", err)
 	}
+	var nodeAddrs []netip.Addr
+	if d != nil {
+		nodeAddrs = d.Addrs()
+	}
+	a.resolver.startDNS(ctx, cfg, hostname, nodeAddrs)
 
 	a.startAPI(ctx, hostname, net)
 	st := net.Status()

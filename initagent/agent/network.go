@@ -5,13 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
-
-	"github.com/google/renameio/v2"
 
 	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/config"
@@ -40,11 +37,7 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		LeaseDir:  filepath.Join(a.Root, "var/lib/ballast/dhcp"),
 		Hostname:  hostname,
 		OnApplied: a.networkApplied,
-		OnDNS: func(servers []netip.Addr, search []string) {
-			if err := renameio.WriteFile(filepath.Join(a.Root, "etc/resolv.conf"), network.ResolvConf(servers, search), 0o644); err != nil {
-				a.Log.Error("write resolv.conf", "err", err)
-			}
-		},
+		OnDNS:     a.resolver.update,
 	}
 	m.VerifyLease = func(ctx context.Context, l dhcp.Lease) error { return verifyLease(ctx, l) }
 	m.OnLeaseVerdict = func(old, cur dhcp.Lease, err error) {
