@@ -35,6 +35,14 @@ func newLab(t *testing.T) *Lab {
 
 func bootOnLab(t *testing.T, lab *Lab, recipe, mac string, cmdline ...string) *VM {
 	t.Helper()
+	return bootLabVM(t, lab, recipe, mac, nil, cmdline...)
+}
+
+// bootLabVM boots the recipe's PXE artifacts with one NIC on the lab (plus
+// extra QEMU arguments) and stops QEMU when the test ends, showing the
+// console tail if the test failed.
+func bootLabVM(t *testing.T, lab *Lab, recipe, mac string, extra []string, cmdline ...string) *VM {
+	t.Helper()
 	dir := buildRecipe(t, recipe)
 	nic, err := lab.Tap(mac)
 	if err != nil {
@@ -42,7 +50,8 @@ func bootOnLab(t *testing.T, lab *Lab, recipe, mac string, cmdline ...string) *V
 	}
 	r, _ := loadRecipe(t, recipe)
 	vm, err := StartVM(VMOptions{
-		Kernel: dir + "/vmlinuz", Initrd: dir + "/initramfs.img", Accel: *accelFlag, Netns: lab.Name, Args: nic,
+		Kernel: dir + "/vmlinuz", Initrd: dir + "/initramfs.img", Accel: *accelFlag, Netns: lab.Name,
+		Args:    append(nic, extra...),
 		Cmdline: append(append([]string{}, r...), cmdline...),
 	})
 	if err != nil {

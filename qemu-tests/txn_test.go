@@ -68,29 +68,12 @@ func applyVia(t *testing.T, c *http.Client, doc string) (int, api.ApplyResponse)
 
 func bootWithDisk(t *testing.T, lab *Lab, disk, apiSock string, cmdline ...string) *VM {
 	t.Helper()
-	nic, err := lab.Tap("52:54:00:00:00:21")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := buildRecipe(t, "worker")
-	r, _ := loadRecipe(t, "worker")
-	args := append(nic,
-		"-drive", "file="+disk+",format=raw,if=virtio",
+	return bootLabVM(t, lab, "worker", "52:54:00:00:00:21", []string{
+		"-drive", "file=" + disk + ",format=raw,if=virtio",
 		"-device", "virtio-serial-pci",
-		"-chardev", "socket,id=api,path="+apiSock+",server=on,wait=off",
-		"-device", "virtserialport,chardev=api,name="+api.VirtioPortName)
-	vm, err := StartVM(VMOptions{Kernel: dir + "/vmlinuz", Initrd: dir + "/initramfs.img", Accel: *accelFlag, Netns: lab.Name,
-		Args: args, Cmdline: append(append([]string{}, r...), cmdline...)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		vm.Kill()
-		if t.Failed() {
-			t.Logf("last %d console lines:\n%s", consoleTail, vm.Tail(consoleTail))
-		}
-	})
-	return vm
+		"-chardev", "socket,id=api,path=" + apiSock + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=api,name=" + api.VirtioPortName,
+	}, cmdline...)
 }
 
 // TestTransactionDemo is the demo from the field on a real boot with the

@@ -42,7 +42,9 @@ type Applier struct {
 // reports it was interrupted by a concurrent change (NLM_F_DUMP_INTR).
 const dumpRetries = 5
 
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
+// RetryDump runs a netlink dump again while the kernel reports that it was
+// interrupted by a concurrent change, at most dumpRetries times.
+func RetryDump[T any](dump func() ([]T, error)) ([]T, error) {
 	for i := 0; ; i++ {
 		v, err := dump()
 		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpRetries {
@@ -197,7 +199,7 @@ func (a *Applier) apply(ctx context.Context, spec Spec, res *Result) error {
 	}
 	// One dump each for addresses and routes, grouped by link: the kernel
 	// filters neither by interface, so per-link dumps would cost a full dump each.
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
+	addrs, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return fmt.Errorf("list addresses: %w", err)
 	}
@@ -208,7 +210,7 @@ func (a *Applier) apply(ctx context.Context, spec Spec, res *Result) error {
 		}
 	}
 	// Routes after every address: a gateway must be on-link, a source must exist.
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := RetryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
@@ -255,7 +257,7 @@ func (a *Applier) findEthernet(l LinkSpec) (netlink.Link, error) {
 		}
 		return link, nil
 	}
-	all, err := retryDump(a.Handle.LinkList)
+	all, err := RetryDump(a.Handle.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list links: %w", err)
 	}
@@ -422,7 +424,7 @@ func (a *Applier) addresses(link netlink.Link, haveBy map[netip.Prefix]netlink.A
 		removed = true
 	}
 	if removed { // the kernel may have taken secondaries with a primary
-		have, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
+		have, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(link, netlink.FAMILY_ALL) })
 		if err != nil {
 			return fmt.Errorf("list addresses of %s: %w", name, err)
 		}
@@ -601,7 +603,7 @@ func (a *Applier) rules(want []RuleSpec, res *Result) error {
 	h := a.Handle
 	var have []netlink.Rule
 	for _, fam := range []int{netlink.FAMILY_V4, netlink.FAMILY_V6} {
-		rs, err := retryDump(func() ([]netlink.Rule, error) { return h.RuleList(fam) })
+		rs, err := RetryDump(func() ([]netlink.Rule, error) { return h.RuleList(fam) })
 		if err != nil && !errors.Is(err, unix.EAFNOSUPPORT) {
 			return fmt.Errorf("list rules: %w", err)
 		}

@@ -150,7 +150,7 @@ func TestApplyHostConfigThenNoOp(t *testing.T) {
 		if err != nil || len(routes) == 0 || !routes[0].Src.Equal(net.ParseIP("192.168.100.5")) {
 			t.Errorf("route to 172.20.0.1: %v %v, want src 192.168.100.5", routes, err)
 		}
-		rules, _ := retryDump(func() ([]netlink.Rule, error) { return h.RuleList(netlink.FAMILY_V4) })
+		rules, _ := RetryDump(func() ([]netlink.Rule, error) { return h.RuleList(netlink.FAMILY_V4) })
 		var ours []string
 		for _, r := range rules {
 			if r.Protocol == Protocol {
@@ -257,7 +257,7 @@ func TestApplyMissingNICFails(t *testing.T) {
 }
 
 func addrSet(t *testing.T, h *netlink.Handle, l netlink.Link) map[string]bool {
-	as, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
+	as, err := RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_ALL) })
 	if err != nil {
 		nstest.Fatalf(t, "addr list: %v", err)
 	}

@@ -1,27 +1,15 @@
 package nodeip
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/ballast-os/ballast/initagent/netconf"
 )
-
-// dumpRetries bounds how often a netlink dump is repeated when the kernel
-// reports it was interrupted by a concurrent change (NLM_F_DUMP_INTR).
-const dumpRetries = 5
-
-func retryDump[T any](dump func() ([]T, error)) ([]T, error) {
-	for i := 0; ; i++ {
-		v, err := dump()
-		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpRetries {
-			return v, err
-		}
-	}
-}
 
 // Snapshot reads links, addresses and routes (of every table) from the
 // kernel. A nil h means a NETLINK_ROUTE handle in the caller's network
@@ -36,7 +24,7 @@ func Snapshot(h *netlink.Handle) (Kernel, error) {
 		defer nh.Close()
 		h = nh
 	}
-	links, err := retryDump(h.LinkList)
+	links, err := netconf.RetryDump(h.LinkList)
 	if err != nil {
 		return s, fmt.Errorf("list links: %w", err)
 	}
@@ -44,7 +32,7 @@ func Snapshot(h *netlink.Handle) (Kernel, error) {
 		a := l.Attrs()
 		s.Links = append(s.Links, Link{Index: a.Index, Name: a.Name, Flags: a.Flags})
 	}
-	addrs, err := retryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
+	addrs, err := netconf.RetryDump(func() ([]netlink.Addr, error) { return h.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return s, fmt.Errorf("list addresses: %w", err)
 	}
@@ -60,7 +48,7 @@ func Snapshot(h *netlink.Handle) (Kernel, error) {
 			PreferredLifetime: uint32(a.PreferedLft),
 		})
 	}
-	routes, err := retryDump(func() ([]netlink.Route, error) {
+	routes, err := netconf.RetryDump(func() ([]netlink.Route, error) {
 		return h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
 	})
 	if err != nil {
