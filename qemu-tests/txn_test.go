@@ -97,7 +97,7 @@ func TestTransactionDemo(t *testing.T) {
 	defer cancel()
 	_, _, err := vm.Expect(ctx, regexp.MustCompile(`msg="config slots on disk" disk=/dev/vda`), 0)
 	must(t, err)
-	_, _, err = vm.Expect(ctx, regexp.MustCompile(`msg="local dns" listen=127.0.0.53:53 zone=lab.example`), 0)
+	_, _, err = vm.Expect(ctx, regexp.MustCompile(`msg="local dns" listen=127.0.0.53:53,169.254.20.10:53 zone=lab.example`), 0)
 	must(t, err)
 	m, _, err := vm.Expect(ctx, readiness.Pattern, 0)
 	must(t, err)

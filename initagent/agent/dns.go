@@ -2,11 +2,17 @@ package agent
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 
 	"github.com/google/renameio/v2"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/dns"
@@ -14,8 +20,15 @@ import (
 	"github.com/ballast-os/ballast/initagent/pid1"
 )
 
-// LocalDNS is where the node's own resolver listens.
-var localDNS = netip.MustParseAddrPort("127.0.0.53:53")
+// Where the node's resolver listens: 127.0.0.53 for the host, and a
+// node-local link address for pods (the address NodeLocal DNSCache uses), on
+// a dummy link of its own so it exists whatever the NICs do.
+var (
+	localDNS    = netip.MustParseAddrPort("127.0.0.53:53")
+	podDNS      = netip.MustParseAddrPort("169.254.20.10:53")
+	podDNSLink  = "ballast-dns"
+	podResolvTo = "run/ballast/pod-resolv.conf" // kubelet --resolv-conf
+)
 
 // resolver keeps /etc/resolv.conf and the local DNS server in step with
 // the upstreams the network learns. Before the server runs, resolv.conf
@@ -82,7 +95,31 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 			rec.IngressVIPs = append(rec.IngressVIPs, a)
 		}
 	}
-	srv, err := dns.New(dns.Config{Listen: []string{localDNS.String()}, Records: rec, Log: r.a.Log.With("part", "dns")})
+	listen := []string{localDNS.String()}
+	allowed := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	if err := ensurePodDNSLink(); err != nil {
+		r.a.Log.Error("pod dns address; pods get no node-local resolver", "err", err)
+	} else {
+		listen = append(listen, podDNS.String())
+		allowed = append(allowed, netip.PrefixFrom(podDNS.Addr(), 32))
+		for _, c := range append(append([]string{}, cfg.Cluster.PodCIDRs...), cfg.Cluster.ServiceCIDRs...) {
+			if p, err := netip.ParsePrefix(c); err == nil {
+				allowed = append(allowed, p.Masked())
+			}
+		}
+		for _, a := range nodeAddrs {
+			allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
+		}
+		search := cfg.Network.DNS.Search
+		if content, err := dns.PodResolvConf(podDNS.Addr(), search); err != nil {
+			r.a.Log.Error("pod resolv.conf", "err", err)
+		} else if err := os.MkdirAll(filepath.Dir(filepath.Join(r.root, podResolvTo)), 0o755); err == nil {
+			if err := renameio.WriteFile(filepath.Join(r.root, podResolvTo), content, 0o644); err != nil {
+				r.a.Log.Error("pod resolv.conf", "err", err)
+			}
+		}
+	}
+	srv, err := dns.New(dns.Config{Listen: listen, AllowedNets: allowed, Records: rec, Log: r.a.Log.With("part", "dns")})
 	if err != nil {
 		r.a.Log.Error("local dns", "err", err)
 		return
@@ -92,5 +129,30 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	r.server = srv
 	r.apply()
 	r.mu.Unlock()
-	r.a.Log.Info("local dns", "listen", localDNS, "zone", cfg.Cluster.Name+"."+cfg.Cluster.Domain)
+	r.a.Log.Info("local dns", "listen", strings.Join(listen, ","), "zone", cfg.Cluster.Name+"."+cfg.Cluster.Domain)
+}
+
+// ensurePodDNSLink creates the dummy link holding the pods' resolver address.
+func ensurePodDNSLink() error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	link, err := h.LinkByName(podDNSLink)
+	if err != nil {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = podDNSLink
+		if err := h.LinkAdd(&netlink.Dummy{LinkAttrs: attrs}); err != nil {
+			return fmt.Errorf("create %s: %w", podDNSLink, err)
+		}
+		if link, err = h.LinkByName(podDNSLink); err != nil {
+			return err
+		}
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: podDNS.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	if err := h.AddrReplace(link, addr); err != nil {
+		return fmt.Errorf("address %s on %s: %w", podDNS.Addr(), podDNSLink, err)
+	}
+	return h.LinkSetUp(link)
 }

@@ -114,6 +114,10 @@ func TestValidationRules(t *testing.T) {
 			`"192.168.100.5" has no prefix length: write it as 192.168.100.5/24 (IPv4) or 192.168.100.5/64 (IPv6) with the subnet's real length`},
 		{"rule priority", "priority: 100", "priority: 32766", "network.rules[0].priority",
 			"32766: use 1–32765 (0, 32766 and 32767 are the kernel's local, main and default rules)"},
+		{"pod CIDR holds a node address", "  apiServers: [\"10.0.0.11:6443\"]\n", "  apiServers: [\"10.0.0.11:6443\"]\n  podCIDRs: [10.0.0.0/16]\n", "cluster.podCIDRs[0]",
+			"10.0.0.0/16 contains the node address 10.0.0.5 at network.interfaces[0].addresses[0]: pod and service networks must not overlap the node's"},
+		{"service CIDR host bits", "  apiServers: [\"10.0.0.11:6443\"]\n", "  apiServers: [\"10.0.0.11:6443\"]\n  serviceCIDRs: [10.96.0.1/12]\n", "cluster.serviceCIDRs[0]",
+			"10.96.0.1/12 has host bits set: write 10.96.0.0/12"},
 		{"ignition unknown key", "cluster:\n", "ignition:\n  ignition: {version: 3.4.0}\n  storag: {}\ncluster:\n", "ignition.storag", "unused key storag"},
 		{"ignition too new", "cluster:\n", "ignition:\n  ignition: {version: 9.0.0}\ncluster:\n", "ignition", "unsupported config version: this agent reads Ignition spec 3.0 to 3.5.0"},
 	} {

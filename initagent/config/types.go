@@ -156,6 +156,10 @@ type Cluster struct {
 	IngressVIPs []string `yaml:"ingressVIPs"`
 	APIServers  []string `yaml:"apiServers"` // host:port of kube-apiservers
 	Peers       []string `yaml:"peers"`      // addresses of the other control-plane nodes
+	// PodCIDRs and ServiceCIDRs are the cluster's pod and service networks:
+	// never a node address, and allowed to use the node's DNS resolver.
+	PodCIDRs     []string `yaml:"podCIDRs"`
+	ServiceCIDRs []string `yaml:"serviceCIDRs"`
 }
 
 // Kubelet settings that the agent decides for kubelet.

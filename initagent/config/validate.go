@@ -599,6 +599,27 @@ func (v *validator) cluster() {
 	for i := range c.Peers {
 		v.addr(fmt.Sprintf("cluster.peers[%d]", i), &c.Peers[i])
 	}
+	for _, set := range []struct {
+		name  string
+		cidrs []string
+	}{{"cluster.podCIDRs", c.PodCIDRs}, {"cluster.serviceCIDRs", c.ServiceCIDRs}} {
+		for i := range set.cidrs {
+			p := fmt.Sprintf("%s[%d]", set.name, i)
+			pfx, ok := v.prefix(p, &set.cidrs[i])
+			if !ok {
+				continue
+			}
+			if pfx != pfx.Masked() {
+				v.fail(p, "%s has host bits set: write %s", pfx, pfx.Masked())
+				continue
+			}
+			for _, n := range v.nodeAddr {
+				if pfx.Contains(n.prefix.Addr()) {
+					v.fail(p, "%s contains the node address %s at %s: pod and service networks must not overlap the node's", pfx, n.prefix.Addr(), n.path)
+				}
+			}
+		}
+	}
 }
 
 func (v *validator) kubelet() {

@@ -13,8 +13,7 @@ import (
 var ErrIPv4Compatible = errors.New("IPv4-compatible IPv6 address (::a.b.c.d, deprecated by RFC 4291)")
 
 // HintsFromConfig takes the node IP hints and VIPs from the machine config.
-// PodCIDRs, ServiceCIDRs and ExcludeInterfaces are not in the config; the
-// caller fills them in. IPv4-mapped addresses become IPv4; IPv4-compatible
+// ExcludeInterfaces is not in the config; the caller fills it in. IPv4-mapped addresses become IPv4; IPv4-compatible
 // ones are refused.
 func HintsFromConfig(cfg *config.MachineConfig) (Hints, error) {
 	var h Hints
@@ -56,6 +55,19 @@ func HintsFromConfig(cfg *config.MachineConfig) (Hints, error) {
 	}
 	if h.IngressVIPs, err = parseAddrs("cluster.ingressVIPs", cfg.Cluster.IngressVIPs); err != nil {
 		return h, err
+	}
+	for _, set := range []struct {
+		field string
+		in    []string
+		out   *[]netip.Prefix
+	}{{"cluster.podCIDRs", cfg.Cluster.PodCIDRs, &h.PodCIDRs}, {"cluster.serviceCIDRs", cfg.Cluster.ServiceCIDRs, &h.ServiceCIDRs}} {
+		for i, s := range set.in {
+			p, perr := netip.ParsePrefix(s)
+			if perr != nil {
+				return h, fmt.Errorf("%s[%d]: %q: %w", set.field, i, s, perr)
+			}
+			*set.out = append(*set.out, normPrefix(p).Masked())
+		}
 	}
 	return h, nil
 }
