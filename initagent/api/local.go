@@ -39,6 +39,8 @@ type Status struct {
 	Transactions []txn.Record `json:"transactions"`
 	Network      any          `json:"network,omitempty"`
 	NodeIP       string       `json:"nodeIP,omitempty"` // kubelet --node-ip value
+	// NodeIPCandidates explains the nodeIP decision: every candidate with its rule.
+	NodeIPCandidates []string `json:"nodeIPCandidates,omitempty"`
 }
 
 // Server serves the node API handlers.
@@ -75,7 +77,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		if s.NodeIP != nil {
 			if d := s.NodeIP(); d != nil {
-				st.NodeIP = d.KubeletArg()
+				st.NodeIP, st.NodeIPCandidates = d.KubeletArg(), d.Explanation()
 			}
 		}
 		writeJSON(w, http.StatusOK, st)

@@ -65,7 +65,14 @@ func run(args []string, out io.Writer) error {
 		if *output == "json" {
 			return printJSON(out, st)
 		}
-		fmt.Fprintf(out, "node %s\n\n", st.Hostname)
+		fmt.Fprintf(out, "node %s\n", st.Hostname)
+		if st.NodeIP != "" {
+			fmt.Fprintf(out, "node IP %s\n", st.NodeIP)
+			for _, c := range st.NodeIPCandidates {
+				fmt.Fprintf(out, "  %s\n", c)
+			}
+		}
+		fmt.Fprintln(out)
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "GEN\tSLOT\tORIGIN\tSTATE\tREASON\tFAILED PROBE\tSTARTED\tTOOK\tSHA256")
 		for _, r := range st.Transactions {
