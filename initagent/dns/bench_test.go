@@ -2,6 +2,7 @@ package dns
 
 import (
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -27,6 +28,26 @@ func BenchmarkServe(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				s.ServeDNS(w, r)
+			}
+		})
+	}
+}
+
+// BenchmarkFastUDP measures the UDP fast path without sockets.
+func BenchmarkFastUDP(b *testing.B) {
+	s := fastPathServer(b, RateLimit{QPS: -1})
+	client := netip.MustParseAddr("127.0.0.1")
+	for _, q := range []string{"api.prod.example.com.", "x.apps.prod.example.com.", "a.test."} {
+		b.Run(q, func(b *testing.B) {
+			r := new(dns.Msg)
+			r.SetQuestion(q, dns.TypeA)
+			pkt, _ := r.Pack()
+			fb := &fastBuf{}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := s.fastUDP(pkt, client, fb); !ok {
+					b.Fatal("not on the fast path")
+				}
 			}
 		})
 	}

@@ -18,21 +18,22 @@ const (
 	maxStale = 24 * time.Hour
 )
 
-type cacheKey struct {
-	name         string
-	qtype, class uint16
-	do, cd       bool
-}
+// cacheKey is the lower-case question name followed by five bytes: qtype,
+// qclass (big endian) and the DO and CD bits. A string rather than a struct
+// so the UDP fast path can look it up from a stack buffer without
+// allocating (see appendCacheKey).
+type cacheKey string
 
 type cacheEntry struct {
 	msg     *dns.Msg // reply without OPT; TTLs as stored
+	wire    wireTmpl // b nil if the reply does not pack
 	stored  time.Time
 	expires time.Time
 }
 
 // cache holds forwarded replies, positive and negative, bounded in size.
 type cache struct {
-	mu      sync.Mutex
+	mu      sync.RWMutex
 	max     int
 	entries map[cacheKey]*cacheEntry
 	now     func() time.Time
@@ -44,16 +45,34 @@ func newCache(max int, now func() time.Time) *cache {
 
 func keyOf(r *dns.Msg) cacheKey {
 	q := r.Question[0]
-	k := cacheKey{name: strings.ToLower(q.Name), qtype: q.Qtype, class: q.Qclass, cd: r.CheckingDisabled}
+	do := false
 	if opt := r.IsEdns0(); opt != nil {
-		k.do = opt.Do()
+		do = opt.Do()
 	}
-	return k
+	return cacheKey(appendCacheKey(nil, strings.ToLower(q.Name), q.Qtype, q.Qclass, do, r.CheckingDisabled))
+}
+
+func appendCacheKey[S string | []byte](b []byte, lname S, qtype, qclass uint16, do, cd bool) []byte {
+	b = append(b, lname...)
+	var f byte
+	if do {
+		f |= 1
+	}
+	if cd {
+		f |= 2
+	}
+	return append(b, byte(qtype>>8), byte(qtype), byte(qclass>>8), byte(qclass), f)
+}
+
+// question returns the key's lower-case name, qtype and qclass.
+func (k cacheKey) question() dns.Question {
+	n := len(k) - 5
+	return dns.Question{Name: string(k[:n]), Qtype: uint16(k[n])<<8 | uint16(k[n+1]), Qclass: uint16(k[n+2])<<8 | uint16(k[n+3])}
 }
 
 func (c *cache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.mu.RLock()
+	defer c.mu.RUnlock()
 	return len(c.entries)
 }
 
@@ -99,6 +118,15 @@ func (c *cache) set(k cacheKey, m *dns.Msg) {
 	}
 	now := c.now()
 	e := &cacheEntry{msg: m, stored: now, expires: now.Add(time.Duration(ttl) * time.Second)}
+	// The packed reply for the UDP fast path, with the key's question: a
+	// client asking in lower case gets exactly these bytes, ID, RD, CD and
+	// TTLs patched (see fastUDP).
+	t := *m
+	t.Id, t.RecursionDesired, t.CheckingDisabled = 0, false, false
+	t.Question = []dns.Question{k.question()}
+	if w := newWireTmpl(&t, true); w != nil {
+		e.wire = *w
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.entries[k]; !ok && len(c.entries) >= c.max {
@@ -129,13 +157,21 @@ func (c *cache) evictLocked(now time.Time) {
 	}
 }
 
+// lookup returns the entry for the key k, which may be expired.
+func (c *cache) lookup(k []byte) *cacheEntry {
+	c.mu.RLock()
+	e := c.entries[cacheKey(k)]
+	c.mu.RUnlock()
+	return e
+}
+
 // get returns a reply for r with TTLs decremented by the entry's age; with
 // stale set, it also returns expired entries, with TTL staleTTL.
 func (c *cache) get(k cacheKey, r *dns.Msg, stale bool) *dns.Msg {
 	now := c.now()
-	c.mu.Lock()
+	c.mu.RLock()
 	e, ok := c.entries[k]
-	c.mu.Unlock()
+	c.mu.RUnlock()
 	if !ok {
 		return nil
 	}

@@ -39,8 +39,11 @@ func newForwarder(ups []netip.AddrPort, timeout time.Duration, log *slog.Logger)
 	f := &forwarder{
 		timeout: timeout,
 		log:     log,
-		udp:     &dns.Client{Net: "udp", Timeout: timeout, UDPSize: dns.MaxMsgSize},
-		tcp:     &dns.Client{Net: "tcp", Timeout: timeout},
+		// 8 KiB covers every EDNS buffer size in use (1232 since DNS flag day 2020, at
+		// most 4096 in practice); a 64 KiB buffer per forwarded query only cost memory.
+		// A larger reply is refused by its server with TC and comes over TCP.
+		udp: &dns.Client{Net: "udp", Timeout: timeout, UDPSize: 8192},
+		tcp: &dns.Client{Net: "tcp", Timeout: timeout},
 	}
 	f.setUpstreams(ups)
 	return f

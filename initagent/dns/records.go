@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/miekg/dns"
 )
@@ -49,7 +50,15 @@ type recordSet struct {
 	ingress []netip.Addr
 	ptr     map[string]string // reverse name → target
 	soa     *dns.SOA
+
+	// tmpl holds packed replies for the UDP fast path, keyed by lower-case
+	// name and qtype, built on first use; bounded by maxLocalTmpl because
+	// *.apps matches any name.
+	tmplMu sync.RWMutex
+	tmpl   map[string]*wireTmpl
 }
+
+const maxLocalTmpl = 4096
 
 func normAddrs(field string, in []netip.Addr) ([]netip.Addr, error) {
 	out := make([]netip.Addr, 0, len(in))
@@ -109,6 +118,7 @@ func buildRecords(r Records) (*recordSet, error) {
 		ents:  map[string]bool{zone: true},
 		apps:  ".apps." + zone,
 		ptr:   map[string]string{},
+		tmpl:  map[string]*wireTmpl{},
 	}
 	add := func(name string, addrs []netip.Addr) {
 		merged, _ := normAddrs("", append(append([]netip.Addr{}, rs.names[name]...), addrs...))
@@ -284,6 +294,53 @@ func (rs *recordSet) answer(r *dns.Msg) *dns.Msg {
 		m.Ns = append(m.Ns, rs.soa) // RFC 2308 §3: SOA in authority for negative answers
 	}
 	return m
+}
+
+// owns reports whether answer answers a question for name (lower case) and
+// qclass, rather than returning nil.
+func (rs *recordSet) owns(name []byte, qclass uint16) bool {
+	if qclass != dns.ClassINET {
+		return false
+	}
+	if _, ok := rs.ptr[string(name)]; ok {
+		return true
+	}
+	if _, ok := rs.names[string(name)]; ok {
+		return true
+	}
+	if _, ok := rs.srv[string(name)]; ok {
+		return true
+	}
+	// dns.IsSubDomain(rs.zone, name), for a name without escapes.
+	z := len(rs.zone)
+	return len(name) == z && string(name) == rs.zone ||
+		len(name) > z && string(name[len(name)-z:]) == rs.zone && name[len(name)-z-1] == '.'
+}
+
+// wireAnswer returns the packed reply to an IN question for name (lower
+// case, owned by rs) and qtype, with ID 0 and RD and CD clear; key is
+// scratch space. Nil if it does not pack.
+func (rs *recordSet) wireAnswer(name []byte, qtype uint16, key []byte) *wireTmpl {
+	key = append(append(key, name...), byte(qtype>>8), byte(qtype))
+	rs.tmplMu.RLock()
+	t, ok := rs.tmpl[string(key)]
+	n := len(rs.tmpl)
+	rs.tmplMu.RUnlock()
+	if ok {
+		return t
+	}
+	r := &dns.Msg{Question: []dns.Question{{Name: string(name), Qtype: qtype, Qclass: dns.ClassINET}}}
+	m := rs.answer(r)
+	if m == nil {
+		return nil
+	}
+	t = newWireTmpl(m, false)
+	if t != nil && n < maxLocalTmpl {
+		rs.tmplMu.Lock()
+		rs.tmpl[string(key)] = t
+		rs.tmplMu.Unlock()
+	}
+	return t
 }
 
 func (rs *recordSet) hdr(name string, t uint16) dns.RR_Header {

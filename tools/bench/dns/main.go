@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	names := fs.Int("names", 10000, "forwarded names to cache")
 	latQPS := fs.Int("latency-qps", 5000, "query rate of the latency runs")
 	clients := fs.Int("clients", 4, "dnsperf -c")
+	rounds := fs.Int("rounds", 3, "saturated runs per server and data set, alternating servers; QPS is their median")
 	serve := fs.Bool("serve", false, "internal: run the server (used in the namespace)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -151,23 +152,39 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 		rss[t.name] = readRSS(t.pid)
 	}
 
-	fmt.Fprintf(stdout, "dnsperf %s, %d clients, %s per saturated run; latency at %d qps; %d cached names; GOMAXPROCS=%s nproc=%d\n\n",
-		dnsperfVersion(), *clients, *duration, *latQPS, *names, os.Getenv("GOMAXPROCS"), numCPU())
+	fmt.Fprintf(stdout, "dnsperf %s, %d clients, %d×%s per server in saturated runs (alternating servers, median QPS); latency at %d qps; %d cached names; GOMAXPROCS=%s nproc=%d\n\n",
+		dnsperfVersion(), *clients, *rounds, *duration, *latQPS, *names, os.Getenv("GOMAXPROCS"), numCPU())
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "data\tserver\tQPS\tlost\tp50 µs\tp99 µs\tp99.9 µs\tmax µs\t")
+	fmt.Fprintln(tw, "data\tserver\tQPS\tQPS range\tlost\tp50 µs\tp99 µs\tp99.9 µs\tmax µs\t")
 	for _, data := range []struct{ name, file string }{{"local", localFile}, {"cached-fwd", fwdFile}} {
-		for _, t := range targets {
-			sat, err := dnsperf(ctx, "-s", t.addr, "-d", data.file, "-l", strconv.Itoa(int(duration.Seconds())),
-				"-c", strconv.Itoa(*clients), "-q", "200")
-			if err != nil {
-				return err
+		// The machine may be shared: alternate the servers round by round
+		// so a burst of background load does not favour one of them.
+		qps := make([][]float64, len(targets))
+		lost := make([]string, len(targets))
+		for r := range max(1, *rounds) {
+			for i := range targets {
+				if r%2 == 1 {
+					i = len(targets) - 1 - i
+				}
+				sat, err := dnsperf(ctx, "-s", targets[i].addr, "-d", data.file, "-l", strconv.Itoa(int(duration.Seconds())),
+					"-c", strconv.Itoa(*clients), "-q", "200")
+				if err != nil {
+					return err
+				}
+				qps[i] = append(qps[i], sat.qps)
+				lost[i] = sat.lost
 			}
+		}
+		for i, t := range targets {
 			lat, err := dnsperf(ctx, "-s", t.addr, "-d", data.file, "-l", "5", "-Q", strconv.Itoa(*latQPS), "-v")
 			if err != nil {
 				return err
 			}
 			p := percentiles(lat.latencies, 0.5, 0.99, 0.999, 1)
-			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t\n", data.name, t.name, sat.qps, sat.lost, p[0], p[1], p[2], p[3])
+			q := qps[i]
+			slices.Sort(q)
+			median := (q[(len(q)-1)/2] + q[len(q)/2]) / 2
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%.0f–%.0f\t%s\t%.0f\t%.0f\t%.0f\t%.0f\t\n", data.name, t.name, median, q[0], q[len(q)-1], lost[i], p[0], p[1], p[2], p[3])
 		}
 	}
 	tw.Flush()
