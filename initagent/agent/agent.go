@@ -98,6 +98,9 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		a.Log.Error("hostname", "err", err)
 	}
 
+	if err := boot.LoopbackUp(); err != nil {
+		a.Log.Error("loopback", "err", err)
+	}
 	requests := make(chan pid1.Request, 1)
 	go pid1.WatchSignals(ctx, requests)
 	go pid1.WatchPowerButton(ctx, a.Log, requests)

@@ -214,6 +214,11 @@ func (m *Manager) Run(ctx context.Context) error {
 				m.Log.Info("stopping dhcp", "client", key)
 				cancel()
 				delete(clients, key)
+				// Its lease leaves the desired state now, not when the release is answered.
+				m.mu.Lock()
+				delete(m.leases, key)
+				m.mu.Unlock()
+				m.poke()
 			}
 		}
 		for key, mode := range want {
@@ -304,6 +309,10 @@ func (m *Manager) newClient(key, mode string) (dhcpClient, error) {
 	log := m.Log.With("interface", name, "family", fam)
 	onLease := func(l dhcp.Lease) {
 		m.mu.Lock()
+		if _, wanted := wantedClients(m.desired)[key]; !wanted {
+			m.mu.Unlock() // a lease that arrived while its client was being stopped
+			return
+		}
 		old := m.leases[key]
 		m.leases[key] = l
 		if m.VerifyLease != nil && leaseChanged(old, l) {
