@@ -257,22 +257,34 @@ const (
 	badEnv  = "BALLAST_TXN_BAD"
 )
 
+// childNode sets up a child process's lab and a Manager on the disk image
+// named by the environment, as a node would have at start.
+func childNode() (*Manager, *netlink.Handle, func(), error) {
+	h, err := netlink.NewHandle()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("netlink: %w", err)
+	}
+	stop, err := setupLab(h)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("lab: %w", err)
+	}
+	store, err := slot.NewGPT(os.Getenv(diskEnv))
+	if err != nil {
+		stop()
+		return nil, nil, nil, fmt.Errorf("store: %w", err)
+	}
+	return &Manager{Store: store, Network: kernelNetwork{&netconf.Applier{}}}, h, stop, nil
+}
+
 // crashChild (in its own netns) commits a first config, then starts a
 // second and stops dead at the step; the parent SIGKILLs it there.
 func crashChild() int {
-	h, _ := netlink.NewHandle()
-	stop, err := setupLab(h)
+	m, _, stop, err := childNode()
 	if err != nil {
-		fmt.Println("lab:", err)
+		fmt.Println(err)
 		return 1
 	}
 	defer stop()
-	store, err := slot.NewGPT(os.Getenv(diskEnv))
-	if err != nil {
-		fmt.Println("store:", err)
-		return 1
-	}
-	m := &Manager{Store: store, Network: kernelNetwork{&netconf.Applier{}}}
 	if _, err := m.Apply(context.Background(), nodeConfig("10.0.0.5/24", "10.0.0.1", "10.0.0.1"), Options{}); err != nil {
 		fmt.Println("first apply:", err)
 		return 1
@@ -296,19 +308,12 @@ func crashChild() int {
 // verifyChild (in a fresh netns, like a rebooted node) boots from the disk
 // image and prints the address it applied.
 func verifyChild() int {
-	h, _ := netlink.NewHandle()
-	stop, err := setupLab(h)
+	m, h, stop, err := childNode()
 	if err != nil {
-		fmt.Println("lab:", err)
+		fmt.Println(err)
 		return 1
 	}
 	defer stop()
-	store, err := slot.NewGPT(os.Getenv(diskEnv))
-	if err != nil {
-		fmt.Println("store:", err)
-		return 1
-	}
-	m := &Manager{Store: store, Network: kernelNetwork{&netconf.Applier{}}}
 	cfg, err := m.Boot(context.Background())
 	if err != nil {
 		fmt.Println("boot:", err)
