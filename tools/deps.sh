@@ -3,7 +3,7 @@
 # Usage: tools/deps.sh [build|test]   (default: test, which includes build)
 set -eu
 build="apt dpkg kmod ca-certificates"
-test="qemu-system-x86 busybox-static iproute2 iputils-ping dnsmasq-base dnsutils dosfstools mtools genisoimage e2fsprogs mount util-linux"
+test="qemu-system-x86 busybox-static iproute2 iputils-ping dnsmasq-base dnsutils dosfstools mtools genisoimage e2fsprogs mount util-linux keepalived haproxy nginx-light ipxe ovmf dnsperf"
 want="$build"
 [ "${1:-test}" = test ] && want="$build $test"
 missing=""
