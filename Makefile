@@ -34,6 +34,7 @@ FUZZTIME ?= 10s
 test: deps check
 	$(GO) test $(TESTFLAGS) ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initagent/config/
+	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./initagent/api/
 
 bench-netconf: deps
 	$(GO) run ./tools/bench/netconf

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-os/ballast/initagent/agent"
 	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 	"github.com/ballast-os/ballast/initagent/txn"
@@ -73,7 +74,7 @@ func bootWithDisk(t *testing.T, lab *Lab, disk, apiSock string, cmdline ...strin
 		"-device", "virtio-serial-pci",
 		"-chardev", "socket,id=api,path=" + apiSock + ",server=on,wait=off",
 		"-device", "virtserialport,chardev=api,name=" + api.VirtioPortName,
-	}, cmdline...)
+	}, append([]string{agent.ConsoleAccessParam + "=rw"}, cmdline...)...)
 }
 
 // TestTransactionDemo is the demo from the field on a real boot with the

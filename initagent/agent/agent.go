@@ -12,11 +12,9 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/config"
-	"github.com/ballast-os/ballast/initagent/network"
-	"github.com/ballast-os/ballast/initagent/nodeip"
+	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 	"github.com/ballast-os/ballast/initagent/txn"
@@ -33,11 +31,14 @@ type Agent struct {
 	Root string
 	// StopTimeout bounds how long each daemon may take to stop; zero means 10s.
 	StopTimeout time.Duration
+	// Logs keeps recent log lines for the API; nil means none are kept.
+	Logs *logring.Ring
 
 	sup      pid1.Supervisor
 	txn      *txn.Manager
 	nodeIP   nodeIPState
 	resolver *resolver
+	api      apiState
 }
 
 // Run boots the node and blocks until a power request arrives. It returns the
@@ -120,7 +121,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 	a.resolver.startDNS(ctx, cfg, hostname, nodeAddrs)
 
-	a.startAPI(ctx, hostname, net)
+	a.startAPI(ctx, hostname, net, cfg, cmdline, requests)
 	st := net.Status()
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
 		Uptime: time.Since(bootStart), Addresses: st.Addresses})
@@ -143,19 +144,6 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	return req, nil
 }
 
-// startAPI serves the local API on its unix socket and, when the hypervisor
-// provides one, on the org.ballast.api.0 virtio-serial port.
-func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Manager) {
-	srv := &api.Server{Log: a.Log.With("part", "api"), Txn: a.txn, Hostname: hostname,
-		NetworkStatus: func() any { return net.Status() },
-		NodeIP:        func() *nodeip.Decision { return a.nodeIP.get() }}
-	sock := filepath.Join(a.Root, api.SocketPath)
-	a.sup.Start(ctx, pid1.Daemon{Name: "api", Run: func(ctx context.Context) error { return srv.ServeLocal(ctx, sock) }})
-	if dev := api.FindVirtioPort(a.Root, api.VirtioPortName); dev != "" {
-		a.sup.Start(ctx, pid1.Daemon{Name: "api-vport", Run: func(ctx context.Context) error { return srv.ServePort(ctx, dev) }})
-	}
-}
-
 // currentConfig is the config in the active slot, if any.
 func (a *Agent) currentConfig() *config.MachineConfig {
 	if a.txn == nil {
@@ -175,6 +163,7 @@ func (a *Agent) currentConfig() *config.MachineConfig {
 // networkApplied decides the nodeIP again after the network changed (once
 // the first decision exists): sticky while the chosen address stays.
 func (a *Agent) networkApplied() {
+	a.reloadAPI()
 	if a.nodeIP.get() == nil {
 		return
 	}

@@ -156,3 +156,14 @@ func ensurePodDNSLink() error {
 	}
 	return h.LinkSetUp(link)
 }
+
+// status is the local DNS server's status, or nil before it runs.
+func (r *resolver) status() any {
+	r.mu.Lock()
+	srv := r.server
+	r.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	return srv.Status()
+}

@@ -44,7 +44,7 @@ func (s *Server) ServePort(ctx context.Context, dev string) error {
 		<-ctx.Done()
 		f.Close()
 	}()
-	h := s.Handler()
+	h := s.Handler(s.ConsoleAccess)
 	br := bufio.NewReader(f)
 	for ctx.Err() == nil {
 		req, err := http.ReadRequest(br)
@@ -66,7 +66,7 @@ func (s *Server) ServePort(ctx context.Context, dev string) error {
 			continue
 		}
 		rw := &bufferedResponse{header: http.Header{}, code: http.StatusOK}
-		h.ServeHTTP(rw, req.WithContext(ctx))
+		h.ServeHTTP(rw, req.WithContext(withClient(ctx, "console port")))
 		_, _ = io.Copy(io.Discard, req.Body)
 		resp := &http.Response{StatusCode: rw.code, ProtoMajor: 1, ProtoMinor: 1, Header: rw.header,
 			ContentLength: int64(rw.body.Len()), Body: io.NopCloser(&rw.body), Request: req}

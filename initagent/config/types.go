@@ -21,6 +21,7 @@ type MachineConfig struct {
 	Cluster  Cluster        `yaml:"cluster"`
 	Kubelet  Kubelet        `yaml:"kubelet"`
 	Services Services       `yaml:"services"`
+	API      API            `yaml:"api"`
 
 	ignitionJSON []byte // the ignition section as JSON, for the Ignition parser
 }

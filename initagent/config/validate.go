@@ -50,6 +50,7 @@ func (v *validator) validate() {
 	v.probes()
 	v.cluster()
 	v.kubelet()
+	v.api()
 }
 
 // ipv4Compatible reports an IPv4-compatible IPv6 address (::a.b.c.d),

@@ -31,6 +31,33 @@ type supervised struct {
 	name   string
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu       sync.Mutex
+	since    time.Time
+	restarts int
+	lastErr  string
+}
+
+// DaemonStatus is one supervised daemon, for the node status.
+type DaemonStatus struct {
+	Name      string    `json:"name"`
+	Since     time.Time `json:"since"` // last (re)start
+	Restarts  int       `json:"restarts"`
+	LastError string    `json:"lastError,omitempty"`
+}
+
+// Status lists the running daemons in start order.
+func (s *Supervisor) Status() []DaemonStatus {
+	s.mu.Lock()
+	running := append([]*supervised(nil), s.running...)
+	s.mu.Unlock()
+	out := make([]DaemonStatus, 0, len(running))
+	for _, sv := range running {
+		sv.mu.Lock()
+		out = append(out, DaemonStatus{Name: sv.name, Since: sv.since, Restarts: sv.restarts, LastError: sv.lastErr})
+		sv.mu.Unlock()
+	}
+	return out
 }
 
 // Start runs d under supervision until StopAll.
@@ -49,10 +76,17 @@ func (s *Supervisor) Start(ctx context.Context, d Daemon) {
 		backoff := 100 * time.Millisecond
 		for {
 			start := time.Now()
+			sv.mu.Lock()
+			sv.since = start.UTC()
+			sv.mu.Unlock()
 			err := runRecovered(ctx, d)
 			if ctx.Err() != nil {
 				return
 			}
+			sv.mu.Lock()
+			sv.restarts++
+			sv.lastErr = err.Error()
+			sv.mu.Unlock()
 			if time.Since(start) > maxBackoff {
 				backoff = 100 * time.Millisecond // it ran well for a while: not a crash loop
 			}

@@ -47,8 +47,13 @@ const (
 	Available   = "Available"
 	Degraded    = "Degraded"
 
+	// AwaitingConfirmation: applied and probed, committed only when confirmed before its deadline.
+	AwaitingConfirmation = "AwaitingConfirmation"
+
 	ReasonFailedToConfigure = "FailedToConfigure"
 	ReasonInvalid           = "InvalidConfig"
+	ReasonNotConfirmed      = "NotConfirmed"
+	ReasonRolledBack        = "RolledBackByRequest"
 )
 
 // Record is one transaction, kept in the history.
@@ -65,7 +70,9 @@ type Record struct {
 	Message      string         `json:"message,omitempty"`
 	Probes       []ProbeOutcome `json:"probes,omitempty"`
 	RolledBackTo string         `json:"rolledBackTo,omitempty"`
-	Diff         string         `json:"diff,omitempty"` // dry runs: running config → new config
+	// ConfirmBy is the deadline of a tried change: unconfirmed by then, it is rolled back.
+	ConfirmBy time.Time `json:"confirmBy,omitzero"`
+	Diff      string    `json:"diff,omitempty"` // dry runs: running config → new config
 }
 
 // ProbeOutcome is one probe's result before and after the change.
@@ -81,7 +88,12 @@ const HistoryLen = 20
 // Options for one Apply.
 type Options struct {
 	DryRun bool
-	Origin string // "apply" (default), "dhcp"
+	Origin string // "apply" (default), "dhcp", "rollback"
+	// ConfirmWithin, when set, tries the change: it is applied and probed
+	// but committed only when Confirm is called within this time, else it
+	// is rolled back (like a router's "commit confirmed"). A reboot before
+	// then boots the last committed config.
+	ConfirmWithin time.Duration
 }
 
 // Manager runs transactions one at a time.
@@ -101,6 +113,7 @@ type Manager struct {
 	Fault func(step string)
 
 	mu      sync.Mutex // one transaction at a time
+	pending *pendingTry
 	hmu     sync.Mutex
 	history []Record
 	loaded  bool
@@ -165,7 +178,7 @@ func (m *Manager) Boot(ctx context.Context) (*config.MachineConfig, error) {
 		}
 		// An interrupted transaction: its try is already used up by slot.Boot.
 		m.Log.Info("resuming interrupted network transaction", "slot", s.Name, "generation", h.Generation)
-		ok, rec := m.tryAndJudge(ctx, cfg, s.Name, rec, nil)
+		ok, rec := m.tryAndJudge(ctx, cfg, s.Name, rec, nil, 0)
 		if ok {
 			return cfg, nil
 		}
@@ -182,6 +195,10 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if p := m.pending; p != nil && !o.DryRun {
+		return Record{}, fmt.Errorf("%w: generation %d in slot %s waits for confirmation until %s: confirm or roll it back first",
+			ErrAwaitingConfirmation, p.rec.Generation, p.rec.Slot, p.rec.ConfirmBy.Format(time.RFC3339))
+	}
 	sum := sha256.Sum256(data)
 	rec := Record{SHA256: hex.EncodeToString(sum[:]), Origin: o.Origin, Started: time.Now().UTC(), State: Progressing}
 	cfg, _, err := config.Parse(data)
@@ -228,7 +245,10 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 		return rec, fmt.Errorf("config slots: %w", err)
 	}
 	m.record(rec)
-	_, rec = m.tryAndJudge(ctx, cfg, name, rec, before)
+	_, rec = m.tryAndJudge(ctx, cfg, name, rec, before, o.ConfirmWithin)
+	if rec.State == AwaitingConfirmation {
+		return rec, nil
+	}
 	if rec.State != Available {
 		return rec, fmt.Errorf("%s: %s", rec.Reason, rec.Message)
 	}
@@ -238,7 +258,9 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 // tryAndJudge applies cfg from slot name, probes, and commits or rolls back.
 // before are the probe results under the previous config (nil at boot: then
 // every probe must pass).
-func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, name string, rec Record, before []probe.Result) (bool, Record) {
+// With confirmWithin set, a change that passes waits for Confirm instead of
+// being committed.
+func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, name string, rec Record, before []probe.Result, confirmWithin time.Duration) (bool, Record) {
 	deadline, each := m.limits(cfg)
 	dctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
@@ -255,6 +277,13 @@ func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, na
 		rec.Probes = outcomes(before, after)
 	}
 	rec.Finished = time.Now().UTC()
+	if err == nil && len(regressions) == 0 && confirmWithin > 0 {
+		rec.State, rec.ConfirmBy = AwaitingConfirmation, time.Now().Add(confirmWithin).UTC()
+		m.awaitConfirmation(rec, confirmWithin)
+		m.Log.Info("network change applied, waiting for confirmation", "generation", rec.Generation, "slot", name, "confirmBy", rec.ConfirmBy)
+		m.record(rec)
+		return true, rec
+	}
 	if err == nil && len(regressions) == 0 {
 		m.fault("before-commit")
 		if cerr := slot.Commit(m.Store, name); cerr != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/agent"
+	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +23,9 @@ const fatalRebootDelay = 10 * time.Second
 
 func main() {
 	level := new(slog.LevelVar) // the agent lowers it to debug for ballast.debug on the cmdline
-	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: level}))
+	// Recent lines stay in memory for `nodectl logs`; the console gets them all.
+	logs := logring.New(20000)
+	log := slog.New(logs.Handler(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: level})))
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "initagent: must run as PID 1 (the kernel's init)")
 		os.Exit(2)
@@ -30,7 +33,7 @@ func main() {
 	// Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 
-	req, err := runRecovered(log, level)
+	req, err := runRecovered(log, level, logs)
 	if err != nil {
 		log.Error("fatal, rebooting", "err", err, "in", fatalRebootDelay)
 		time.Sleep(fatalRebootDelay)
@@ -45,12 +48,12 @@ func main() {
 	select {} // the kernel takes it from here
 }
 
-func runRecovered(log *slog.Logger, level *slog.LevelVar) (req pid1.Request, err error) {
+func runRecovered(log *slog.Logger, level *slog.LevelVar, logs *logring.Ring) (req pid1.Request, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v", r)
 		}
 	}()
-	a := &agent.Agent{Log: log, LogLevel: level, Console: os.Stdout}
+	a := &agent.Agent{Log: log, LogLevel: level, Console: os.Stdout, Logs: logs}
 	return a.Run(context.Background())
 }

@@ -31,7 +31,7 @@ func TestNodectlAgainstLocalAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &txn.Manager{Store: store, Network: hostless{}}
-	srv := &api.Server{Log: slog.New(slog.DiscardHandler), Txn: m, Hostname: "node-1"}
+	srv := &api.Server{Log: slog.New(slog.DiscardHandler), Txn: m, Hostname: "node-1", ConsoleAccess: api.Full}
 	sock := filepath.Join(dir, "agent.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -83,7 +83,7 @@ func TestNodectlAgainstLocalAPI(t *testing.T) {
 	if !strings.Contains(table, "node node-1") || !strings.Contains(table, "Available") || !strings.Contains(table, "InvalidConfig") {
 		t.Errorf("status table:\n%s", table)
 	}
-	if err := run([]string{"status", "--socket", filepath.Join(dir, "nope.sock")}, &out); err == nil || !strings.Contains(err.Error(), "agent not reachable") {
+	if err := run([]string{"status", "--socket", filepath.Join(dir, "nope.sock")}, &out); err == nil || !strings.Contains(err.Error(), "unreachable") {
 		t.Errorf("unreachable agent: %v", err)
 	}
 }
