@@ -88,6 +88,10 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
 	}
 
+	if err := a.prepareSystem(ctx, cmdline); err != nil {
+		a.Log.Error("system slots", "err", err)
+	}
+
 	hostname := info.Hostname
 	if v, ok := cmdline.Get("ballast.hostname"); ok && v != "" {
 		hostname = v
@@ -126,6 +130,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
 		Uptime: time.Since(bootStart), Addresses: st.Addresses})
 	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
+	a.afterReady(ctx, cmdline)
 
 	var req pid1.Request
 	if shutdownAfterReady != "" {

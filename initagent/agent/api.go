@@ -56,6 +56,9 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 	if a.resolver != nil {
 		srv.Sections["dns"] = func() any { return a.resolver.status() }
 	}
+	if u := a.systemUpgrader(cmdline); u != nil {
+		srv.Upgrade = u
+	}
 	if v, _ := cmdline.Get(ConsoleAccessParam); v == "rw" {
 		srv.ConsoleAccess = api.Full
 	}
