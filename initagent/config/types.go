@@ -161,6 +161,55 @@ type Cluster struct {
 	// never a node address, and allowed to use the node's DNS resolver.
 	PodCIDRs     []string `yaml:"podCIDRs"`
 	ServiceCIDRs []string `yaml:"serviceCIDRs"`
+	// VIP tunes the VIP speaker that floats apiVIPs and ingressVIPs.
+	VIP VIP `yaml:"vip"`
+	// APIProxy tunes the local API proxy in front of apiServers.
+	APIProxy APIProxy `yaml:"apiProxy"`
+}
+
+// VIP tunes the VRRPv3 speaker. Peers come from cluster.peers: with peers
+// the speaker talks unicast and ignores everyone else; without, multicast.
+type VIP struct {
+	// Interface carries the adverts and the VIPs; empty: the interface
+	// whose subnet holds the VIP.
+	Interface string `yaml:"interface"`
+	// Priority of this node, 1–254; 0 means 100.
+	Priority int `yaml:"priority"`
+	// Preempt lets a higher-priority node take the VIPs from a healthy
+	// master; off by default, so the VIPs move only when a master fails.
+	Preempt bool `yaml:"preempt"`
+	// PreemptDelaySeconds keeps a freshly booted node from preempting.
+	PreemptDelaySeconds int `yaml:"preemptDelaySeconds"`
+	// APIVRID and IngressVRID, 1–255; 0 derives them from the cluster name.
+	APIVRID     int `yaml:"apiVRID"`
+	IngressVRID int `yaml:"ingressVRID"`
+	// AdvertIntervalMs is the advert interval, a multiple of 10 from 10 to
+	// 40950; 0 means the speaker's default (100 ms).
+	AdvertIntervalMs int `yaml:"advertIntervalMs"`
+	// IngressCheck is the health the ingress VIP follows; empty: none.
+	IngressCheck HealthCheck `yaml:"ingressCheck"`
+}
+
+// HealthCheck is an HTTP or TCP check with what its failure costs.
+type HealthCheck struct {
+	HTTP string `yaml:"http"` // URL answering 2xx
+	TCP  string `yaml:"tcp"`  // host:port accepting connections
+	// Weight lowers the priority while the check fails; Fault gives the VIP up instead.
+	Weight int  `yaml:"weight"`
+	Fault  bool `yaml:"fault"`
+}
+
+// APIProxy tunes the local API proxy.
+type APIProxy struct {
+	// Port of the node-local frontend on 127.0.0.1; 0 means 7445.
+	Port int `yaml:"port"`
+	// Balance is round-robin (default) or least-conn.
+	Balance string `yaml:"balance"`
+	// CheckIntervalMs between /readyz checks of each apiserver; 0 means 1000.
+	CheckIntervalMs int `yaml:"checkIntervalMs"`
+	// PinnedSPKI are hex sha256 digests of the apiservers' public keys,
+	// trusted by the health checks until the cluster CA is known.
+	PinnedSPKI []string `yaml:"pinnedSPKI"`
 }
 
 // Kubelet settings that the agent decides for kubelet.

@@ -600,6 +600,8 @@ func (v *validator) cluster() {
 	for i := range c.Peers {
 		v.addr(fmt.Sprintf("cluster.peers[%d]", i), &c.Peers[i])
 	}
+	v.vip()
+	v.apiProxy()
 	for _, set := range []struct {
 		name  string
 		cidrs []string
