@@ -180,3 +180,30 @@ func (l *Lab) Close() {
 	exec.Command("ip", "netns", "del", l.Name).Run()
 	os.RemoveAll(l.dir)
 }
+
+// DialContext connects from inside the namespace, like a host on the lab's switch.
+func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with its changed namespace
+		ns, err := netns.GetFromName(l.Name)
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			ch <- result{err: err}
+			return
+		}
+		var d net.Dialer
+		c, err := d.DialContext(ctx, network, addr)
+		ch <- result{c, err}
+	}()
+	r := <-ch
+	return r.c, r.err
+}
