@@ -20,8 +20,11 @@ import (
 const helperEnv = "BALLAST_PID1_TEST_HELPER"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(helperEnv) == "reaper" {
+	switch os.Getenv(helperEnv) {
+	case "reaper":
 		os.Exit(reaperHelper())
+	case "process":
+		os.Exit(processHelper())
 	}
 	os.Exit(m.Run())
 }

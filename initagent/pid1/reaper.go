@@ -8,15 +8,39 @@ import (
 	"errors"
 	"log/slog"
 	"os"
+	"os/exec"
 	"os/signal"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
 // Reaper collects every child that exits, so orphans re-parented to init
-// never linger as zombies.
+// never linger as zombies. Children started with Start get their exit
+// status delivered instead of lost to the reaper.
 type Reaper struct {
 	Log *slog.Logger
+
+	mu      sync.Mutex // held while starting a child and while reaping
+	waiting map[int]chan unix.WaitStatus
+}
+
+// Start starts cmd and returns a channel that receives its exit status.
+// Holding the lock across the start means the child is registered before
+// the reaper can collect it. Never call cmd.Wait on it: the status belongs
+// to the reaper.
+func (r *Reaper) Start(cmd *exec.Cmd) (<-chan unix.WaitStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	if r.waiting == nil {
+		r.waiting = map[int]chan unix.WaitStatus{}
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	r.waiting[cmd.Process.Pid] = ch
+	return ch, nil
 }
 
 // Run reaps until ctx is done.
@@ -25,7 +49,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 	signal.Notify(sigs, unix.SIGCHLD)
 	defer signal.Stop(sigs)
 	for {
-		reapAll(r.Log)
+		r.mu.Lock()
+		reapAll(r.Log, r.waiting)
+		r.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil
@@ -34,8 +60,9 @@ func (r *Reaper) Run(ctx context.Context) error {
 	}
 }
 
-// reapAll reaps every exited child and reports whether any children remain.
-func reapAll(log *slog.Logger) (remaining bool) {
+// reapAll reaps every exited child, handing the status of the registered
+// ones to their waiters, and reports whether any children remain.
+func reapAll(log *slog.Logger, waiting map[int]chan unix.WaitStatus) (remaining bool) {
 	for {
 		var ws unix.WaitStatus
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
@@ -49,6 +76,11 @@ func reapAll(log *slog.Logger) (remaining bool) {
 			return true
 		case pid <= 0:
 			return true // children remain, none exited yet
+		}
+		if ch, ok := waiting[pid]; ok {
+			ch <- ws
+			delete(waiting, pid)
+			continue
 		}
 		log.Debug("reaped", "pid", pid, "status", ws.ExitStatus(), "signal", ws.Signal())
 	}

@@ -25,7 +25,7 @@ func KillAll(log *slog.Logger, grace time.Duration) {
 func waitNoChildren(log *slog.Logger, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for {
-		if !reapAll(log) {
+		if !reapAll(log, nil) {
 			return true
 		}
 		if time.Now().After(deadline) {
