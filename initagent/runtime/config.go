@@ -1,0 +1,153 @@
+// Package runtime runs Kubernetes on the node: containerd (with runc and
+// the CNI plugins from the system image), the preloaded images, and
+// kubelet with the nodeIP decision, the local DNS and the local API proxy.
+package runtime
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Paths are where the runtime's pieces live on a node.
+type Paths struct {
+	BinDir        string // containerd, shim, runc, kubelet (the system image)
+	CNIBinDir     string // bridge, host-local, loopback, portmap
+	CNIConfDir    string // /etc/cni/net.d
+	ContainerdDir string // containerd's root, /var/lib/containerd
+	StateDir      string // /run/containerd
+	KubeletDir    string // /var/lib/kubelet
+	ManifestDir   string // static pods, /etc/kubernetes/manifests
+	PKIDir        string // /etc/kubernetes/pki
+}
+
+// DefaultPaths are the paths on a node.
+func DefaultPaths() Paths {
+	return Paths{
+		BinDir:        "/opt/ballast/bin",
+		CNIBinDir:     "/opt/cni/bin",
+		CNIConfDir:    "/etc/cni/net.d",
+		ContainerdDir: "/var/lib/containerd",
+		StateDir:      "/run/containerd",
+		KubeletDir:    "/var/lib/kubelet",
+		ManifestDir:   "/etc/kubernetes/manifests",
+		PKIDir:        "/etc/kubernetes/pki",
+	}
+}
+
+// Socket is containerd's gRPC socket.
+func (p Paths) Socket() string { return p.StateDir + "/containerd.sock" }
+
+// ContainerdConfig is containerd 2.4's config (version 4): cgroupfs (no
+// systemd on the node), runc from the system image, CNI from the system
+// image's plugins, and the preloaded pause image as sandbox, never pulled.
+func ContainerdConfig(p Paths, pauseImage string) string {
+	q := strconv.Quote
+	var b strings.Builder
+	fmt.Fprintf(&b, "version = 4\nroot = %s\nstate = %s\n\n", q(p.ContainerdDir), q(p.StateDir))
+	fmt.Fprintf(&b, "[grpc]\n  address = %s\n\n", q(p.Socket()))
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n\n")
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = %s\n\n", q(pauseImage))
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = 'runc'\n\n")
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n\n")
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  BinaryName = %s\n  SystemdCgroup = false\n\n",
+		q(p.BinDir+"/runc"))
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [%s]\n  conf_dir = %s\n\n", q(p.CNIBinDir), q(p.CNIConfDir))
+	fmt.Fprintf(&b, "[plugins.'io.containerd.grpc.v1.cri']\n  disable_tcp_service = true\n  stream_server_address = '127.0.0.1'\n")
+	return b.String()
+}
+
+// Kubelet describes this node's kubelet.
+type Kubelet struct {
+	Hostname      string
+	NodeIP        string // --node-ip, from the nodeIP decision ("v4,v6")
+	ClusterDomain string // e.g. cluster.local
+	ClusterDNS    []netip.Addr
+	ResolvConf    string // the pods' resolv.conf (the node-local DNS)
+	Kubeconfig    string // reaches the API through the local proxy
+	ExtraArgs     map[string]string
+}
+
+// KubeletConfiguration renders kubelet's config file (JSON is YAML).
+func KubeletConfiguration(p Paths, k Kubelet) ([]byte, error) {
+	dns := make([]string, 0, len(k.ClusterDNS))
+	for _, a := range k.ClusterDNS {
+		dns = append(dns, a.String())
+	}
+	c := map[string]any{
+		"apiVersion":               "kubelet.config.k8s.io/v1beta1",
+		"kind":                     "KubeletConfiguration",
+		"cgroupDriver":             "cgroupfs",
+		"containerRuntimeEndpoint": "unix://" + p.Socket(),
+		"staticPodPath":            p.ManifestDir,
+		"resolvConf":               k.ResolvConf,
+		"clusterDomain":            k.ClusterDomain,
+		"clusterDNS":               dns,
+		"failSwapOn":               false,
+		"rotateCertificates":       true,
+		"authentication": map[string]any{
+			"anonymous": map[string]any{"enabled": false},
+			"webhook":   map[string]any{"enabled": true},
+			"x509":      map[string]any{"clientCAFile": p.PKIDir + "/ca.crt"},
+		},
+		"authorization": map[string]any{"mode": "Webhook"},
+		// No systemd: kubelet must not look for its units' cgroups.
+		"cgroupsPerQOS": true,
+	}
+	return json.MarshalIndent(c, "", "  ")
+}
+
+// KubeletArgs are the command-line flags next to the config file.
+func KubeletArgs(p Paths, k Kubelet) []string {
+	args := []string{
+		"--config=" + p.KubeletDir + "/config.yaml",
+		"--kubeconfig=" + k.Kubeconfig,
+		"--hostname-override=" + k.Hostname,
+	}
+	if k.NodeIP != "" {
+		args = append(args, "--node-ip="+k.NodeIP)
+	}
+	keys := make([]string, 0, len(k.ExtraArgs))
+	for key := range k.ExtraArgs {
+		keys = append(keys, key)
+	}
+	sortStrings(keys)
+	for _, key := range keys {
+		args = append(args, "--"+strings.TrimPrefix(key, "--")+"="+k.ExtraArgs[key])
+	}
+	return args
+}
+
+// CNIConfig is a bridge + host-local + portmap network for the node's pod
+// CIDRs, enough for a node to become Ready without a network add-on.
+func CNIConfig(podCIDRs []netip.Prefix) ([]byte, error) {
+	var ranges [][]map[string]string
+	for _, c := range podCIDRs {
+		ranges = append(ranges, []map[string]string{{"subnet": c.Masked().String()}})
+	}
+	routes := []map[string]string{}
+	for _, c := range podCIDRs {
+		if c.Addr().Is4() {
+			routes = append(routes, map[string]string{"dst": "0.0.0.0/0"})
+		} else {
+			routes = append(routes, map[string]string{"dst": "::/0"})
+		}
+	}
+	conf := map[string]any{
+		"cniVersion": "1.0.0",
+		"name":       "ballast",
+		"plugins": []any{
+			map[string]any{
+				"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+				"ipam": map[string]any{"type": "host-local", "ranges": ranges, "routes": routes},
+			},
+			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
+		},
+	}
+	return json.MarshalIndent(conf, "", "  ")
+}
+
+func sortStrings(s []string) { sort.Strings(s) }

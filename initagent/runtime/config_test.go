@@ -1,0 +1,87 @@
+package runtime
+
+import (
+	"encoding/json"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// containerdBinary finds a containerd built by the payload builder.
+func containerdBinary(t *testing.T) string {
+	t.Helper()
+	if p := os.Getenv("BALLAST_CONTAINERD"); p != "" {
+		return p
+	}
+	home, _ := os.UserHomeDir()
+	matches, _ := filepath.Glob(filepath.Join(home, ".cache/ballast/payload/containerd-*/containerd"))
+	if len(matches) == 0 {
+		t.Skip("no containerd binary: build the payload (image/payload) or set BALLAST_CONTAINERD")
+	}
+	return matches[len(matches)-1]
+}
+
+func TestContainerdAcceptsItsConfig(t *testing.T) {
+	bin := containerdBinary(t)
+	p := DefaultPaths()
+	p.BinDir = "/opt/test/bin"
+	conf := filepath.Join(t.TempDir(), "config.toml")
+	if err := os.WriteFile(conf, []byte(ContainerdConfig(p, "registry.k8s.io/pause:3.10.2")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "--config", conf, "config", "dump").CombinedOutput()
+	if err != nil {
+		t.Fatalf("containerd config dump: %v\n%s", err, out)
+	}
+	dump := string(out)
+	if strings.Contains(dump, "level=warning") || strings.Contains(dump, "level=error") {
+		t.Errorf("containerd complains about the config:\n%s", dump)
+	}
+	for _, want := range []string{
+		"sandbox = 'registry.k8s.io/pause:3.10.2'",
+		"BinaryName = '/opt/test/bin/runc'",
+		"SystemdCgroup = false",
+		"bin_dirs = ['/opt/cni/bin']",
+		"address = '/run/containerd/containerd.sock'",
+	} {
+		if !strings.Contains(dump, want) {
+			t.Errorf("effective config lacks %s", want)
+		}
+	}
+}
+
+func TestKubeletFilesAndFlags(t *testing.T) {
+	p := DefaultPaths()
+	k := Kubelet{Hostname: "cp-1", NodeIP: "10.0.0.5,2001:db8::5", ClusterDomain: "cluster.local",
+		ClusterDNS: []netip.Addr{netip.MustParseAddr("169.254.20.10")}, ResolvConf: "/run/ballast/pod-resolv.conf",
+		Kubeconfig: "/etc/kubernetes/kubelet.conf", ExtraArgs: map[string]string{"v": "2", "--max-pods": "50"}}
+	data, err := KubeletConfiguration(p, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c map[string]any
+	if err := json.Unmarshal(data, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c["cgroupDriver"] != "cgroupfs" || c["resolvConf"] != "/run/ballast/pod-resolv.conf" ||
+		c["containerRuntimeEndpoint"] != "unix:///run/containerd/containerd.sock" || c["staticPodPath"] != "/etc/kubernetes/manifests" {
+		t.Errorf("kubelet config %s", data)
+	}
+	args := strings.Join(KubeletArgs(p, k), " ")
+	want := "--config=/var/lib/kubelet/config.yaml --kubeconfig=/etc/kubernetes/kubelet.conf --hostname-override=cp-1 --node-ip=10.0.0.5,2001:db8::5 --max-pods=50 --v=2"
+	if args != want {
+		t.Errorf("kubelet args\n got %s\nwant %s", args, want)
+	}
+	cni, err := CNIConfig([]netip.Prefix{netip.MustParsePrefix("10.244.0.0/24"), netip.MustParsePrefix("fd00:10:244::/64")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"type": "bridge"`, `"subnet": "10.244.0.0/24"`, `"subnet": "fd00:10:244::/64"`, `"dst": "::/0"`, `"type": "portmap"`} {
+		if !strings.Contains(string(cni), want) {
+			t.Errorf("CNI config lacks %s:\n%s", want, cni)
+		}
+	}
+}
