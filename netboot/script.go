@@ -1,13 +1,39 @@
-// Package netboot renders iPXE boot scripts for ballast images.
+// Package netboot renders iPXE boot scripts for ballast images; the netboot
+// server (package netboot/server, command netbootd) serves them.
 //
 //	script := netboot.Script(netboot.ScriptParams{Title: "control-plane", Kernel: "vmlinuz",
-//		Initrds: []string{"initramfs.img"}, Cmdline: []string{"console=ttyS0"}})
+//		Initrds: []string{"initramfs.img"}, Cmdline: []string{"console=ttyS0"},
+//		ConfigURL: "http://10.0.0.1:8080/config/${mac:hexhyp}?uuid=${uuid}"})
 package netboot
 
 import (
+	"bufio"
 	"bytes"
+	"errors"
 	"fmt"
 	"strings"
+)
+
+// Platform selects the firmware a script is written for.
+type Platform string
+
+const (
+	// PlatformAny works on both: initrd=NAME arguments are there for the
+	// EFI stub and ignored by a BIOS-loaded kernel.
+	PlatformAny Platform = ""
+	// PlatformBIOS is for iPXE on BIOS (undionly.kpxe, QEMU's NIC ROMs):
+	// iPXE hands the initrds to the kernel itself.
+	PlatformBIOS Platform = "bios"
+	// PlatformEFI is for ipxe.efi: the kernel's EFI stub loads the initrds
+	// that iPXE registered, by the names given with initrd=.
+	PlatformEFI Platform = "efi"
+)
+
+// Kernel cmdline keys the node reads its machine config from
+// (initagent/config/source).
+const (
+	CmdlineConfigURL    = "ballast.config"
+	CmdlineConfigSHA256 = "ballast.config.sha256"
 )
 
 // ScriptParams describes what an iPXE script boots. File names are relative
@@ -19,11 +45,23 @@ type ScriptParams struct {
 	Cmdline []string // kernel arguments
 	// SHA256 maps file names to their hashes; they are written as comments so an operator can check a mirror.
 	SHA256 map[string]string
+
+	Platform Platform
+	// BaseURL, when set, is where the files are (no trailing slash); empty
+	// means the directory the script was fetched from (iPXE's ${cwduri}).
+	BaseURL string
+	// ConfigURL becomes ballast.config= on the kernel cmdline. iPXE expands
+	// settings in it before the kernel sees it: ${mac:hexhyp} (52-54-00-…)
+	// and ${uuid} (SMBIOS UUID) select a per-machine config.
+	ConfigURL string
+	// ConfigSHA256 becomes ballast.config.sha256=; only meaningful when the
+	// script is rendered for one machine whose config is known.
+	ConfigSHA256 string
 }
 
-// Script renders an iPXE script. ${base-url} defaults to the directory the
-// script was fetched from (iPXE's ${cwduri}); a chainloading script or the
-// operator can set it first to serve the files from elsewhere.
+// Script renders an iPXE script. ${base-url} defaults to BaseURL or to the
+// directory the script was fetched from (iPXE's ${cwduri}); a chainloading
+// script or the operator can set it first to serve the files from elsewhere.
 func Script(p ScriptParams) []byte {
 	var b bytes.Buffer
 	b.WriteString("#!ipxe\n")
@@ -33,18 +71,88 @@ func Script(p ScriptParams) []byte {
 			fmt.Fprintf(&b, "# sha256 %s  %s\n", sum, name)
 		}
 	}
-	b.WriteString("isset ${base-url} || set base-url ${cwduri}\n")
+	base := "${cwduri}"
+	if p.BaseURL != "" {
+		base = strings.TrimSuffix(p.BaseURL, "/")
+	}
+	fmt.Fprintf(&b, "isset ${base-url} || set base-url %s\n", base)
 	fmt.Fprintf(&b, "echo Booting ballast %s from ${base-url}\n", p.Title)
 	args := []string{"${base-url}/" + p.Kernel}
-	for _, initrd := range p.Initrds {
-		// initrd=NAME makes the EFI stub load the initrd iPXE registered under that name.
-		args = append(args, "initrd="+initrd)
+	if p.Platform != PlatformBIOS {
+		for _, initrd := range p.Initrds {
+			// initrd=NAME makes the EFI stub load the initrd iPXE registered under that name.
+			args = append(args, "initrd="+initrd)
+		}
 	}
 	args = append(args, p.Cmdline...)
+	if p.ConfigURL != "" {
+		args = append(args, CmdlineConfigURL+"="+p.ConfigURL)
+	}
+	if p.ConfigSHA256 != "" {
+		args = append(args, CmdlineConfigSHA256+"="+p.ConfigSHA256)
+	}
 	fmt.Fprintf(&b, "kernel %s\n", strings.Join(args, " "))
 	for _, initrd := range p.Initrds {
 		fmt.Fprintf(&b, "initrd ${base-url}/%s\n", initrd)
 	}
 	b.WriteString("boot\n")
 	return b.Bytes()
+}
+
+// ParseScript reads back what Script wrote (imgbuild's boot.ipxe): title,
+// kernel, initrds, cmdline (without ballast.config= and its hash, which
+// belong to a machine, not to an image) and the sha256 comments.
+func ParseScript(data []byte) (ScriptParams, error) {
+	var p ScriptParams
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	first := true
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if first {
+			if line != "#!ipxe" {
+				return p, errors.New("not an iPXE script: the first line must be #!ipxe")
+			}
+			first = false
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) == 0 {
+			continue
+		}
+		switch {
+		case fields[0] == "#" && len(fields) >= 3 && fields[1] == "ballast":
+			p.Title = fields[2]
+		case fields[0] == "#" && len(fields) == 4 && fields[1] == "sha256":
+			if p.SHA256 == nil {
+				p.SHA256 = map[string]string{}
+			}
+			p.SHA256[fields[3]] = fields[2]
+		case fields[0] == "kernel" && len(fields) >= 2:
+			p.Kernel = baseName(fields[1])
+			for _, a := range fields[2:] {
+				switch {
+				case strings.HasPrefix(a, "initrd="), strings.HasPrefix(a, CmdlineConfigURL+"="),
+					strings.HasPrefix(a, CmdlineConfigSHA256+"="):
+				default:
+					p.Cmdline = append(p.Cmdline, a)
+				}
+			}
+		case fields[0] == "initrd" && len(fields) >= 2:
+			p.Initrds = append(p.Initrds, baseName(fields[len(fields)-1]))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return p, err
+	}
+	if p.Kernel == "" {
+		return p, errors.New("iPXE script has no kernel line: regenerate it with imgbuild")
+	}
+	return p, nil
+}
+
+func baseName(u string) string {
+	if i := strings.LastIndexByte(u, '/'); i >= 0 {
+		return u[i+1:]
+	}
+	return u
 }

@@ -30,3 +30,53 @@ boot
 		t.Error("script must start with #!ipxe")
 	}
 }
+
+func TestScriptConfigAndPlatforms(t *testing.T) {
+	p := ScriptParams{
+		Title: "worker", Kernel: "vmlinuz", Initrds: []string{"initramfs.img"}, Cmdline: []string{"console=ttyS0"},
+		BaseURL:   "http://10.0.0.1:8080/artifacts/",
+		ConfigURL: "http://10.0.0.1:8080/config/${mac:hexhyp}?uuid=${uuid}",
+	}
+	efi := string(Script(withPlatform(p, PlatformEFI)))
+	if !strings.Contains(efi, "isset ${base-url} || set base-url http://10.0.0.1:8080/artifacts\n") {
+		t.Errorf("BaseURL not used:\n%s", efi)
+	}
+	wantKernel := "kernel ${base-url}/vmlinuz initrd=initramfs.img console=ttyS0 ballast.config=http://10.0.0.1:8080/config/${mac:hexhyp}?uuid=${uuid}\n"
+	if !strings.Contains(efi, wantKernel) {
+		t.Errorf("EFI script:\n%s\nwant line %q", efi, wantKernel)
+	}
+	bios := string(Script(withPlatform(p, PlatformBIOS)))
+	if strings.Contains(bios, "initrd=") || !strings.Contains(bios, "initrd ${base-url}/initramfs.img\n") {
+		t.Errorf("BIOS script must load the initrd without initrd= on the cmdline:\n%s", bios)
+	}
+	p.ConfigSHA256 = strings.Repeat("ab", 32)
+	if s := string(Script(p)); !strings.Contains(s, " ballast.config.sha256="+p.ConfigSHA256+"\n") {
+		t.Errorf("sha256 missing:\n%s", s)
+	}
+}
+
+func withPlatform(p ScriptParams, pl Platform) ScriptParams {
+	p.Platform = pl
+	return p
+}
+
+func TestParseScriptRoundTrip(t *testing.T) {
+	in := ScriptParams{
+		Title: "control-plane", Kernel: "vmlinuz", Initrds: []string{"initramfs.img", "extra.img"},
+		Cmdline: []string{"console=ttyS0,115200", "quiet"}, SHA256: map[string]string{"vmlinuz": "aa"},
+		ConfigURL: "http://x/config", ConfigSHA256: "bb",
+	}
+	got, err := ParseScript(Script(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Title != in.Title || got.Kernel != in.Kernel || strings.Join(got.Initrds, ",") != "initramfs.img,extra.img" ||
+		strings.Join(got.Cmdline, " ") != "console=ttyS0,115200 quiet" || got.SHA256["vmlinuz"] != "aa" || got.ConfigURL != "" {
+		t.Errorf("ParseScript = %+v", got)
+	}
+	for _, bad := range []string{"", "#!/bin/sh\nkernel x\n", "#!ipxe\nboot\n"} {
+		if _, err := ParseScript([]byte(bad)); err == nil {
+			t.Errorf("ParseScript(%q) succeeded", bad)
+		}
+	}
+}
