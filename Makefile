@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 40m
 
-.PHONY: all deps build image images test check bench-boot bench-netconf bench-txn clean
+.PHONY: all deps build image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy clean
 
 all: build
 
@@ -41,6 +41,9 @@ bench-netconf: deps
 
 bench-txn: deps
 	$(GO) run ./tools/bench/txn
+
+bench-netboot: deps
+	$(GO) run ./tools/bench/netboot
 
 bench-boot: deps
 	$(GO) run ./tools/bench/boot
