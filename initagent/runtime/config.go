@@ -48,7 +48,8 @@ func ContainerdConfig(p Paths, pauseImage string) string {
 	q := strconv.Quote
 	var b strings.Builder
 	fmt.Fprintf(&b, "version = 4\nroot = %s\nstate = %s\n\n", q(p.ContainerdDir), q(p.StateDir))
-	fmt.Fprintf(&b, "[grpc]\n  address = %s\n\n", q(p.Socket()))
+	fmt.Fprintf(&b, "[plugins.'io.containerd.server.v1.grpc']\n  address = %s\n\n", q(p.Socket()))
+	fmt.Fprintf(&b, "[plugins.'io.containerd.server.v1.ttrpc']\n  address = %s\n\n", q(p.Socket()+".ttrpc"))
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n\n")
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = %s\n\n", q(pauseImage))
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = 'runc'\n\n")

@@ -27,7 +27,7 @@ func containerdBinary(t *testing.T) string {
 func TestContainerdAcceptsItsConfig(t *testing.T) {
 	bin := containerdBinary(t)
 	p := DefaultPaths()
-	p.BinDir = "/opt/test/bin"
+	p.BinDir, p.StateDir = "/opt/test/bin", "/run/test-containerd"
 	conf := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(conf, []byte(ContainerdConfig(p, "registry.k8s.io/pause:3.10.2")), 0o644); err != nil {
 		t.Fatal(err)
@@ -45,7 +45,8 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 		"BinaryName = '/opt/test/bin/runc'",
 		"SystemdCgroup = false",
 		"bin_dirs = ['/opt/cni/bin']",
-		"address = '/run/containerd/containerd.sock'",
+		"address = '/run/test-containerd/containerd.sock'",
+		"address = '/run/test-containerd/containerd.sock.ttrpc'",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("effective config lacks %s", want)
