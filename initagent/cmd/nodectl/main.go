@@ -7,7 +7,7 @@
 //	nodectl nodeip [--explain] [-o json]
 //	nodectl logs [--service NAME] [-n 100] [-f]
 //	nodectl reboot | shutdown
-//	nodectl upgrade --image FILE
+//	nodectl upgrade --image FILE|URL [--sha256 HEX]
 //	nodectl metrics
 //	nodectl pki init|issue|revoke ...
 //
@@ -94,7 +94,8 @@ func run(args []string, out io.Writer) error {
 	service := fs.String("service", "", "logs: only this service (agent, api, dns, vip, apiproxy, …)")
 	lines := fs.Int("n", 100, "logs: lines of history (0: all kept)")
 	follow := fs.Bool("follow", false, "logs: keep streaming new lines")
-	image := fs.String("image", "", "upgrade: system image file")
+	image := fs.String("image", "", "upgrade: the upgrade image, a file or an http(s) URL")
+	imageSHA := fs.String("sha256", "", "upgrade: the image's expected sha256 (required for a URL)")
 	// -f is apply's file; logs takes -f as follow, like tail.
 	cmdArgs := args[1:]
 	if args[0] == "logs" {
@@ -134,21 +135,14 @@ func run(args []string, out io.Writer) error {
 		return t.simple(out, "/v1/"+args[0], nil, "")
 	case "upgrade":
 		if *image == "" {
-			return errors.New("upgrade needs --image FILE")
+			return errors.New("upgrade needs --image FILE|URL")
 		}
-		f, err := os.Open(*image)
+		f, sum, err := openImage(*image, *imageSHA)
 		if err != nil {
 			return err
 		}
 		defer f.Close()
-		h := sha256.New()
-		if _, err := io.Copy(h, f); err != nil {
-			return err
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
-		}
-		return t.simple(out, "/v1/upgrade?sha256="+hex.EncodeToString(h.Sum(nil)), f, "application/octet-stream")
+		return t.simple(out, "/v1/upgrade?sha256="+sum, f, "application/octet-stream")
 	case "metrics":
 		resp, err := t.do("GET", "/metrics", nil, "")
 		if err != nil {
@@ -415,6 +409,57 @@ func (t *target) logs(out io.Writer, service string, n int, follow bool) error {
 			return err
 		}
 	}
+}
+
+// openImage opens an upgrade image, downloading a URL to a temporary file
+// first, and returns it with its sha256, checked against want when given.
+func openImage(src, want string) (*os.File, string, error) {
+	var f *os.File
+	if strings.HasPrefix(src, "http://") || strings.HasPrefix(src, "https://") {
+		if want == "" {
+			return nil, "", errors.New("--image URL needs --sha256: an image fetched over the network must be pinned")
+		}
+		resp, err := http.Get(src)
+		if err != nil {
+			return nil, "", fmt.Errorf("download %s: %w", src, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, "", fmt.Errorf("download %s: %s", src, resp.Status)
+		}
+		if f, err = os.CreateTemp("", "ballast-upgrade-*"); err != nil {
+			return nil, "", err
+		}
+		os.Remove(f.Name()) // gone when closed
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			f.Close()
+			return nil, "", fmt.Errorf("download %s: %w", src, err)
+		}
+	} else {
+		var err error
+		if f, err = os.Open(src); err != nil {
+			return nil, "", err
+		}
+	}
+	h := sha256.New()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	if _, err := io.Copy(h, f); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if want != "" && !strings.EqualFold(want, sum) {
+		f.Close()
+		return nil, "", fmt.Errorf("%s has sha256 %s, not the expected %s", src, sum, want)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	return f, sum, nil
 }
 
 func short(s string) string {

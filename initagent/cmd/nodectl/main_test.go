@@ -87,3 +87,22 @@ func TestNodectlAgainstLocalAPI(t *testing.T) {
 		t.Errorf("unreachable agent: %v", err)
 	}
 }
+
+func TestOpenImageChecksSHA256(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "img")
+	if err := os.WriteFile(p, []byte("image"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const sum = "6105d6cc76af400325e94d588ce511be5bfdbb73b437dc51eca43917d7a43e3d"
+	f, got, err := openImage(p, "")
+	if err != nil || got != sum {
+		t.Fatalf("open: %v %s", err, got)
+	}
+	f.Close()
+	if _, _, err := openImage(p, strings.Repeat("0", 64)); err == nil || !strings.Contains(err.Error(), "not the expected") {
+		t.Errorf("wrong sha256 accepted: %v", err)
+	}
+	if _, _, err := openImage("http://192.0.2.1/img", ""); err == nil || !strings.Contains(err.Error(), "needs --sha256") {
+		t.Errorf("URL without sha256: %v", err)
+	}
+}
