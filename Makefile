@@ -45,6 +45,12 @@ bench-txn: deps
 bench-netboot: deps
 	$(GO) run ./tools/bench/netboot
 
+bench-apiproxy: deps
+	$(GO) run ./tools/bench/apiproxy
+
+bench-vip: deps
+	$(GO) run ./tools/bench/vip
+
 bench-boot: deps
 	$(GO) run ./tools/bench/boot
 

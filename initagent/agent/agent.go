@@ -39,6 +39,8 @@ type Agent struct {
 	nodeIP   nodeIPState
 	resolver *resolver
 	api      apiState
+	ha       haServices
+	reaper   *pid1.Reaper // external programs are started through it
 }
 
 // Run boots the node and blocks until a power request arrives. It returns the
@@ -59,8 +61,8 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		return pid1.Request{}, err
 	}
 	// Orphans can appear from here on; reap them for the life of the agent.
-	reaper := &pid1.Reaper{Log: a.Log}
-	go reaper.Run(ctx)
+	a.reaper = &pid1.Reaper{Log: a.Log}
+	go a.reaper.Run(ctx)
 
 	cmdline, err := boot.ReadCmdline()
 	if err != nil {
@@ -125,6 +127,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 	a.resolver.startDNS(ctx, cfg, hostname, nodeAddrs)
 
+	a.startServices(ctx, cfg, info.Role)
 	a.startAPI(ctx, hostname, net, cfg, cmdline, requests)
 	st := net.Status()
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
@@ -169,6 +172,10 @@ func (a *Agent) currentConfig() *config.MachineConfig {
 // the first decision exists): sticky while the chosen address stays.
 func (a *Agent) networkApplied() {
 	a.reloadAPI()
+	if cfg := a.currentConfig(); cfg != nil && a.ha.proxy != nil {
+		// Backends follow the committed config; learned ones are added by the runtime.
+		a.ha.proxy.SetBackends(cfg.Cluster.APIServers)
+	}
 	if a.nodeIP.get() == nil {
 		return
 	}

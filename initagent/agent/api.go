@@ -53,6 +53,7 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 			}
 		},
 	}
+	srv.Metrics = a.haSections(srv.Sections)
 	if a.resolver != nil {
 		srv.Sections["dns"] = func() any { return a.resolver.status() }
 	}
