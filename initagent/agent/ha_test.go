@@ -207,7 +207,9 @@ func TestAPIVIPFollowsProxyHealth(t *testing.T) {
 	waitFor("node 1 holds the API VIP", func() bool { return holds(n1) })
 	start(n2, haNodeSpec{Backends: []string{"10.0.0.22:6443", "10.0.0.23:6443"}, Priority: 100,
 		Peers: []netip.Addr{netip.MustParseAddr("10.0.0.5")}})
-	waitFor("node 2's proxy is healthy", func() bool { return logHas(filepath.Join(dir, n2+".log"), `"msg":"health changed","part":"apiproxy","healthy":true`) })
+	waitFor("node 2's proxy is healthy", func() bool {
+		return logHas(filepath.Join(dir, n2+".log"), `"msg":"health changed","part":"apiproxy","healthy":true`)
+	})
 
 	// One of the master's backends dies: its proxy drops it, the VIP stays.
 	backends["10.0.0.21:6443"].CloseClientConnections()
