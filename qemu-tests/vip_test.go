@@ -37,7 +37,7 @@ cluster:
   apiVIPs: [192.0.2.100]
   apiServers: ["192.0.2.1:6443"]
   peers: [%s]
-  vip: {priority: %d}
+  vip: {priority: %d, advertIntervalMs: 300} # TCG is slow: keep adverts well apart
 `, addr, peer, priority)
 }
 

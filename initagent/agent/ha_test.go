@@ -62,7 +62,8 @@ func haNode(spec string) int {
 		return 2
 	}
 	sp, err := vip.New(vip.Config{Logger: log.With("part", "vip"), Cluster: "ha", Routers: []vip.RouterConfig{{
-		Name: "api", Interface: "eth0", Priority: s.Priority, Peers: s.Peers,
+		// 300 ms adverts: under -race on a busy machine 100 ms ones can flap, and this test is about health.
+		Name: "api", Interface: "eth0", Priority: s.Priority, Peers: s.Peers, AdvertInterval: 300 * time.Millisecond,
 		VIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.100/32")}, Tracks: []vip.TrackConfig{*apiTrack(true)}}}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
