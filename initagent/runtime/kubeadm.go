@@ -1,0 +1,106 @@
+package runtime
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ControlPlane describes the control plane a node bootstraps with kubeadm's
+// phases: a single node creates it; the VIP (when set) is the endpoint
+// every kubeconfig names.
+type ControlPlane struct {
+	KubernetesVersion string
+	ClusterName       string
+	DNSDomain         string // cluster.local
+	NodeName          string
+	NodeIP            netip.Addr   // advertise and bind address of this apiserver
+	APIVIPs           []netip.Addr // controlPlaneEndpoint is the first, else NodeIP
+	ExtraSANs         []string     // e.g. api.<cluster>.<domain>
+	PodCIDRs          []netip.Prefix
+	ServiceCIDRs      []netip.Prefix
+	CRISocket         string // unix:///run/containerd/containerd.sock
+	KubeletNodeIP     string // kubelet --node-ip (both families)
+}
+
+// apiServerPort is where kube-apiserver listens on the node address.
+const apiServerPort = 6443
+
+// KubeadmConfig renders the InitConfiguration and ClusterConfiguration
+// (kubeadm.k8s.io/v1beta4) for cp. Images are preloaded, never pulled; the
+// apiserver binds the node address only, because the API proxy holds
+// VIP:6443 on the same node.
+func KubeadmConfig(cp ControlPlane) ([]byte, error) {
+	if !cp.NodeIP.IsValid() {
+		return nil, fmt.Errorf("kubeadm: no node address: the nodeIP decision must exist before the control plane starts")
+	}
+	endpoint := cp.NodeIP
+	if len(cp.APIVIPs) > 0 {
+		endpoint = cp.APIVIPs[0]
+	}
+	sans := []string{cp.NodeIP.String()}
+	for _, v := range cp.APIVIPs {
+		sans = append(sans, v.String())
+	}
+	sans = append(sans, cp.ExtraSANs...)
+	arg := func(name, value string) map[string]string { return map[string]string{"name": name, "value": value} }
+	kubeletArgs := []map[string]string{}
+	if cp.KubeletNodeIP != "" {
+		kubeletArgs = append(kubeletArgs, arg("node-ip", cp.KubeletNodeIP))
+	}
+	init := map[string]any{
+		"apiVersion": "kubeadm.k8s.io/v1beta4",
+		"kind":       "InitConfiguration",
+		"nodeRegistration": map[string]any{
+			"name":             cp.NodeName,
+			"criSocket":        cp.CRISocket,
+			"imagePullPolicy":  "Never",
+			"kubeletExtraArgs": kubeletArgs,
+		},
+		"localAPIEndpoint": map[string]any{"advertiseAddress": cp.NodeIP.String(), "bindPort": apiServerPort},
+		// Under emulation or on a slow disk the first start takes minutes.
+		"timeouts": map[string]string{"controlPlaneComponentHealthCheck": "15m0s", "kubeletHealthCheck": "15m0s"},
+	}
+	cluster := map[string]any{
+		"apiVersion":           "kubeadm.k8s.io/v1beta4",
+		"kind":                 "ClusterConfiguration",
+		"kubernetesVersion":    cp.KubernetesVersion,
+		"clusterName":          cp.ClusterName,
+		"controlPlaneEndpoint": net.JoinHostPort(endpoint.String(), strconv.Itoa(apiServerPort)),
+		"imageRepository":      "registry.k8s.io",
+		"networking": map[string]string{
+			"dnsDomain":     cp.DNSDomain,
+			"podSubnet":     joinPrefixes(cp.PodCIDRs),
+			"serviceSubnet": joinPrefixes(cp.ServiceCIDRs),
+		},
+		"apiServer": map[string]any{
+			"certSANs":  sans,
+			"extraArgs": []map[string]string{arg("bind-address", cp.NodeIP.String())},
+		},
+		"etcd": map[string]any{"local": map[string]any{"dataDir": "/var/lib/etcd"}},
+	}
+	var b strings.Builder
+	for i, doc := range []any{init, cluster} {
+		if i > 0 {
+			b.WriteString("---\n")
+		}
+		data, err := yaml.Marshal(doc)
+		if err != nil {
+			return nil, err
+		}
+		b.Write(data)
+	}
+	return []byte(b.String()), nil
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.Masked().String()
+	}
+	return strings.Join(s, ",")
+}

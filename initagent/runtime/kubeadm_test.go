@@ -1,0 +1,79 @@
+package runtime
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+)
+
+func testControlPlane() ControlPlane {
+	return ControlPlane{KubernetesVersion: "v1.37.2", ClusterName: "prod", DNSDomain: "cluster.local", NodeName: "cp-1",
+		NodeIP: netip.MustParseAddr("10.0.0.5"), APIVIPs: []netip.Addr{netip.MustParseAddr("10.0.0.100")},
+		ExtraSANs:    []string{"api.prod.example.com"},
+		PodCIDRs:     []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+		ServiceCIDRs: []netip.Prefix{netip.MustParsePrefix("10.96.0.0/12")},
+		CRISocket:    "unix:///run/containerd/containerd.sock", KubeletNodeIP: "10.0.0.5"}
+}
+
+func TestKubeadmConfig(t *testing.T) {
+	data, err := KubeadmConfig(testControlPlane())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var docs []map[string]any
+	for {
+		var d map[string]any
+		if err := dec.Decode(&d); err != nil {
+			break
+		}
+		docs = append(docs, d)
+	}
+	if len(docs) != 2 || docs[0]["kind"] != "InitConfiguration" || docs[1]["kind"] != "ClusterConfiguration" {
+		t.Fatalf("documents: %s", data)
+	}
+	text := string(data)
+	for _, want := range []string{"controlPlaneEndpoint: 10.0.0.100:6443", "advertiseAddress: 10.0.0.5", "imagePullPolicy: Never",
+		"name: bind-address", "value: 10.0.0.5", "- api.prod.example.com", "podSubnet: 10.244.0.0/16", "dataDir: /var/lib/etcd"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("config lacks %q:\n%s", want, text)
+		}
+	}
+	cp := testControlPlane()
+	cp.NodeIP = netip.Addr{}
+	if _, err := KubeadmConfig(cp); err == nil {
+		t.Error("no node address accepted")
+	}
+}
+
+// TestKubeadmAcceptsItsConfig asks the real kubeadm, when the payload has
+// been built, to validate the config.
+func TestKubeadmAcceptsItsConfig(t *testing.T) {
+	bin := os.Getenv("BALLAST_KUBEADM")
+	if bin == "" {
+		home, _ := os.UserHomeDir()
+		m, _ := filepath.Glob(filepath.Join(home, ".cache/ballast/payload/*/kubeadm"))
+		if len(m) == 0 {
+			t.Skip("no kubeadm binary: build the payload (image/payload) or set BALLAST_KUBEADM")
+		}
+		bin = m[len(m)-1]
+	}
+	data, err := KubeadmConfig(testControlPlane())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(t.TempDir(), "kubeadm.yaml")
+	if err := os.WriteFile(f, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "config", "validate", "--config", f).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubeadm config validate: %v\n%s\n%s", err, out, data)
+	}
+}
