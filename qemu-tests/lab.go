@@ -132,31 +132,34 @@ func (l *Lab) Serve(port int, h http.Handler) error {
 	return nil
 }
 
-// Listen opens a listener inside the namespace. A socket keeps the namespace
-// it was created in, so it is made on a thread switched into the lab.
-func (l *Lab) Listen(network, addr string) (net.Listener, error) {
-	type result struct {
-		ln  net.Listener
-		err error
-	}
-	ch := make(chan result, 1)
+// Listen opens a listener inside the namespace.
+func (l *Lab) Listen(network, addr string) (ln net.Listener, err error) {
+	err = l.inside(func() error {
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	return ln, err
+}
+
+// inside runs fn on a thread switched into the lab's namespace: a socket
+// keeps the namespace it was created in.
+func (l *Lab) inside(fn func() error) error {
+	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread() // never unlocked: the thread dies with its changed namespace
 		ns, err := netns.GetFromName(l.Name)
 		if err != nil {
-			ch <- result{err: err}
+			errc <- err
 			return
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
-			ch <- result{err: err}
+			errc <- err
 			return
 		}
-		ln, err := net.Listen(network, addr)
-		ch <- result{ln, err}
+		errc <- fn()
 	}()
-	r := <-ch
-	return r.ln, r.err
+	return <-errc
 }
 
 // Ping reports whether addr answers ICMP echo from inside the lab.
@@ -182,28 +185,11 @@ func (l *Lab) Close() {
 }
 
 // DialContext connects from inside the namespace, like a host on the lab's switch.
-func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread dies with its changed namespace
-		ns, err := netns.GetFromName(l.Name)
-		if err != nil {
-			ch <- result{err: err}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			ch <- result{err: err}
-			return
-		}
+func (l *Lab) DialContext(ctx context.Context, network, addr string) (c net.Conn, err error) {
+	err = l.inside(func() error {
 		var d net.Dialer
-		c, err := d.DialContext(ctx, network, addr)
-		ch <- result{c, err}
-	}()
-	r := <-ch
-	return r.c, r.err
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
 }
