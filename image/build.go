@@ -23,6 +23,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/ballast-os/ballast/image/disk"
 	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/config/source"
@@ -45,6 +46,10 @@ type Options struct {
 	// Config is a machine config file embedded at source.EmbeddedPath, used
 	// when the node finds no other; it is validated at build time. Empty: none.
 	Config string
+	// SystemImage is the squashfs for the system slots (system.sqfs with
+	// containerd, kubelet …). Empty: a small generated one with the image
+	// description, written as SystemFile.
+	SystemImage string
 	// Progress receives one line per stage; nil discards them.
 	Progress io.Writer
 	// Log receives structured logs; nil discards them.
@@ -57,7 +62,17 @@ const (
 	InitramfsFile = "initramfs.img"
 	IPXEFile      = "boot.ipxe"
 	ManifestFile  = "manifest.json"
+	SystemFile    = "system.sqfs"
 )
+
+// RawFile, ISOFile and UpgradeFile name the disk outputs of a recipe.
+func RawFile(recipe string) string { return recipe + ".raw" }
+
+// ISOFile is the hybrid installer/live ISO.
+func ISOFile(recipe string) string { return recipe + ".iso" }
+
+// UpgradeFile is the image nodectl upgrade sends to a node.
+func UpgradeFile(recipe string) string { return recipe + ".upgrade.tar" }
 
 // DefaultCABundle is Debian's ca-certificates bundle.
 const DefaultCABundle = "/etc/ssl/certs/ca-certificates.crt"
@@ -78,7 +93,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	r := o.Recipe
 	dir := filepath.Join(o.OutDir, r.Name)
-	p := NewProgress(o.Progress, 5)
+	p := NewProgress(o.Progress, 9)
 	m := &Manifest{
 		Recipe: ManifestRecipe{Name: r.Name, Source: recipeSource(r.File), SHA256: r.SHA256},
 		Go:     runtime.Version(),
@@ -175,8 +190,20 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, err
 	}
 
+	outputs := []string{KernelFile, InitramfsFile, IPXEFile}
+	more, known, err := buildDisk(ctx, p, o, k, dir)
+	if err != nil {
+		return nil, err
+	}
+	outputs = append(outputs, more...)
+
 	err = p.Stage("manifest", func() (string, error) {
-		for _, name := range []string{KernelFile, InitramfsFile, IPXEFile} {
+		for _, name := range outputs {
+			if e, ok := known[name]; ok {
+				// Hashed while it was written (the raw image is large).
+				m.Outputs = append(m.Outputs, e)
+				continue
+			}
 			sum, size, err := fileSHA256(filepath.Join(dir, name))
 			if err != nil {
 				return "", err
@@ -362,4 +389,115 @@ func recipeSource(file string) string {
 		return file
 	}
 	return "file:" + filepath.Base(file)
+}
+
+// buildDisk writes the system image (unless given), the raw disk image,
+// the upgrade image and the hybrid ISO, and returns their output names and
+// the manifest entries of those it already hashed.
+func buildDisk(ctx context.Context, p *Progress, o Options, k *kernel.Kernel, dir string) ([]string, map[string]ManifestFileEntry, error) {
+	known := map[string]ManifestFileEntry{}
+	r := o.Recipe
+	d := r.Disk.WithDefaults()
+	var outs []string
+	sys := o.SystemImage
+	err := p.Stage("system", func() (string, error) {
+		if sys != "" {
+			return "given system image", nil
+		}
+		tree, err := os.MkdirTemp(dir, ".system-tree-")
+		if err != nil {
+			return "", err
+		}
+		defer os.RemoveAll(tree)
+		info, err := json.MarshalIndent(map[string]string{"recipe": r.Name, "role": r.Role, "kernelRelease": k.Release}, "", "  ")
+		if err != nil {
+			return "", err
+		}
+		if err := os.MkdirAll(filepath.Join(tree, "etc/ballast"), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(filepath.Join(tree, "etc/ballast/system.json"), append(info, '\n'), 0o644); err != nil {
+			return "", err
+		}
+		sys = filepath.Join(dir, SystemFile)
+		outs = append(outs, SystemFile)
+		return "placeholder " + SystemFile, disk.SquashFS(ctx, tree, sys)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	title := "ballast " + r.Name
+	kernelPath, initrdPath := filepath.Join(dir, KernelFile), filepath.Join(dir, InitramfsFile)
+	rawPath := filepath.Join(dir, RawFile(r.Name))
+	err = p.Stage("raw", func() (string, error) {
+		spec := disk.RawSpec{
+			Sizes: disk.Sizes{Disk: d.SizeMiB << 20, ESP: d.ESPMiB << 20, System: d.SystemMiB << 20},
+			Seed:  r.SHA256, Title: title, Kernel: kernelPath, Initramfs: initrdPath, SystemImage: sys, Cmdline: r.Cmdline,
+		}
+		err := writeFileAtomic(rawPath, func(f *os.File) error { return disk.WriteRaw(ctx, f, spec) })
+		outs = append(outs, RawFile(r.Name))
+		return fmt.Sprintf("%s, %d MiB", RawFile(r.Name), d.SizeMiB), err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	err = p.Stage("upgrade", func() (string, error) {
+		spec := disk.UpgradeSpec{Recipe: r.Name, Title: title, Cmdline: r.Cmdline, Kernel: kernelPath, Initramfs: initrdPath, System: sys}
+		n, err := writeAtomic(filepath.Join(dir, UpgradeFile(r.Name)), func(w io.Writer) (int64, error) {
+			cw := &countWriter{w: w}
+			err := disk.WriteUpgrade(cw, spec)
+			return cw.n, err
+		})
+		outs = append(outs, UpgradeFile(r.Name))
+		return fmt.Sprintf("%s, %.1f MiB", UpgradeFile(r.Name), float64(n)/(1<<20)), err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	err = p.Stage("iso", func() (string, error) {
+		spec := disk.ISOSpec{Volume: r.Name, Title: title, Kernel: kernelPath, Initramfs: initrdPath, System: sys,
+			Raw: rawPath, Cmdline: r.Cmdline}
+		err := writeFileAtomic(filepath.Join(dir, ISOFile(r.Name)), func(f *os.File) error {
+			info, err := disk.WriteISO(ctx, f, spec)
+			if err == nil {
+				known[RawFile(r.Name)] = ManifestFileEntry{Name: RawFile(r.Name), Size: info.Size, SHA256: info.SHA256}
+			}
+			return err
+		})
+		outs = append(outs, ISOFile(r.Name))
+		return ISOFile(r.Name), err
+	})
+	return outs, known, err
+}
+
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// writeFileAtomic is writeAtomic for writers that need the file itself
+// (sparse images written at offsets).
+func writeFileAtomic(path string, write func(*os.File) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	err = write(f)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return os.Rename(f.Name(), path)
 }

@@ -11,7 +11,7 @@ import (
 
 // TestBuildIsReproducible builds the control-plane recipe twice into
 // different directories (initagent compiled twice) and compares every output
-// byte for byte. It uses the real pinned kernel (fetched with apt on first use).
+// byte for byte, the raw disk image and the hybrid ISO included. It uses the real pinned kernel (fetched with apt on first use).
 func TestBuildIsReproducible(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fetches the kernel and builds initagent twice")
@@ -35,18 +35,19 @@ func TestBuildIsReproducible(t *testing.T) {
 		dirs = append(dirs, filepath.Join(out, r.Name))
 		manifests = append(manifests, m)
 	}
-	names := []string{KernelFile, InitramfsFile, IPXEFile, ManifestFile}
+	names := []string{KernelFile, InitramfsFile, IPXEFile, ManifestFile, SystemFile,
+		RawFile(r.Name), ISOFile(r.Name), UpgradeFile(r.Name)}
 	for _, name := range names {
-		a, err := os.ReadFile(filepath.Join(dirs[0], name))
+		a, sizeA, err := fileSHA256(filepath.Join(dirs[0], name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := os.ReadFile(filepath.Join(dirs[1], name))
+		b, sizeB, err := fileSHA256(filepath.Join(dirs[1], name))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(a, b) {
-			t.Errorf("%s differs between two builds of the same recipe (%d vs %d bytes)", name, len(a), len(b))
+		if a != b {
+			t.Errorf("%s differs between two builds of the same recipe (%d vs %d bytes)", name, sizeA, sizeB)
 		}
 	}
 
@@ -62,8 +63,8 @@ func TestBuildIsReproducible(t *testing.T) {
 	if m.Recipe.SHA256 != r.SHA256 || m.Kernel.Release == "" || len(m.Modules) == 0 {
 		t.Errorf("manifest recipe/kernel/modules incomplete: %+v", m)
 	}
-	if len(m.Outputs) != 3 {
-		t.Fatalf("manifest lists %d outputs, want 3", len(m.Outputs))
+	if len(m.Outputs) != 7 {
+		t.Fatalf("manifest lists %d outputs, want 7", len(m.Outputs))
 	}
 	for _, o := range m.Outputs {
 		sum, size, err := fileSHA256(filepath.Join(dirs[0], o.Name))

@@ -31,6 +31,7 @@ type Recipe struct {
 	Hostname    string       `yaml:"hostname"` // default hostname; ballast.hostname= on the cmdline overrides it
 	Kernel      RecipeKernel `yaml:"kernel"`
 	Cmdline     []string     `yaml:"cmdline"` // kernel arguments, in order
+	Disk        RecipeDisk   `yaml:"disk"`    // raw image and installed disk sizes
 
 	// File is where the recipe came from ("embedded:control-plane.yaml" or a path), for errors.
 	File string `yaml:"-"`
@@ -43,6 +44,35 @@ type RecipeKernel struct {
 	Flavour string       `yaml:"flavour"` // pinned flavour from kernel/kernel.go
 	Local   *LocalKernel `yaml:"local"`   // instead of flavour: a kernel image and module tree on disk
 	Modules []string     `yaml:"modules"` // loaded at boot, dependencies added from modules.dep
+}
+
+// RecipeDisk sizes the raw image (and so the installed layout; STATE
+// grows to fill the real disk on first boot). Zero fields take the defaults.
+type RecipeDisk struct {
+	SizeMiB   int64 `yaml:"sizeMiB"`   // whole raw image; default 2048
+	ESPMiB    int64 `yaml:"espMiB"`    // EFI system partition, FAT32, two slots' kernels; default 256
+	SystemMiB int64 `yaml:"systemMiB"` // each of SYSTEM-A and SYSTEM-B; default 768
+}
+
+// Disk size defaults.
+const (
+	DefaultDiskMiB   = 2048
+	DefaultESPMiB    = 256
+	DefaultSystemMiB = 768
+)
+
+// WithDefaults fills zero fields.
+func (d RecipeDisk) WithDefaults() RecipeDisk {
+	if d.SizeMiB == 0 {
+		d.SizeMiB = DefaultDiskMiB
+	}
+	if d.ESPMiB == 0 {
+		d.ESPMiB = DefaultESPMiB
+	}
+	if d.SystemMiB == 0 {
+		d.SystemMiB = DefaultSystemMiB
+	}
+	return d
 }
 
 // LocalKernel points at a kernel built or unpacked elsewhere.
@@ -193,6 +223,25 @@ func (r *Recipe) validate(root *yaml.Node) error {
 		if a == "" || strings.ContainsAny(a, " \t\n") {
 			return fail(fmt.Sprintf("cmdline[%d]", i), "%q must be one argument without spaces", a)
 		}
+		if strings.HasPrefix(a, "ballast.slot=") || strings.HasPrefix(a, "ballast.install") {
+			return fail(fmt.Sprintf("cmdline[%d]", i), "%q is set per boot entry by imgbuild and the node: remove it", a)
+		}
+	}
+	d := r.Disk.WithDefaults()
+	for _, f := range []struct {
+		field string
+		v     int64
+	}{{"disk.sizeMiB", r.Disk.SizeMiB}, {"disk.espMiB", r.Disk.ESPMiB}, {"disk.systemMiB", r.Disk.SystemMiB}} {
+		if f.v < 0 {
+			return fail(f.field, "%d is negative: give a size in MiB or leave it out for the default", f.v)
+		}
+	}
+	if d.ESPMiB < 64 {
+		return fail("disk.espMiB", "%d MiB is too small: FAT32 needs at least 64 MiB, and the ESP holds two kernels and initramfs images", d.ESPMiB)
+	}
+	if need := d.ESPMiB + 2*d.SystemMiB + 2 + 1 + 64; d.SizeMiB < need {
+		return fail("disk.sizeMiB", "%d MiB cannot hold the ESP (%d), two system slots (2×%d), config slots and a 64 MiB STATE: use at least %d",
+			d.SizeMiB, d.ESPMiB, d.SystemMiB, need)
 	}
 	return nil
 }

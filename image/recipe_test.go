@@ -59,6 +59,11 @@ func TestRecipeErrors(t *testing.T) {
 		{"duplicate module", strings.Replace(goodRecipe, "    - virtio_net\n", "    - virtio_net\n    - virtio-net\n", 1), `r.yaml:9: kernel.modules[1]: "virtio-net" is listed twice`},
 		{"spaces in cmdline", strings.Replace(goodRecipe, "[console=ttyS0]", `["a b"]`, 1), `r.yaml:9: cmdline[0]: "a b" must be one argument`},
 		{"not yaml", "name: [\n", `r.yaml:`},
+		{"disk sizes", goodRecipe + "disk: {sizeMiB: 4096, espMiB: 128, systemMiB: 1024}\n", ""},
+		{"small ESP", goodRecipe + "disk:\n  espMiB: 32\n", `r.yaml:11: disk.espMiB: 32 MiB is too small`},
+		{"small disk", goodRecipe + "disk:\n  sizeMiB: 1000\n", `r.yaml:11: disk.sizeMiB: 1000 MiB cannot hold`},
+		{"negative size", goodRecipe + "disk:\n  systemMiB: -1\n", `r.yaml:11: disk.systemMiB: -1 is negative`},
+		{"slot on cmdline", strings.Replace(goodRecipe, "[console=ttyS0]", "[console=ttyS0, ballast.slot=a]", 1), `r.yaml:9: cmdline[1]: "ballast.slot=a" is set per boot entry`},
 		{"empty", "", `r.yaml:1: empty recipe`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
