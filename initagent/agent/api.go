@@ -12,6 +12,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/nodeip"
 	"github.com/ballast-os/ballast/initagent/pid1"
+	"github.com/ballast-os/ballast/initagent/sysslot"
 )
 
 // ConsoleAccessParam on the kernel cmdline, set to "rw", lets the local
@@ -59,6 +60,9 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 	}
 	if u := a.systemUpgrader(cmdline); u != nil {
 		srv.Upgrade = u
+		if st, ok := u.(interface{ Status() sysslot.Status }); ok {
+			srv.Sections["system"] = func() any { return st.Status() }
+		}
 	}
 	if v, _ := cmdline.Get(ConsoleAccessParam); v == "rw" {
 		srv.ConsoleAccess = api.Full

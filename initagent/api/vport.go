@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -40,9 +41,14 @@ func (s *Server) ServePort(ctx context.Context, dev string) error {
 	if err != nil {
 		return fmt.Errorf("open %s: %w", dev, err)
 	}
+	// A stop (e.g. the reboot this port asked for) waits for the answer
+	// being written, then closes the device to end the blocked read.
+	var inflight sync.Mutex
 	go func() {
 		<-ctx.Done()
+		inflight.Lock()
 		f.Close()
+		inflight.Unlock()
 	}()
 	h := s.Handler(s.ConsoleAccess)
 	br := bufio.NewReader(f)
@@ -65,6 +71,7 @@ func (s *Server) ServePort(ctx context.Context, dev string) error {
 			br.Reset(f)
 			continue
 		}
+		inflight.Lock()
 		rw := &bufferedResponse{header: http.Header{}, code: http.StatusOK}
 		h.ServeHTTP(rw, req.WithContext(withClient(ctx, "console port")))
 		_, _ = io.Copy(io.Discard, req.Body)
@@ -73,6 +80,7 @@ func (s *Server) ServePort(ctx context.Context, dev string) error {
 		if err := resp.Write(f); err != nil && ctx.Err() == nil {
 			s.Log.Warn("write on the API port", "err", err)
 		}
+		inflight.Unlock()
 	}
 	return nil
 }

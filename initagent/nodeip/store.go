@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 
 	"github.com/google/renameio/v2"
 )
@@ -47,6 +48,10 @@ func (s Store) Save(d Decision) error {
 	b, err := json.MarshalIndent(record{Version: 1, Previous: d.Previous()}, "", "  ")
 	if err != nil {
 		return fmt.Errorf("BUG: encode node IP decision: %w", err)
+	}
+	// A fresh /var (tmpfs, or a new STATE) has no /var/lib/ballast yet.
+	if err := os.MkdirAll(filepath.Dir(s.Path), 0o755); err != nil {
+		return err
 	}
 	if err := renameio.WriteFile(s.Path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("write node IP decision: %w", err)
