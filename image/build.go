@@ -191,7 +191,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 
 	outputs := []string{KernelFile, InitramfsFile, IPXEFile}
-	more, known, err := buildDisk(ctx, p, o, k, dir)
+	more, known, err := cachedDisk(ctx, p, o, k, dir)
 	if err != nil {
 		return nil, err
 	}
@@ -389,6 +389,95 @@ func recipeSource(file string) string {
 		return file
 	}
 	return "file:" + filepath.Base(file)
+}
+
+// diskCacheFile remembers what the disk stages were built from, so a build
+// whose inputs did not change keeps its raw image, upgrade and ISO.
+const diskCacheFile = ".disk-inputs.json"
+
+type diskCache struct {
+	Key     string              `json:"key"`
+	Outputs []ManifestFileEntry `json:"outputs"`
+}
+
+// diskStages are the stages buildDisk reports, for a cache hit.
+var diskStages = []string{"system", "raw", "upgrade", "iso"}
+
+// cachedDisk runs buildDisk unless the kernel, initramfs, system image,
+// recipe and the builder itself are those of the last build in dir and its
+// outputs are still there with their sizes.
+func cachedDisk(ctx context.Context, p *Progress, o Options, k *kernel.Kernel, dir string) ([]string, map[string]ManifestFileEntry, error) {
+	key, err := diskKey(o, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	cachePath := filepath.Join(dir, diskCacheFile)
+	var c diskCache
+	if data, err := os.ReadFile(cachePath); err == nil && json.Unmarshal(data, &c) == nil && c.Key == key && len(c.Outputs) > 0 {
+		fresh := true
+		for _, e := range c.Outputs {
+			if fi, err := os.Stat(filepath.Join(dir, e.Name)); err != nil || fi.Size() != e.Size {
+				fresh = false
+			}
+		}
+		if fresh {
+			known := map[string]ManifestFileEntry{}
+			var outs []string
+			for _, e := range c.Outputs {
+				known[e.Name] = e
+				outs = append(outs, e.Name)
+			}
+			for _, st := range diskStages {
+				if err := p.Stage(st, func() (string, error) { return "unchanged inputs, kept", nil }); err != nil {
+					return nil, nil, err
+				}
+			}
+			return outs, known, nil
+		}
+	}
+	outs, known, err := buildDisk(ctx, p, o, k, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	c = diskCache{Key: key}
+	for _, name := range outs {
+		e, ok := known[name]
+		if !ok {
+			sum, size, err := fileSHA256(filepath.Join(dir, name))
+			if err != nil {
+				return nil, nil, err
+			}
+			e = ManifestFileEntry{Name: name, Size: size, SHA256: sum}
+			known[name] = e
+		}
+		c.Outputs = append(c.Outputs, e)
+	}
+	data, _ := json.Marshal(c)
+	if err := os.WriteFile(cachePath, data, 0o644); err != nil {
+		return nil, nil, err
+	}
+	return outs, known, nil
+}
+
+// diskKey hashes every input of the disk stages.
+func diskKey(o Options, dir string) (string, error) {
+	h := sha256.New()
+	fmt.Fprintf(h, "recipe %s\n", o.Recipe.SHA256)
+	inputs := []string{filepath.Join(dir, KernelFile), filepath.Join(dir, InitramfsFile)}
+	if o.SystemImage != "" {
+		inputs = append(inputs, o.SystemImage)
+	}
+	if self, err := os.Executable(); err == nil {
+		inputs = append(inputs, self) // the disk writers are part of the builder
+	}
+	for _, in := range inputs {
+		sum, _, err := fileSHA256(in)
+		if err != nil {
+			return "", err
+		}
+		fmt.Fprintf(h, "%s %s\n", filepath.Base(in), sum)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // buildDisk writes the system image (unless given), the raw disk image,

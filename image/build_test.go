@@ -24,10 +24,11 @@ func TestBuildIsReproducible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var dirs []string
+	var dirs, outs []string
 	var manifests []*Manifest
 	for i := 0; i < 2; i++ {
 		out := t.TempDir()
+		outs = append(outs, out)
 		m, err := Build(context.Background(), Options{Recipe: r, OutDir: out, SourceDir: src})
 		if err != nil {
 			t.Fatalf("build %d: %v", i+1, err)
@@ -82,6 +83,20 @@ func TestBuildIsReproducible(t *testing.T) {
 	}
 	if bytes.Contains(data, []byte(dirs[0])) || bytes.Contains(data, []byte(src)) {
 		t.Error("manifest contains a host path")
+	}
+
+	// A warm build with unchanged inputs keeps the disk artifacts and
+	// writes the same manifest.
+	var progress bytes.Buffer
+	if _, err := Build(context.Background(), Options{Recipe: r, OutDir: outs[0], SourceDir: src, Progress: &progress}); err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(progress.Bytes(), []byte("unchanged inputs, kept")); n != 4 {
+		t.Errorf("warm build reused %d of 4 disk stages:\n%s", n, progress.String())
+	}
+	again, err := os.ReadFile(filepath.Join(dirs[0], ManifestFile))
+	if err != nil || !bytes.Equal(again, data) {
+		t.Errorf("warm build changed the manifest (%v)", err)
 	}
 }
 

@@ -1,0 +1,530 @@
+// Package payload builds what a node runs besides ballast itself — containerd,
+// runc, CNI plugins, the Kubernetes components, etcd and a pause binary — from
+// pinned upstream Go modules, packs container images as OCI archives (no
+// registry needed) and puts it all into system.sqfs.
+//
+//	b := &payload.Builder{Log: slog.Default()}
+//	sqfs, err := b.System(ctx, payload.RoleControlPlane)
+//
+// Upstream builds run in generated Go modules under CacheDir/src (never in
+// ballast's own module) and their binaries are cached in
+// CacheDir/<component>-<version>/, written atomically.
+package payload
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Component names accepted by Builder.Build.
+const (
+	Kubernetes = "kubernetes"  // one multi-call binary "kube" + symlinks kubelet, kubeadm, kube-apiserver, ...
+	Etcd       = "etcd"        // etcd
+	Containerd = "containerd"  // containerd, containerd-shim-runc-v2
+	Runc       = "runc"        // runc, static with seccomp (cgo)
+	CNIPlugins = "cni-plugins" // bridge, host-local, loopback, portmap
+	Pause      = "pause"       // pause
+	// Ctr is containerd's ctr, a test and debugging tool; not in
+	// Components() nor in system.sqfs.
+	Ctr = "ctr"
+)
+
+// Components lists every component in build order (cheapest first).
+func Components() []string {
+	return []string{Pause, CNIPlugins, Runc, Containerd, Etcd, Kubernetes}
+}
+
+// KubeBinary is the multi-call Kubernetes binary; KubeCommands are the names
+// it answers to (basename of argv[0]).
+const KubeBinary = "kube"
+
+// KubeCommands returns the commands of the multi-call binary.
+func KubeCommands() []string {
+	return []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubelet"}
+}
+
+// CNIPluginNames returns the CNI plugins built.
+func CNIPluginNames() []string { return []string{"bridge", "host-local", "loopback", "portmap"} }
+
+// Builder builds payload components. The zero value is usable.
+type Builder struct {
+	// CacheDir holds the generated modules (src/) and the built components;
+	// empty means $XDG_CACHE_HOME/ballast/payload (~/.cache/ballast/payload).
+	CacheDir string
+	// Versions are the upstream versions; zero fields take Pinned().
+	Versions Versions
+	// GoBin is the go command; empty means "go" from PATH.
+	GoBin string
+	// GOARCH is the target architecture; empty means the host's (runtime.GOARCH).
+	GOARCH string
+	// Log receives progress; nil discards it.
+	Log *slog.Logger
+	// Stderr, if set, receives the go command's output as it runs (it is
+	// otherwise kept and quoted in errors).
+	Stderr io.Writer
+}
+
+// DefaultCacheDir is where payload builds are cached unless Builder.CacheDir says otherwise.
+func DefaultCacheDir() (string, error) {
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		return "", fmt.Errorf("payload cache: %w (set Builder.CacheDir)", err)
+	}
+	return filepath.Join(dir, "ballast", "payload"), nil
+}
+
+func (b *Builder) cacheDir() (string, error) {
+	if b.CacheDir != "" {
+		return filepath.Abs(b.CacheDir)
+	}
+	return DefaultCacheDir()
+}
+
+func (b *Builder) log() *slog.Logger {
+	if b.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return b.Log
+}
+
+func (b *Builder) versions() Versions {
+	v, p := b.Versions, Pinned()
+	for _, f := range []struct {
+		dst *string
+		def string
+	}{
+		{&v.Kubernetes, p.Kubernetes}, {&v.Containerd, p.Containerd}, {&v.Runc, p.Runc},
+		{&v.CNIPlugins, p.CNIPlugins}, {&v.Etcd, p.Etcd}, {&v.Pause, p.Pause},
+	} {
+		if *f.dst == "" {
+			*f.dst = f.def
+		}
+	}
+	return v
+}
+
+func (b *Builder) goarch() string {
+	if b.GOARCH != "" {
+		return b.GOARCH
+	}
+	return runtime.GOARCH
+}
+
+// Build builds the named components (all of Components() if none) unless
+// cached and returns each binary's name → absolute path. For Kubernetes the
+// map holds KubeBinary and each of KubeCommands() (symlinks to it).
+func (b *Builder) Build(ctx context.Context, components ...string) (map[string]string, error) {
+	if len(components) == 0 {
+		components = Components()
+	}
+	out := map[string]string{}
+	for _, c := range components {
+		bins, err := b.buildComponent(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		for name, path := range bins {
+			out[name] = path
+		}
+	}
+	return out, nil
+}
+
+// unit is one component: a generated module and the binaries built from it.
+type unit struct {
+	name, version string
+	requires      [][2]string
+	replaces      []Replace
+	tools         []string
+	files         map[string][]byte // extra files of the generated module
+	binaries      []binary
+	links         []string // symlinks to binaries[0]
+}
+
+type binary struct {
+	name, pkg string
+	cgoStatic bool // CGO_ENABLED=1 linked with -extldflags -static; else CGO_ENABLED=0
+	tags      string
+	ldflags   []string
+}
+
+func (u *unit) key() string { return u.name + "-" + u.version }
+
+//go:embed pause/main.go
+var pauseSource []byte
+
+func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
+	v := b.versions()
+	switch name {
+	case Pause:
+		return &unit{
+			name: Pause, version: v.Pause + "-" + shortHash(pauseSource),
+			files:    map[string][]byte{"main.go": pauseSource},
+			binaries: []binary{{name: "pause", pkg: ".", ldflags: []string{"-X main.version=" + v.Pause}}},
+		}, nil
+	case CNIPlugins:
+		const mod = "github.com/containernetworking/plugins"
+		u := &unit{name: CNIPlugins, version: v.CNIPlugins, requires: [][2]string{{mod, v.CNIPlugins}}}
+		for _, p := range CNIPluginNames() {
+			dir := "main"
+			if p == "host-local" {
+				dir = "ipam"
+			}
+			if p == "portmap" {
+				dir = "meta"
+			}
+			pkg := mod + "/plugins/" + dir + "/" + p
+			u.tools = append(u.tools, pkg)
+			u.binaries = append(u.binaries, binary{name: p, pkg: pkg, ldflags: []string{
+				"-X " + mod + "/pkg/utils/buildversion.BuildVersion=" + v.CNIPlugins}})
+		}
+		return u, nil
+	case Runc:
+		const mod = "github.com/opencontainers/runc"
+		return &unit{
+			name: Runc, version: v.Runc, requires: [][2]string{{mod, v.Runc}}, tools: []string{mod},
+			binaries: []binary{{name: "runc", pkg: mod, cgoStatic: true, tags: "seccomp netgo osusergo"}},
+		}, nil
+	case Containerd:
+		const mod = "github.com/containerd/containerd/v2"
+		ld := []string{"-X " + mod + "/version.Version=" + v.Containerd, "-X " + mod + "/version.Package=" + mod}
+		return &unit{
+			name: Containerd, version: v.Containerd, requires: [][2]string{{mod, v.Containerd}},
+			tools: []string{mod + "/cmd/containerd", mod + "/cmd/containerd-shim-runc-v2"},
+			binaries: []binary{
+				{name: "containerd", pkg: mod + "/cmd/containerd", ldflags: ld},
+				{name: "containerd-shim-runc-v2", pkg: mod + "/cmd/containerd-shim-runc-v2", ldflags: ld},
+			},
+		}, nil
+	case Ctr:
+		const mod = "github.com/containerd/containerd/v2"
+		return &unit{
+			name: Ctr, version: v.Containerd, requires: [][2]string{{mod, v.Containerd}}, tools: []string{mod + "/cmd/ctr"},
+			binaries: []binary{{name: "ctr", pkg: mod + "/cmd/ctr", ldflags: []string{"-X " + mod + "/version.Version=" + v.Containerd}}},
+		}, nil
+	case Etcd:
+		const mod = "go.etcd.io/etcd/server/v3"
+		return &unit{
+			name: Etcd, version: v.Etcd, requires: [][2]string{{mod, v.Etcd}},
+			files:    map[string][]byte{"main.go": []byte(etcdMain)},
+			binaries: []binary{{name: "etcd", pkg: "."}},
+		}, nil
+	case Kubernetes:
+		info, err := b.download(ctx, "k8s.io/kubernetes", v.Kubernetes)
+		if err != nil {
+			return nil, err
+		}
+		gomod, err := os.ReadFile(info.GoMod)
+		if err != nil {
+			return nil, fmt.Errorf("k8s.io/kubernetes go.mod: %w", err)
+		}
+		replaces, err := StagingReplaces(gomod, v.Kubernetes)
+		if err != nil {
+			return nil, err
+		}
+		ld, err := kubeVersionLdflags(v.Kubernetes)
+		if err != nil {
+			return nil, err
+		}
+		return &unit{
+			name: Kubernetes, version: v.Kubernetes,
+			requires: [][2]string{{"k8s.io/kubernetes", v.Kubernetes}}, replaces: replaces,
+			files:    map[string][]byte{"main.go": []byte(kubeMain)},
+			binaries: []binary{{name: KubeBinary, pkg: ".", ldflags: ld}},
+			links:    KubeCommands(),
+		}, nil
+	}
+	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr), ", "))
+}
+
+// kubeVersionLdflags sets what `kubelet --version` etc. print, as
+// hack/lib/version.sh does, with a fixed build date for reproducibility.
+func kubeVersionLdflags(version string) ([]string, error) {
+	m := kubernetesVersionRE.FindStringSubmatch(version)
+	if m == nil {
+		return nil, fmt.Errorf("kubernetes version %q: want v1.N.M", version)
+	}
+	var ld []string
+	for _, pkg := range []string{"k8s.io/component-base/version", "k8s.io/client-go/pkg/version"} {
+		ld = append(ld,
+			"-X "+pkg+".gitVersion="+version,
+			"-X "+pkg+".gitMajor=1",
+			"-X "+pkg+".gitMinor="+m[1],
+			"-X "+pkg+".gitTreeState=clean",
+			"-X "+pkg+".buildDate=1970-01-01T00:00:00Z")
+	}
+	return ld, nil
+}
+
+func (b *Builder) buildComponent(ctx context.Context, name string) (map[string]string, error) {
+	cache, err := b.cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	u, err := b.unit(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	final := filepath.Join(cache, u.key())
+	if _, err := os.Stat(final); err == nil {
+		b.log().Info("payload component cached", "component", u.name, "version", u.version, "dir", final)
+		return u.paths(final), nil
+	}
+	start := time.Now()
+	b.log().Info("payload component building", "component", u.name, "version", u.version)
+	src := filepath.Join(cache, "src", u.key())
+	if err := b.generate(ctx, u, src); err != nil {
+		return nil, fmt.Errorf("payload %s %s: %w", u.name, u.version, err)
+	}
+	if err := os.MkdirAll(cache, 0o755); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(cache, "."+u.key()+".tmp-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(tmp) // after a successful rename there is nothing left to remove
+	record := buildRecord{Component: u.name, Version: u.version, GoVersion: b.goVersion(ctx), GOARCH: b.goarch()}
+	for _, bin := range u.binaries {
+		t := time.Now()
+		args, env := b.goBuildArgs(bin, filepath.Join(tmp, bin.name))
+		if err := b.run(ctx, src, env, args...); err != nil {
+			return nil, fmt.Errorf("payload %s %s: build %s: %w", u.name, u.version, bin.name, err)
+		}
+		fi, err := os.Stat(filepath.Join(tmp, bin.name))
+		if err != nil {
+			return nil, err
+		}
+		recorded, _ := b.goBuildArgs(bin, filepath.Join(final, bin.name))
+		record.Binaries = append(record.Binaries, builtBinary{
+			Name: bin.name, Size: fi.Size(), Seconds: time.Since(t).Round(100 * time.Millisecond).Seconds(),
+			Command: append(envDiff(env), append([]string{"go"}, recorded...)...)})
+		b.log().Info("payload binary built", "component", u.name, "binary", bin.name,
+			"size_mb", fmt.Sprintf("%.1f", float64(fi.Size())/1e6), "elapsed", time.Since(t).Round(time.Second))
+	}
+	for _, l := range u.links {
+		if err := os.Symlink(u.binaries[0].name, filepath.Join(tmp, l)); err != nil {
+			return nil, err
+		}
+	}
+	rec, _ := json.MarshalIndent(record, "", "  ")
+	if err := os.WriteFile(filepath.Join(tmp, "build.json"), append(rec, '\n'), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Rename(tmp, final); err != nil {
+		if _, statErr := os.Stat(final); statErr != nil {
+			return nil, fmt.Errorf("payload %s: %w", u.key(), err)
+		}
+		// A concurrent build got there first; its result is as good as ours.
+	}
+	b.log().Info("payload component built", "component", u.name, "version", u.version,
+		"elapsed", time.Since(start).Round(time.Second), "dir", final)
+	return u.paths(final), nil
+}
+
+func (u *unit) paths(dir string) map[string]string {
+	out := map[string]string{}
+	for _, bin := range u.binaries {
+		out[bin.name] = filepath.Join(dir, bin.name)
+	}
+	for _, l := range u.links {
+		out[l] = filepath.Join(dir, l)
+	}
+	return out
+}
+
+// buildRecord is CacheDir/<component>-<version>/build.json.
+type buildRecord struct {
+	Component string        `json:"component"`
+	Version   string        `json:"version"`
+	GoVersion string        `json:"go_version"`
+	GOARCH    string        `json:"goarch"`
+	Binaries  []builtBinary `json:"binaries"`
+}
+
+type builtBinary struct {
+	Name    string   `json:"name"`
+	Size    int64    `json:"size"`
+	Seconds float64  `json:"seconds"`
+	Command []string `json:"command"`
+}
+
+// generate writes the component's module into src and resolves its
+// dependencies (go.sum) with go mod tidy.
+func (b *Builder) generate(ctx context.Context, u *unit, src string) error {
+	if err := os.MkdirAll(src, 0o755); err != nil {
+		return err
+	}
+	files := map[string][]byte{"go.mod": goModFile("ballast.local/payload/"+u.name, u.requires, u.replaces, u.tools)}
+	for name, data := range u.files {
+		files[name] = data
+	}
+	names := make([]string, 0, len(files))
+	for name := range files {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		if err := os.WriteFile(filepath.Join(src, name), files[name], 0o644); err != nil {
+			return err
+		}
+	}
+	t := time.Now()
+	if err := b.run(ctx, src, b.env(false), "mod", "tidy"); err != nil {
+		return fmt.Errorf("go mod tidy in %s: %w", src, err)
+	}
+	b.log().Info("payload module resolved", "component", u.name, "elapsed", time.Since(t).Round(time.Second))
+	return nil
+}
+
+func (b *Builder) goBuildArgs(bin binary, out string) (args, env []string) {
+	ldflags := append([]string{"-s", "-w"}, bin.ldflags...)
+	if bin.cgoStatic {
+		ldflags = append(ldflags, "-linkmode=external", "-extldflags=-static")
+	}
+	args = []string{"build", "-trimpath", "-buildvcs=false", "-o", out}
+	if bin.tags != "" {
+		args = append(args, "-tags", bin.tags)
+	}
+	args = append(args, "-ldflags", strings.Join(ldflags, " "), bin.pkg)
+	return args, b.env(bin.cgoStatic)
+}
+
+// env is the go command's environment: the caller's, with the settings that
+// make generated-module builds self-contained and static.
+func (b *Builder) env(cgo bool) []string {
+	override := map[string]string{
+		"GOFLAGS": "-mod=mod", "GOWORK": "off", "GOOS": "linux", "GOARCH": b.goarch(), "CGO_ENABLED": "0",
+	}
+	if cgo {
+		override["CGO_ENABLED"] = "1"
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := override[k]; !ok {
+			env = append(env, kv)
+		}
+	}
+	keys := make([]string, 0, len(override))
+	for k := range override {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		env = append(env, k+"="+override[k])
+	}
+	return env
+}
+
+// envDiff returns the settings env adds to the caller's environment, for the build record.
+func envDiff(env []string) []string {
+	var out []string
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if os.Getenv(k) != v || k == "CGO_ENABLED" || k == "GOFLAGS" {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+func (b *Builder) goBin() string {
+	if b.GoBin != "" {
+		return b.GoBin
+	}
+	return "go"
+}
+
+func (b *Builder) goVersion(ctx context.Context) string {
+	out, err := exec.CommandContext(ctx, b.goBin(), "env", "GOVERSION").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// run runs the go command in dir; its output goes to b.Stderr and, on
+// failure, the tail of it into the error.
+func (b *Builder) run(ctx context.Context, dir string, env []string, args ...string) error {
+	cmd := exec.CommandContext(ctx, b.goBin(), args...)
+	cmd.Dir, cmd.Env = dir, env
+	var buf tailBuffer
+	var w io.Writer = &buf
+	if b.Stderr != nil {
+		w = io.MultiWriter(&buf, b.Stderr)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("go %s %s: %w\n%s", args[0], args[len(args)-1], err, buf.String())
+	}
+	return nil
+}
+
+// tailBuffer keeps the last 16 KiB written to it.
+type tailBuffer struct{ b []byte }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.b = append(t.b, p...)
+	if len(t.b) > 16<<10 {
+		t.b = t.b[len(t.b)-16<<10:]
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string { return string(bytes.TrimSpace(t.b)) }
+
+// moduleInfo is the part of `go mod download -json` output used here.
+type moduleInfo struct {
+	Path, Version, GoMod, Dir, Error string
+}
+
+// download fetches module@version into the module cache.
+func (b *Builder) download(ctx context.Context, module, version string) (*moduleInfo, error) {
+	cmd := exec.CommandContext(ctx, b.goBin(), "mod", "download", "-json", module+"@"+version)
+	cmd.Dir, cmd.Env = os.TempDir(), b.env(false)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	var info moduleInfo
+	if jsonErr := json.Unmarshal(out, &info); jsonErr == nil && info.Error != "" {
+		return nil, fmt.Errorf("download %s@%s: %s", module, version, info.Error)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("go mod download %s@%s: %w: %s", module, version, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	if info.Dir == "" || info.GoMod == "" {
+		return nil, errors.New("go mod download " + module + "@" + version + ": no Dir/GoMod in its output")
+	}
+	return &info, nil
+}
+
+// KubeadmImageTags returns the etcd and pause image tags kubeadm of the pinned
+// Kubernetes version pulls (constants.DefaultEtcdVersion, constants.PauseVersion).
+func (b *Builder) KubeadmImageTags(ctx context.Context) (etcd, pause string, err error) {
+	info, err := b.download(ctx, "k8s.io/kubernetes", b.versions().Kubernetes)
+	if err != nil {
+		return "", "", err
+	}
+	src, err := os.ReadFile(filepath.Join(info.Dir, "cmd", "kubeadm", "app", "constants", "constants.go"))
+	if err != nil {
+		return "", "", err
+	}
+	return kubeadmImageTags(src)
+}

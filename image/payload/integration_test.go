@@ -1,0 +1,308 @@
+package payload
+
+import (
+	"context"
+	"debug/elf"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestPayloadIntegration builds the real payload (cold: tens of minutes on 2
+// cores; warm: seconds) and checks the binaries, the images kubeadm expects
+// and system.sqfs. Opt in with BALLAST_PAYLOAD_TEST=1; BALLAST_PAYLOAD_CACHE
+// overrides the cache (default ~/.cache/ballast/payload).
+func TestPayloadIntegration(t *testing.T) {
+	if os.Getenv("BALLAST_PAYLOAD_TEST") != "1" {
+		t.Skip("set BALLAST_PAYLOAD_TEST=1 to build the real payload")
+	}
+	needTool(t, "mksquashfs", "squashfs-tools")
+	ctx := context.Background()
+	b := &Builder{
+		CacheDir: os.Getenv("BALLAST_PAYLOAD_CACHE"),
+		Log:      slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	}
+	bins, err := b.Build(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("Static", func(t *testing.T) {
+		for name, path := range bins {
+			if name != KubeBinary && slices.Contains(KubeCommands(), name) {
+				continue // symlinks
+			}
+			if err := checkStatic(path); err != nil {
+				t.Errorf("%s: %v", name, err)
+			}
+		}
+	})
+	t.Run("Versions", func(t *testing.T) {
+		k8s := strings.TrimPrefix(KubernetesVersion, "v")
+		for _, tc := range []struct {
+			bin  string
+			args []string
+			want string
+		}{
+			{"kube-apiserver", []string{"--version"}, "Kubernetes v" + k8s},
+			{"kube-controller-manager", []string{"--version"}, "Kubernetes v" + k8s},
+			{"kube-scheduler", []string{"--version"}, "Kubernetes v" + k8s},
+			{"kubelet", []string{"--version"}, "Kubernetes v" + k8s},
+			{"kubeadm", []string{"version", "-o", "short"}, "v" + k8s},
+			{"etcd", []string{"--version"}, "etcd Version: " + strings.TrimPrefix(EtcdVersion, "v")},
+			{"containerd", []string{"--version"}, ContainerdVersion},
+			{"containerd-shim-runc-v2", []string{"-v"}, ContainerdVersion},
+			{"runc", []string{"--version"}, "runc version " + strings.TrimPrefix(RuncVersion, "v")},
+			{"runc", []string{"--version"}, "libseccomp: 2."},
+			{"bridge", nil, "CNI bridge plugin " + CNIPluginsVersion},
+			{"pause", []string{"-v"}, PauseVersion},
+		} {
+			out, _ := exec.Command(bins[tc.bin], tc.args...).CombinedOutput()
+			if !strings.Contains(string(out), tc.want) {
+				t.Errorf("%s %s = %q, want it to contain %q", tc.bin, strings.Join(tc.args, " "), out, tc.want)
+			}
+		}
+		out, err := exec.Command(bins["runc"], "features").Output()
+		var features struct {
+			Linux struct {
+				Seccomp struct{ Enabled bool }
+			}
+		}
+		if err != nil || json.Unmarshal(out, &features) != nil || !features.Linux.Seccomp.Enabled {
+			t.Errorf("runc features: seccomp not enabled (%v): %s", err, out)
+		}
+	})
+
+	sqfs, err := b.System(ctx, RoleControlPlane)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("ControlPlaneSystem", func(t *testing.T) {
+		fi, err := os.Stat(sqfs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: %.1f MB", sqfs, float64(fi.Size())/1e6)
+		if fi.Size() > 150e6 {
+			t.Errorf("control-plane system.sqfs is %.1f MB, over the 150 MB budget", float64(fi.Size())/1e6)
+		}
+		listing := unsquashfsList(t, sqfs)
+		if root, _ := exec.Command("unsquashfs", "-lln", sqfs).Output(); !strings.HasPrefix(string(root), "drwxr-xr-x 0/0") {
+			t.Errorf("system.sqfs root directory: %.60q, want drwxr-xr-x root", root)
+		}
+		for _, p := range []string{
+			"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/runc", "/usr/bin/kube",
+			"/usr/bin/kubelet -> kube", "/usr/bin/kubeadm -> kube",
+			"/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/loopback", "/opt/cni/bin/portmap",
+			"/usr/share/ballast/images/pause.tar", "/usr/share/ballast/images/control-plane.tar", SystemManifestPath,
+		} {
+			if !strings.Contains(listing, "squashfs-root"+p+"\n") {
+				t.Errorf("system.sqfs lacks %s", p)
+			}
+		}
+		// The names kubeadm pulls (less kube-proxy and CoreDNS, which are
+		// not part of the payload) must all be in the archives.
+		out, err := exec.Command(bins["kubeadm"], "config", "images", "list", "--kubernetes-version", KubernetesVersion).Output()
+		if err != nil {
+			t.Fatalf("kubeadm config images list: %v", err)
+		}
+		have := map[string]bool{}
+		for _, archive := range []string{"pause.tar", "control-plane.tar"} {
+			for _, name := range archiveImageNames(t, sqfs, "usr/share/ballast/images/"+archive) {
+				have[name] = true
+			}
+		}
+		for _, want := range strings.Fields(string(out)) {
+			if strings.Contains(want, "kube-proxy") || strings.Contains(want, "coredns") {
+				continue
+			}
+			if !have[want] {
+				t.Errorf("kubeadm wants %s; the archives have %v", want, have)
+			}
+		}
+	})
+	t.Run("WorkerSystem", func(t *testing.T) {
+		worker, err := b.System(ctx, RoleWorker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listing := unsquashfsList(t, worker)
+		if strings.Contains(listing, "control-plane.tar") || !strings.Contains(listing, "/usr/bin/kubelet -> kube") {
+			t.Errorf("worker system.sqfs content wrong:\n%s", listing)
+		}
+	})
+	t.Run("ContainerdImport", func(t *testing.T) { testContainerdImport(t, b, bins, sqfs) })
+	t.Run("Cached", func(t *testing.T) {
+		again, err := b.System(ctx, RoleControlPlane)
+		if err != nil || again != sqfs {
+			t.Errorf("second System = %s, %v; want the cached %s", again, err, sqfs)
+		}
+	})
+}
+
+// checkStatic fails for a dynamically linked ELF (program interpreter or needed libraries).
+func checkStatic(path string) error {
+	f, err := elf.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			return fmt.Errorf("dynamically linked (has a program interpreter)")
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		return fmt.Errorf("needs %v", libs)
+	}
+	return nil
+}
+
+// unsquashfsList returns `unsquashfs -lc`-style paths, one per line, symlinks as "a -> b".
+func unsquashfsList(t *testing.T, sqfs string) string {
+	t.Helper()
+	out, err := exec.Command("unsquashfs", "-lln", sqfs).Output()
+	if err != nil {
+		t.Fatalf("unsquashfs -lln %s: %v", sqfs, err)
+	}
+	var b strings.Builder
+	for _, line := range strings.Split(string(out), "\n") {
+		if i := strings.Index(line, "squashfs-root"); i >= 0 {
+			b.WriteString(line[i:] + "\n")
+		}
+	}
+	return b.String()
+}
+
+// archiveImageNames reads an OCI archive out of the squashfs and returns its index's image names.
+func archiveImageNames(t *testing.T, sqfs, path string) []string {
+	t.Helper()
+	data, err := exec.Command("unsquashfs", "-cat", sqfs, path).Output()
+	if err != nil {
+		t.Fatalf("unsquashfs -cat %s: %v", path, err)
+	}
+	_, files, _ := readArchive(t, data)
+	var index Index
+	if err := json.Unmarshal(files["index.json"], &index); err != nil {
+		t.Fatalf("%s index.json: %v", path, err)
+	}
+	var names []string
+	for _, m := range index.Manifests {
+		blob(t, files, m) // digest and size match
+		names = append(names, m.Annotations[AnnotationImageName])
+	}
+	return names
+}
+
+// testWriter sends log lines to t.Log.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// testContainerdImport starts the built containerd (runc and the shim on
+// its PATH), imports the archives from system.sqfs with ctr the way a node
+// would, and runs the kube-apiserver and etcd images by the command names
+// kubeadm's static pods use.
+func testContainerdImport(t *testing.T, b *Builder, bins map[string]string, sqfs string) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to run containerd")
+	}
+	ctx := context.Background()
+	ctrBins, err := b.Build(ctx, Ctr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "ballast-ctrd-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "containerd.sock")
+	config := fmt.Sprintf("version = 3\nroot = %q\nstate = %q\n"+
+		"disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.images\", \"io.containerd.cri.v1.runtime\"]\n"+
+		"[grpc]\n  address = %q\n", filepath.Join(dir, "root"), filepath.Join(dir, "state"), sock)
+	if err := os.WriteFile(filepath.Join(dir, "config.toml"), []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(dir, "containerd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	daemon := exec.Command(bins["containerd"], "--config", filepath.Join(dir, "config.toml"))
+	daemon.Env = append(os.Environ(), "PATH="+filepath.Dir(bins["containerd"])+":"+filepath.Dir(bins["runc"])+":"+os.Getenv("PATH"))
+	daemon.Stdout, daemon.Stderr = logFile, logFile
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		daemon.Process.Signal(syscall.SIGTERM)
+		daemon.Wait()
+		if t.Failed() {
+			log, _ := os.ReadFile(logFile.Name())
+			t.Logf("containerd log:\n%s", log)
+		}
+	})
+	ctr := func(args ...string) (string, error) {
+		out, err := exec.Command(ctrBins["ctr"], append([]string{"--address", sock, "--namespace", "k8s.io"}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		if _, err := ctr("version"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("containerd did not answer within 2 minutes")
+		}
+	}
+	for _, archive := range []string{"pause.tar", "control-plane.tar"} {
+		data, err := exec.Command("unsquashfs", "-cat", sqfs, "usr/share/ballast/images/"+archive).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, archive)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := ctr("images", "import", path); err != nil {
+			t.Fatalf("ctr images import %s: %v\n%s", archive, err, out)
+		}
+	}
+	etcdTag, pauseTag, err := b.KubeadmImageTags(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list, err := ctr("images", "ls", "-q")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apiserver := "registry.k8s.io/kube-apiserver:" + KubernetesVersion
+	etcd := "registry.k8s.io/etcd:" + etcdTag
+	for _, want := range []string{apiserver, "registry.k8s.io/kube-controller-manager:" + KubernetesVersion,
+		"registry.k8s.io/kube-scheduler:" + KubernetesVersion, etcd, "registry.k8s.io/pause:" + pauseTag} {
+		if !slices.Contains(strings.Fields(list), want) {
+			t.Errorf("containerd lacks image %s after import; has:\n%s", want, list)
+		}
+	}
+	for i, run := range []struct {
+		image, want string
+		args        []string
+	}{
+		{apiserver, "Kubernetes " + KubernetesVersion, []string{"kube-apiserver", "--version"}},
+		{etcd, "etcd Version: " + strings.TrimPrefix(EtcdVersion, "v"), []string{"etcd", "--version"}},
+	} {
+		out, err := ctr(append([]string{"run", "--rm", run.image, fmt.Sprintf("payload-test-%d", i)}, run.args...)...)
+		if err != nil || !strings.Contains(out, run.want) {
+			t.Errorf("ctr run %s %v = %q, %v; want %q", run.image, run.args, out, err, run.want)
+		}
+	}
+}
