@@ -62,6 +62,11 @@ func IsolinuxCfg(title string, cmdline []string) []byte {
 		title, strings.Join(append(append([]string{}, cmdline...), LiveParam), " ")))
 }
 
+// ISOLoaderConf is the live medium's loader.conf: a short menu whose
+// entry can be edited (press e), to add ballast.install=/dev/… as at the
+// BIOS boot prompt. Installed disks keep LoaderConf (no editor).
+const ISOLoaderConf = "timeout 3\neditor yes\nauto-entries no\nauto-firmware no\n"
+
 // WriteISO writes the hybrid ISO: El Torito with a BIOS entry (isolinux)
 // and a UEFI entry (efiboot.img: a FAT image with systemd-boot, kernel and
 // initramfs), and in the 32 KiB system area an isohybrid MBR whose boot
@@ -108,7 +113,7 @@ func writeISO(ctx context.Context, out *os.File, s ISOSpec) (*sysslot.MediaInfo,
 		Options: strings.Join(append(append([]string{}, s.Cmdline...), LiveParam), " ")}
 	efiFiles := []File{
 		{Name: "/EFI/BOOT/BOOTX64.EFI", Src: s.BootEFI},
-		{Name: "/loader/loader.conf", Data: []byte(LoaderConf)},
+		{Name: "/loader/loader.conf", Data: []byte(ISOLoaderConf)},
 		{Name: "/loader/entries/ballast-live.conf", Data: live.Marshal()},
 		{Name: "/ballast/vmlinuz", Src: s.Kernel},
 		{Name: "/ballast/initramfs.img", Src: s.Initramfs},
