@@ -355,16 +355,7 @@ func copyAtomic(dst, src string) error {
 	return err
 }
 
-func fileSHA256(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	return hex.EncodeToString(h.Sum(nil)), n, err
-}
+func fileSHA256(path string) (string, int64, error) { return disk.FileSHA256(path) }
 
 // FindSourceDir walks up from dir to the ballast module root.
 func FindSourceDir(dir string) (string, error) {

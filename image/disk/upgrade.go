@@ -30,7 +30,7 @@ func WriteUpgrade(w io.Writer, s UpgradeSpec) error {
 	info := sysslot.UpgradeInfo{Format: sysslot.UpgradeFormat, Recipe: s.Recipe, Title: s.Title, Cmdline: s.Cmdline}
 	srcs := []string{s.Kernel, s.Initramfs, s.System}
 	for i, name := range []string{sysslot.UpgradeKernel, sysslot.UpgradeInitrd, sysslot.UpgradeSystem} {
-		sum, size, err := fileSHA256(srcs[i])
+		sum, size, err := FileSHA256(srcs[i])
 		if err != nil {
 			return err
 		}
@@ -67,7 +67,8 @@ func WriteUpgrade(w io.Writer, s UpgradeSpec) error {
 	return tw.Close()
 }
 
-func fileSHA256(path string) (string, int64, error) {
+// FileSHA256 returns a file's sha256 (hex) and size.
+func FileSHA256(path string) (string, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", 0, err
@@ -87,7 +88,7 @@ func SquashFS(ctx context.Context, dir, out string) error {
 	}
 	_ = os.Remove(out)
 	cmd := exec.CommandContext(ctx, mk, dir, out, "-noappend", "-quiet", "-no-progress", "-reproducible", "-all-root",
-		"-mkfs-time", "0", "-all-time", "0", "-comp", "xz", "-processors", "1")
+		"-mkfs-time", "0", "-all-time", "0", "-comp", "xz")
 	// mksquashfs refuses SOURCE_DATE_EPOCH next to -mkfs-time/-all-time, and
 	// writeFAT may have set it in this process for go-diskfs.
 	for _, kv := range os.Environ() {

@@ -6,12 +6,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"github.com/ballast-os/ballast/image/disk"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -244,22 +243,14 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// SystemImage packs dir into the squashfs out with mksquashfs
-// (squashfs-tools): xz, all files owned by root, all times 0, so the same
-// tree gives the same bytes. out is written atomically.
+// SystemImage packs dir into the squashfs out (disk.SquashFS: xz, root-owned,
+// all times 0, so the same tree gives the same bytes), written atomically.
 func SystemImage(ctx context.Context, dir, out string) error {
-	mksquashfs, err := exec.LookPath("mksquashfs")
-	if err != nil {
-		return fmt.Errorf("system image: mksquashfs not found: install squashfs-tools (apt-get install squashfs-tools)")
-	}
 	tmp := out + ".tmp"
 	os.Remove(tmp)
 	defer os.Remove(tmp)
-	cmd := exec.CommandContext(ctx, mksquashfs, dir, tmp,
-		"-noappend", "-reproducible", "-comp", "xz", "-all-root",
-		"-mkfs-time", "0", "-all-time", "0", "-no-progress", "-quiet")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("mksquashfs %s: %w: %s", dir, err, strings.TrimSpace(string(msg)))
+	if err := disk.SquashFS(ctx, dir, tmp); err != nil {
+		return fmt.Errorf("system image: %w", err)
 	}
 	return os.Rename(tmp, out)
 }
