@@ -431,7 +431,7 @@ func TestDiskISOBoots(t *testing.T) {
 }
 
 // TestDiskInstall installs from the ISO (attached as a CD-ROM; the kernel
-// is started directly so the test can add ballast.install=) onto an empty
+// is started directly with the install entry's ballast.install=auto) onto an empty
 // disk larger than the image, powers off, and boots the disk alone under
 // OVMF. A second install onto the now partitioned disk is refused without
 // ballast.install.wipe=true.
@@ -447,17 +447,19 @@ func TestDiskInstall(t *testing.T) {
 	must(t, f.Truncate(3<<30))
 	must(t, f.Close())
 
-	install := func(extra ...string) *VM {
+	install := func(target string) *VM {
 		return startFirmwareVM(t, firmwareVM{
 			Kernel: filepath.Join(dir, image.KernelFile), Initrd: filepath.Join(dir, image.InitramfsFile),
-			Cmdline: append(append(append([]string{}, r.Cmdline...), disk.LiveParam, "ballast.install=/dev/vda"), extra...),
+			Cmdline: append(append([]string{}, r.Cmdline...), disk.LiveParam, "ballast.install="+target),
 			Args:    []string{"-cdrom", iso, "-drive", "if=virtio,format=raw,file=" + d},
 		})
 	}
-	vm := install()
+	// auto (the ISO's install entry) picks the only empty disk: not the CD-ROM.
+	vm := install("auto")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*diskBootTimeout)
 	defer cancel()
-	_, i := expectLine(t, vm, ctx, `msg="image written and verified" .*target=/dev/vda`, 0)
+	_, i := expectLine(t, vm, ctx, `msg="install target chosen" part=install target=/dev/vda`, 0)
+	_, i = expectLine(t, vm, ctx, `msg="image written and verified" .*target=/dev/vda`, i)
 	expectLine(t, vm, ctx, `msg="install complete, rebooting into the disk"`, i)
 	if err := vm.Wait(ctx); err != nil {
 		var ee *exec.ExitError
@@ -472,6 +474,6 @@ func TestDiskInstall(t *testing.T) {
 	_, _ = expectLine(t, vm, ctx, readiness.Pattern.String(), i)
 	vm.Kill()
 
-	vm = install()
+	vm = install("/dev/vda")
 	expectLine(t, vm, ctx, `msg="install failed; the live system keeps running" .*holds a partition table.*ballast.install.wipe=true`, 0)
 }

@@ -57,10 +57,16 @@ const LiveParam = "ballast.live"
 
 // IsolinuxCfg boots the live system on the serial console and VGA.
 func IsolinuxCfg(title string, cmdline []string) []byte {
-	return []byte(fmt.Sprintf("SERIAL 0 115200\nDEFAULT ballast\nPROMPT 0\nTIMEOUT 0\nSAY Booting %s (live)\n"+
-		"LABEL ballast\n  KERNEL /ballast/vmlinuz\n  INITRD /ballast/initrd.img\n  APPEND %s\n",
-		title, strings.Join(append(append([]string{}, cmdline...), LiveParam), " ")))
+	live := strings.Join(append(append([]string{}, cmdline...), LiveParam), " ")
+	return []byte(fmt.Sprintf("SERIAL 0 115200\nDEFAULT ballast\nPROMPT 1\nTIMEOUT 30\n"+
+		"SAY %s: Enter (or wait 3 s) boots live; type install to install to the only empty disk\n"+
+		"LABEL ballast\n  KERNEL /ballast/vmlinuz\n  INITRD /ballast/initrd.img\n  APPEND %s\n"+
+		"LABEL install\n  KERNEL /ballast/vmlinuz\n  INITRD /ballast/initrd.img\n  APPEND %s %s\n",
+		title, live, live, InstallAutoParam))
 }
+
+// InstallAutoParam installs to the only empty disk (sysslot.AutoTarget).
+const InstallAutoParam = "ballast.install=" + sysslot.AutoTarget
 
 // ISOLoaderConf is the live medium's loader.conf: a short menu whose
 // entry can be edited (press e), to add ballast.install=/dev/… as at the
@@ -111,10 +117,14 @@ func writeISO(ctx context.Context, out *os.File, s ISOSpec) (*sysslot.MediaInfo,
 	// efiboot.img: systemd-boot with one entry for the live system.
 	live := sysslot.Entry{Title: s.Title + " (live)", Version: 1, Linux: "/ballast/vmlinuz", Initrd: "/ballast/initramfs.img",
 		Options: strings.Join(append(append([]string{}, s.Cmdline...), LiveParam), " ")}
+	// Sorted after the live entry (lower version), so live stays the default.
+	install := sysslot.Entry{Title: s.Title + " (install to the only empty disk)", Version: 0, Linux: live.Linux, Initrd: live.Initrd,
+		Options: live.Options + " " + InstallAutoParam}
 	efiFiles := []File{
 		{Name: "/EFI/BOOT/BOOTX64.EFI", Src: s.BootEFI},
 		{Name: "/loader/loader.conf", Data: []byte(ISOLoaderConf)},
 		{Name: "/loader/entries/ballast-live.conf", Data: live.Marshal()},
+		{Name: "/loader/entries/ballast-install.conf", Data: install.Marshal()},
 		{Name: "/ballast/vmlinuz", Src: s.Kernel},
 		{Name: "/ballast/initramfs.img", Src: s.Initramfs},
 	}

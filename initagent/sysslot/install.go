@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/klauspost/compress/zstd"
@@ -85,15 +86,21 @@ const chunk = InstallChunk
 func (in Installer) Install(ctx context.Context, o InstallOptions) error {
 	log := in.log()
 	target := o.Target
-	if !strings.HasPrefix(target, "/dev/") {
-		return fmt.Errorf("ballast.install=%q: give a whole-disk device such as /dev/vda", target)
-	}
-	dev := filepath.Join(in.Root, target)
-	if err := in.checkTarget(dev, o.Wipe); err != nil {
-		return err
+	if target != AutoTarget && !strings.HasPrefix(target, "/dev/") {
+		return fmt.Errorf("ballast.install=%q: give a whole-disk device such as /dev/vda, or auto for the only empty disk", target)
 	}
 	media, info, err := in.findMedia()
 	if err != nil {
+		return err
+	}
+	if target == AutoTarget {
+		if target, err = in.PickDisk(info.Size); err != nil {
+			return err
+		}
+		log.Info("install target chosen", "target", target)
+	}
+	dev := filepath.Join(in.Root, target)
+	if err := in.checkTarget(dev, o.Wipe); err != nil {
 		return err
 	}
 	src, err := os.Open(filepath.Join(media, info.Disk))
@@ -188,20 +195,81 @@ func writeConfig(dev string, cfg []byte) error {
 	return nil
 }
 
+// AutoTarget as ballast.install= installs to the only empty disk.
+const AutoTarget = "auto"
+
+// PickDisk returns the only disk an automatic install may use: a whole,
+// writable, non-removable disk of at least need bytes with no partitions
+// and no partition table. None or several is an error that lists them.
+func (in Installer) PickDisk(need int64) (string, error) {
+	devs, _ := filepath.Glob(filepath.Join(in.Root, "sys/block/*"))
+	sort.Strings(devs)
+	var empty, why []string
+	for _, d := range devs {
+		name := filepath.Base(d)
+		if hasPrefix(name, "loop", "ram", "zram", "sr", "dm-", "md", "nbd", "fd") {
+			continue
+		}
+		attr := func(a string) string {
+			b, _ := os.ReadFile(filepath.Join(d, a))
+			return strings.TrimSpace(string(b))
+		}
+		sectors, _ := strconv.ParseInt(attr("size"), 10, 64)
+		parts, _ := filepath.Glob(filepath.Join(d, name+"*"))
+		switch {
+		case attr("removable") == "1":
+			why = append(why, name+" is removable")
+		case attr("ro") == "1":
+			why = append(why, name+" is read-only")
+		case sectors*512 < need:
+			why = append(why, fmt.Sprintf("%s is too small (%d MiB, need %d)", name, sectors*512>>20, need>>20))
+		case len(parts) > 0 || in.hasTable(filepath.Join(in.Root, "dev", name)):
+			why = append(why, name+" holds partitions")
+		default:
+			empty = append(empty, name)
+		}
+	}
+	switch len(empty) {
+	case 1:
+		return "/dev/" + empty[0], nil
+	case 0:
+		return "", fmt.Errorf("ballast.install=auto: no empty disk (%s): name one with ballast.install=/dev/…", strings.Join(why, "; "))
+	}
+	return "", fmt.Errorf("ballast.install=auto: several empty disks (%s): name one with ballast.install=/dev/…", strings.Join(empty, ", "))
+}
+
+func hasPrefix(s string, prefixes ...string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// hasTable reports an MBR or GPT signature on dev.
+func (in Installer) hasTable(dev string) bool {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 1024)
+	if _, err := f.ReadAt(head, 0); err != nil {
+		return false
+	}
+	return binary.LittleEndian.Uint16(head[510:]) == 0xAA55 || string(head[512:520]) == "EFI PART"
+}
+
 // checkTarget refuses a disk that holds partitions (seen by the kernel or
 // a partition table signature) unless wipe.
 func (in Installer) checkTarget(dev string, wipe bool) error {
 	name := filepath.Base(dev)
 	parts, _ := filepath.Glob(filepath.Join(in.Root, "sys/class/block", name, name+"*"))
-	f, err := os.Open(dev)
-	if err != nil {
+	if _, err := os.Stat(dev); err != nil {
 		return fmt.Errorf("install target: %w", err)
 	}
-	defer f.Close()
-	head := make([]byte, 1024)
-	_, _ = f.ReadAt(head, 0)
-	hasTable := binary.LittleEndian.Uint16(head[510:]) == 0xAA55 || string(head[512:520]) == "EFI PART"
-	if (len(parts) > 0 || hasTable) && !wipe {
+	if (len(parts) > 0 || in.hasTable(dev)) && !wipe {
 		return fmt.Errorf("%s holds a partition table (%d partitions): set ballast.install.wipe=true to overwrite it", dev, len(parts))
 	}
 	return nil
