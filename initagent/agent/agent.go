@@ -105,6 +105,9 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		a.Log.Error("hostname", "err", err)
 	}
 
+	if err := boot.PromoteSecondaries(a.Root); err != nil {
+		a.Log.Error("sysctl", "err", err)
+	}
 	if err := boot.LoopbackUp(); err != nil {
 		a.Log.Error("loopback", "err", err)
 	}
