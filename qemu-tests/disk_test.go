@@ -131,21 +131,7 @@ func startFirmwareVM(t *testing.T, o firmwareVM) *VM {
 	}
 	args = append(args, o.Args...)
 	vm.cmd = exec.Command(qemu, args...)
-	out, err := vm.cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	vm.cmd.Stderr = vm.cmd.Stdout
-	if err := vm.cmd.Start(); err != nil {
-		t.Fatalf("start qemu: %v", err)
-	}
-	go vm.readConsole(out)
-	t.Cleanup(func() {
-		vm.Kill()
-		if t.Failed() {
-			t.Logf("last %d console lines:\n%s", consoleTail, vm.Tail(consoleTail))
-		}
-	})
+	startConsoleVM(t, vm)
 	return vm
 }
 

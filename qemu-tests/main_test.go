@@ -122,3 +122,26 @@ func loadRecipe(t *testing.T, name string) ([]string, error) {
 	}
 	return r.Cmdline, nil
 }
+
+// startConsoleVM starts vm.cmd (a QEMU command line built by a test that
+// cannot use StartVM, e.g. firmware boots without -kernel), reads its serial
+// console, and kills it when the test ends, showing the console tail if the
+// test failed.
+func startConsoleVM(t *testing.T, vm *VM) {
+	t.Helper()
+	out, err := vm.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.cmd.Stderr = vm.cmd.Stdout
+	if err := vm.cmd.Start(); err != nil {
+		t.Fatalf("start qemu: %v", err)
+	}
+	go vm.readConsole(out)
+	t.Cleanup(func() {
+		vm.Kill()
+		if t.Failed() {
+			t.Logf("last %d console lines:\n%s", consoleTail, vm.Tail(consoleTail))
+		}
+	})
+}
