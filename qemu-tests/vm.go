@@ -124,6 +124,9 @@ func (vm *VM) readConsole(r io.Reader) {
 	for sc.Scan() {
 		// Firmware paints the screen with escape sequences; drop them so patterns match plain text.
 		line := ansiRE.ReplaceAllString(strings.TrimRight(sc.Text(), "\r"), "")
+		if consoleFile != nil {
+			fmt.Fprintln(consoleFile, line)
+		}
 		vm.mu.Lock()
 		vm.lines = append(vm.lines, line)
 		close(vm.changed)
@@ -138,6 +141,20 @@ func (vm *VM) readConsole(r io.Reader) {
 	vm.mu.Unlock()
 	close(vm.exited)
 }
+
+// consoleFile, when BALLAST_CONSOLE names a file, gets every console line as
+// it arrives (to follow a long boot with tail -f).
+var consoleFile = func() *os.File {
+	name := os.Getenv("BALLAST_CONSOLE")
+	if name == "" {
+		return nil
+	}
+	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil
+	}
+	return f
+}()
 
 var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[a-zA-Z]|\x1bc`)
 

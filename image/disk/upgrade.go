@@ -80,7 +80,9 @@ func FileSHA256(path string) (string, int64, error) {
 }
 
 // SquashFS packs dir into out with Debian's mksquashfs, reproducibly (all
-// files root-owned, every timestamp 0).
+// files root-owned, every timestamp 0). zstd at level 6: measured on the
+// control-plane payload (432 MB) it packs in 12 s to 131 MB where xz took
+// minutes for 109 MB, and a node under emulation reads it many times faster.
 func SquashFS(ctx context.Context, dir, out string) error {
 	mk, err := exec.LookPath("mksquashfs")
 	if err != nil {
@@ -88,7 +90,7 @@ func SquashFS(ctx context.Context, dir, out string) error {
 	}
 	_ = os.Remove(out)
 	cmd := exec.CommandContext(ctx, mk, dir, out, "-noappend", "-quiet", "-no-progress", "-reproducible", "-all-root",
-		"-mkfs-time", "0", "-all-time", "0", "-comp", "xz")
+		"-mkfs-time", "0", "-all-time", "0", "-comp", "zstd", "-Xcompression-level", "6")
 	// mksquashfs refuses SOURCE_DATE_EPOCH next to -mkfs-time/-all-time, and
 	// writeFAT may have set it in this process for go-diskfs.
 	for _, kv := range os.Environ() {

@@ -37,8 +37,8 @@ const (
 	Runc       = "runc"        // runc, static with seccomp (cgo)
 	CNIPlugins = "cni-plugins" // bridge, host-local, loopback, portmap
 	Pause      = "pause"       // pause
-	// Ctr is containerd's ctr, a test and debugging tool; not in
-	// Components() nor in system.sqfs.
+	// Ctr is containerd's ctr: the node imports the preloaded images with
+	// it. Built from the same pinned containerd; not in Components().
 	Ctr = "ctr"
 )
 

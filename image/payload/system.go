@@ -28,7 +28,7 @@ const (
 	SystemManifestPath = "/usr/share/ballast/payload.json"
 	// systemLayout changes whenever this file lays out system.sqfs
 	// differently, so cached images are not reused across such changes.
-	systemLayout = "4"
+	systemLayout = "6"
 )
 
 // SystemManifest is the file at SystemManifestPath: what a node finds in its system.sqfs.
@@ -41,11 +41,11 @@ type SystemManifest struct {
 
 // System builds what the role needs and packs it into a system.sqfs, cached
 // in CacheDir by a hash of its inputs; it returns the file's path.
-// Both roles get containerd, runc, the CNI plugins, kubelet and kubeadm and
-// the pause image; control-plane adds the kube-apiserver,
+// Both roles get containerd (with ctr, which the node imports the images
+// with), runc, the CNI plugins, kubelet and kubeadm and the pause image; control-plane adds the kube-apiserver,
 // kube-controller-manager, kube-scheduler and etcd images.
 func (b *Builder) System(ctx context.Context, role string) (string, error) {
-	components := []string{Pause, CNIPlugins, Runc, Containerd, Kubernetes}
+	components := []string{Pause, CNIPlugins, Runc, Containerd, Ctr, Kubernetes}
 	switch role {
 	case RoleControlPlane:
 		components = append(components, Etcd)
@@ -138,7 +138,7 @@ func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[st
 			return err
 		}
 	}
-	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "runc", KubeBinary} {
+	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", KubeBinary} {
 		if err := put(SystemBinDir, name); err != nil {
 			return err
 		}
@@ -243,7 +243,7 @@ func copyFile(src, dst string) error {
 	return out.Close()
 }
 
-// SystemImage packs dir into the squashfs out (disk.SquashFS: xz, root-owned,
+// SystemImage packs dir into the squashfs out (disk.SquashFS: zstd, root-owned,
 // all times 0, so the same tree gives the same bytes), written atomically.
 func SystemImage(ctx context.Context, dir, out string) error {
 	tmp := out + ".tmp"

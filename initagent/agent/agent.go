@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/boot"
@@ -17,6 +18,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
+	"github.com/ballast-os/ballast/initagent/runtime"
 	"github.com/ballast-os/ballast/initagent/txn"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
@@ -40,7 +42,11 @@ type Agent struct {
 	resolver *resolver
 	api      apiState
 	ha       haServices
-	reaper   *pid1.Reaper // external programs are started through it
+	reaper   *pid1.Reaper  // external programs are started through it
+	kube     *runtime.Kube // nil unless the system image carries Kubernetes
+
+	outputsMu sync.Mutex
+	outputs   map[string]io.Writer // per external service: log ring + rotated file
 }
 
 // Run boots the node and blocks until a power request arrives. It returns the
@@ -130,7 +136,20 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 	a.resolver.startDNS(ctx, cfg, hostname, nodeAddrs)
 
-	a.startServices(ctx, cfg, info.Role)
+	role := info.Role
+	if cfg != nil && cfg.Cluster.Role != "" {
+		role = cfg.Cluster.Role
+	}
+	kube := cfg != nil && a.systemPayload()
+	if kube && role == "control-plane" {
+		cfg = withLocalAPIServer(cfg, nodeAddrs)
+	}
+	a.startServices(ctx, cfg, role)
+	if kube {
+		a.startKube(ctx, cfg, role, hostname, nodeAddrs)
+	} else if cfg != nil {
+		a.Log.Info("no Kubernetes in the system image: node runs networking only")
+	}
 	a.startAPI(ctx, hostname, net, cfg, cmdline, requests)
 	st := net.Status()
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,

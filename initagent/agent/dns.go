@@ -102,11 +102,8 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	} else {
 		listen = append(listen, podDNS.String())
 		allowed = append(allowed, netip.PrefixFrom(podDNS.Addr(), 32))
-		for _, c := range append(append([]string{}, cfg.Cluster.PodCIDRs...), cfg.Cluster.ServiceCIDRs...) {
-			if p, err := netip.ParsePrefix(c); err == nil {
-				allowed = append(allowed, p.Masked())
-			}
-		}
+		allowed = append(allowed, prefixes(cfg.Cluster.PodCIDRs, defaultPodCIDR)...)
+		allowed = append(allowed, prefixes(cfg.Cluster.ServiceCIDRs, defaultServiceCIDR)...)
 		for _, a := range nodeAddrs {
 			allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
 		}
@@ -155,6 +152,14 @@ func ensurePodDNSLink() error {
 		return fmt.Errorf("address %s on %s: %w", podDNS.Addr(), podDNSLink, err)
 	}
 	return h.LinkSetUp(link)
+}
+
+// podDNSServing reports whether pods can use the node-local resolver.
+func (r *resolver) podDNSServing() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, err := os.Stat(filepath.Join(r.root, podResolvTo))
+	return r.server != nil && err == nil
 }
 
 // status is the local DNS server's status, or nil before it runs.

@@ -165,6 +165,16 @@ type Cluster struct {
 	VIP VIP `yaml:"vip"`
 	// APIProxy tunes the local API proxy in front of apiServers.
 	APIProxy APIProxy `yaml:"apiProxy"`
+	// CA is the cluster's Kubernetes CA. Control-plane nodes sign the
+	// cluster's certificates with it; without it the first control-plane
+	// node creates one.
+	CA ClusterCA `yaml:"ca"`
+}
+
+// ClusterCA is a CA certificate and its key, inline PEM.
+type ClusterCA struct {
+	Certificate string `yaml:"certificate"`
+	Key         string `yaml:"key"`
 }
 
 // VIP tunes the VRRPv3 speaker. Peers come from cluster.peers: with peers

@@ -51,6 +51,7 @@ func (v *validator) validate() {
 	v.cluster()
 	v.kubelet()
 	v.api()
+	v.clusterCA()
 }
 
 // ipv4Compatible reports an IPv4-compatible IPv6 address (::a.b.c.d),

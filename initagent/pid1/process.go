@@ -123,5 +123,9 @@ func exitError(path string, ws unix.WaitStatus) error {
 	case ws.ExitStatus() != 0:
 		return fmt.Errorf("%s exited with status %d", path, ws.ExitStatus())
 	}
-	return errors.New(path + " exited")
+	return fmt.Errorf("%s %w", path, ErrExited)
 }
+
+// ErrExited is Run's error when the program exited with status 0: an
+// error for a daemon, success for a one-shot command (check with errors.Is).
+var ErrExited = errors.New("exited with status 0")

@@ -24,11 +24,11 @@ type Paths struct {
 	PKIDir        string // /etc/kubernetes/pki
 }
 
-// DefaultPaths are the paths on a node.
-func DefaultPaths() Paths {
+// NodePaths are the paths on a node whose system image is mounted at system.
+func NodePaths(system string) Paths {
 	return Paths{
-		BinDir:        "/opt/ballast/bin",
-		CNIBinDir:     "/opt/cni/bin",
+		BinDir:        system + "/usr/bin",
+		CNIBinDir:     system + "/opt/cni/bin",
 		CNIConfDir:    "/etc/cni/net.d",
 		ContainerdDir: "/var/lib/containerd",
 		StateDir:      "/run/containerd",
@@ -54,7 +54,8 @@ func ContainerdConfig(p Paths, pauseImage string) string {
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = %s\n\n", q(pauseImage))
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = 'runc'\n\n")
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n\n")
-	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  BinaryName = %s\n  SystemdCgroup = false\n\n",
+	// The node's root is the initramfs (rootfs), where pivot_root(2) is refused.
+	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]\n  BinaryName = %s\n  SystemdCgroup = false\n  NoPivotRoot = true\n\n",
 		q(p.BinDir+"/runc"))
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.cni]\n  bin_dirs = [%s]\n  conf_dir = %s\n\n", q(p.CNIBinDir), q(p.CNIConfDir))
 	fmt.Fprintf(&b, "[plugins.'io.containerd.grpc.v1.cri']\n  disable_tcp_service = true\n  stream_server_address = '127.0.0.1'\n")
@@ -122,8 +123,10 @@ func KubeletArgs(p Paths, k Kubelet) []string {
 	return args
 }
 
-// CNIConfig is a bridge + host-local + portmap network for the node's pod
-// CIDRs, enough for a node to become Ready without a network add-on.
+// CNIConfig is a bridge + host-local network for the node's pod CIDRs,
+// enough for a node to become Ready and pods to talk to each other and the
+// node without a network add-on. No masquerading and no portmap: both need
+// iptables or nft binaries the node does not carry.
 func CNIConfig(podCIDRs []netip.Prefix) ([]byte, error) {
 	var ranges [][]map[string]string
 	for _, c := range podCIDRs {
@@ -142,10 +145,9 @@ func CNIConfig(podCIDRs []netip.Prefix) ([]byte, error) {
 		"name":       "ballast",
 		"plugins": []any{
 			map[string]any{
-				"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+				"type": "bridge", "bridge": "cni0", "isGateway": true, "hairpinMode": true,
 				"ipam": map[string]any{"type": "host-local", "ranges": ranges, "routes": routes},
 			},
-			map[string]any{"type": "portmap", "capabilities": map[string]bool{"portMappings": true}},
 		},
 	}
 	return json.MarshalIndent(conf, "", "  ")

@@ -26,7 +26,7 @@ func containerdBinary(t *testing.T) string {
 
 func TestContainerdAcceptsItsConfig(t *testing.T) {
 	bin := containerdBinary(t)
-	p := DefaultPaths()
+	p := NodePaths("/run/ballast/system")
 	p.BinDir, p.StateDir = "/opt/test/bin", "/run/test-containerd"
 	conf := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(conf, []byte(ContainerdConfig(p, "registry.k8s.io/pause:3.10.2")), 0o644); err != nil {
@@ -44,7 +44,8 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 		"sandbox = 'registry.k8s.io/pause:3.10.2'",
 		"BinaryName = '/opt/test/bin/runc'",
 		"SystemdCgroup = false",
-		"bin_dirs = ['/opt/cni/bin']",
+		"bin_dirs = ['/run/ballast/system/opt/cni/bin']",
+		"NoPivotRoot = true",
 		"address = '/run/test-containerd/containerd.sock'",
 		"address = '/run/test-containerd/containerd.sock.ttrpc'",
 	} {
@@ -55,7 +56,7 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 }
 
 func TestKubeletFilesAndFlags(t *testing.T) {
-	p := DefaultPaths()
+	p := NodePaths("/run/ballast/system")
 	k := Kubelet{Hostname: "cp-1", NodeIP: "10.0.0.5,2001:db8::5", ClusterDomain: "cluster.local",
 		ClusterDNS: []netip.Addr{netip.MustParseAddr("169.254.20.10")}, ResolvConf: "/run/ballast/pod-resolv.conf",
 		Kubeconfig: "/etc/kubernetes/kubelet.conf", ExtraArgs: map[string]string{"v": "2", "--max-pods": "50"}}
@@ -80,7 +81,7 @@ func TestKubeletFilesAndFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{`"type": "bridge"`, `"subnet": "10.244.0.0/24"`, `"subnet": "fd00:10:244::/64"`, `"dst": "::/0"`, `"type": "portmap"`} {
+	for _, want := range []string{`"type": "bridge"`, `"subnet": "10.244.0.0/24"`, `"subnet": "fd00:10:244::/64"`, `"dst": "::/0"`} {
 		if !strings.Contains(string(cni), want) {
 			t.Errorf("CNI config lacks %s:\n%s", want, cni)
 		}

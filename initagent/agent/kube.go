@@ -1,0 +1,129 @@
+package agent
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/pid1"
+	"github.com/ballast-os/ballast/initagent/runtime"
+	"github.com/ballast-os/ballast/initagent/sysslot"
+)
+
+// Cluster networks used when the config names none (kubeadm's defaults for
+// services; the usual flannel/bridge range for pods).
+var (
+	defaultPodCIDR     = netip.MustParsePrefix("10.244.0.0/16")
+	defaultServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
+)
+
+// kubeLogDir keeps containerd's and kubelet's output, rotated.
+const kubeLogDir = "var/log/ballast"
+
+// systemPayload reports whether the mounted system image carries Kubernetes.
+func (a *Agent) systemPayload() bool {
+	_, _, ok := runtime.ReadPayload(filepath.Join(a.Root, sysslot.SystemMount))
+	return ok
+}
+
+// withLocalAPIServer makes the API proxy of a control-plane node that runs
+// the control plane front its own kube-apiserver too.
+func withLocalAPIServer(cfg *config.MachineConfig, nodeAddrs []netip.Addr) *config.MachineConfig {
+	if len(nodeAddrs) == 0 {
+		return cfg
+	}
+	local := net.JoinHostPort(nodeAddrs[0].String(), strconv.Itoa(APIServerPort))
+	if slices.Contains(cfg.Cluster.APIServers, local) {
+		return cfg
+	}
+	c := *cfg
+	c.Cluster.APIServers = append(append([]string(nil), cfg.Cluster.APIServers...), local)
+	return &c
+}
+
+// startKube runs Kubernetes from the system image (see runtime.Kube).
+func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, hostname string, nodeAddrs []netip.Addr) {
+	// cluster.domain is the zone of the cluster's records (api.<name>.<domain>),
+	// not the in-cluster DNS domain, which stays cluster.local.
+	c := runtime.Cluster{Name: cfg.Cluster.Name}
+	if cfg.Cluster.Name != "" && cfg.Cluster.Domain != "" {
+		c.ExtraSANs = []string{"api." + cfg.Cluster.Name + "." + cfg.Cluster.Domain}
+	}
+	for _, v := range cfg.Cluster.APIVIPs {
+		if ip, err := netip.ParseAddr(v); err == nil {
+			c.APIVIPs = append(c.APIVIPs, ip.Unmap())
+		}
+	}
+	c.PodCIDRs, c.ServiceCIDRs = prefixes(cfg.Cluster.PodCIDRs, defaultPodCIDR), prefixes(cfg.Cluster.ServiceCIDRs, defaultServiceCIDR)
+	if ca := cfg.Cluster.CA; ca.Certificate != "" {
+		c.CACert, c.CAKey = []byte(ca.Certificate), []byte(ca.Key)
+	}
+	k := &runtime.Kube{
+		Root: a.Root, System: filepath.Join(a.Root, sysslot.SystemMount), Role: role, NodeName: hostname,
+		NodeIPs: nodeAddrs, Cluster: c, KubeletExtraArgs: cfg.Kubelet.ExtraArgs,
+		Log: a.Log.With("part", "kube"), Reaper: a.reaper, Since: bootTime(),
+		StartDaemon: func(d pid1.Daemon) { a.sup.Start(ctx, d) },
+		Output:      a.serviceOutput,
+	}
+	if a.ha.proxy != nil {
+		k.ProxyPort = cfg.Cluster.APIProxy.Port
+		if k.ProxyPort == 0 {
+			k.ProxyPort = DefaultAPIProxyPort
+		}
+	}
+	if a.resolver != nil && a.resolver.podDNSServing() {
+		k.ClusterDNS = []netip.Addr{podDNS.Addr()}
+		k.ResolvConf = filepath.Join(a.Root, podResolvTo)
+	}
+	a.kube = k
+	a.sup.Start(ctx, pid1.Daemon{Name: "kubernetes", Run: k.Run})
+}
+
+// serviceOutput is where an external program's output goes: the log ring
+// (nodectl logs) and a rotated file on /var.
+func (a *Agent) serviceOutput(service string) io.Writer {
+	a.outputsMu.Lock()
+	defer a.outputsMu.Unlock()
+	if w, ok := a.outputs[service]; ok {
+		return w
+	}
+	var w io.Writer = &runtime.RotatingFile{Path: filepath.Join(a.Root, kubeLogDir, service+".log")}
+	if a.Logs != nil {
+		w = io.MultiWriter(a.Logs.Writer(service), w)
+	}
+	if a.outputs == nil {
+		a.outputs = map[string]io.Writer{}
+	}
+	a.outputs[service] = w
+	return w
+}
+
+func prefixes(ss []string, def netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range ss {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	if len(out) == 0 {
+		out = []netip.Prefix{def}
+	}
+	return out
+}
+
+// bootTime is when the kernel started (CLOCK_BOOTTIME counts from there).
+func bootTime() time.Time {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return time.Now()
+	}
+	return time.Now().Add(-time.Duration(ts.Nano()))
+}

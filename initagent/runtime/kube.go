@@ -1,0 +1,707 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ballast-os/ballast/initagent/pid1"
+)
+
+// Where the system image keeps what the runtime reads (image/payload lays it out).
+const (
+	systemManifest = "usr/share/ballast/payload.json"
+	systemImages   = "usr/share/ballast/images"
+)
+
+// systemPayload is the system image's payload.json.
+type systemPayload struct {
+	Role     string `json:"role"`
+	Versions struct {
+		Kubernetes string
+		Containerd string
+		Etcd       string
+	} `json:"versions"`
+	Images map[string][]string `json:"images"`
+}
+
+// ReadPayload reports whether the system image mounted at system carries
+// the Kubernetes payload, and which.
+func ReadPayload(system string) (role, kubernetes string, ok bool) {
+	data, err := os.ReadFile(filepath.Join(system, systemManifest))
+	if err != nil {
+		return "", "", false
+	}
+	var p systemPayload
+	if json.Unmarshal(data, &p) != nil || p.Versions.Kubernetes == "" {
+		return "", "", false
+	}
+	return p.Role, p.Versions.Kubernetes, true
+}
+
+// Cluster is what the node needs to know about its cluster.
+type Cluster struct {
+	Name         string
+	Domain       string // in-cluster DNS domain; empty means cluster.local
+	APIVIPs      []netip.Addr
+	ExtraSANs    []string // more names for the apiserver certificate
+	PodCIDRs     []netip.Prefix
+	ServiceCIDRs []netip.Prefix
+	// CACert and CAKey (PEM), when set, are the cluster CA a control-plane
+	// node signs with; otherwise the first control-plane node makes one.
+	CACert, CAKey []byte
+}
+
+// Kube runs Kubernetes on the node from the system image: containerd with
+// the preloaded images, on a control-plane node the control plane as
+// static pods made by kubeadm's phases, and kubelet with the nodeIP
+// decision. Run is the bootstrap-and-watch loop; containerd and kubelet
+// run as daemons of their own under the agent's supervisor.
+type Kube struct {
+	Root     string // "/" on a node
+	System   string // where system.sqfs is mounted
+	Role     string // control-plane or worker
+	NodeName string
+	// NodeIPs is the nodeIP decision, preferred family first.
+	NodeIPs []netip.Addr
+	Cluster Cluster
+	// ProxyPort is the local API proxy's frontend on 127.0.0.1 that kubelet
+	// uses; 0 when no proxy runs (kubelet then uses the cluster endpoint).
+	ProxyPort int
+	// ClusterDNS and ResolvConf are what pods resolve with.
+	ClusterDNS       []netip.Addr
+	ResolvConf       string
+	KubeletExtraArgs map[string]string
+
+	Log *slog.Logger
+	// Output gives the writer for a service's output (containerd, kubelet,
+	// kubeadm, ctr); nil discards it.
+	Output func(service string) io.Writer
+	Reaper *pid1.Reaper
+	// StartDaemon runs a daemon under the agent's supervisor.
+	StartDaemon func(pid1.Daemon)
+	// Since is when the boot started; the status reports times from it.
+	Since time.Time
+
+	mu      sync.Mutex
+	started map[string]bool
+	status  KubeStatus
+}
+
+// KubeStatus is the runtime's part of the node status.
+type KubeStatus struct {
+	Phase string `json:"phase"`
+	// Seconds from boot to each milestone; 0 until reached.
+	ContainerdReady float64  `json:"containerdReadySeconds,omitempty"`
+	ImagesImported  float64  `json:"imagesImportedSeconds,omitempty"`
+	KubeletStarted  float64  `json:"kubeletStartedSeconds,omitempty"`
+	APIServerReady  float64  `json:"apiServerReadySeconds,omitempty"`
+	NodeReady       float64  `json:"nodeReadySeconds,omitempty"`
+	Ready           bool     `json:"ready"`
+	ReadyMessage    string   `json:"readyMessage,omitempty"`
+	NodeAddresses   []string `json:"nodeAddresses,omitempty"`
+	PodCIDRs        []string `json:"podCIDRs,omitempty"`
+	LastError       string   `json:"lastError,omitempty"`
+}
+
+// Status returns a copy of the current status.
+func (k *Kube) Status() KubeStatus {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	s := k.status
+	s.NodeAddresses = append([]string(nil), s.NodeAddresses...)
+	s.PodCIDRs = append([]string(nil), s.PodCIDRs...)
+	return s
+}
+
+func (k *Kube) update(f func(*KubeStatus)) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	f(&k.status)
+}
+
+func (k *Kube) since() float64 {
+	return time.Since(k.Since).Round(100 * time.Millisecond).Seconds()
+}
+
+func (k *Kube) path(p string) string { return filepath.Join(k.Root, p) }
+
+func (k *Kube) paths() Paths {
+	p := NodePaths(k.System)
+	for _, f := range []*string{&p.CNIConfDir, &p.ContainerdDir, &p.StateDir, &p.KubeletDir, &p.ManifestDir, &p.PKIDir} {
+		*f = k.path(*f)
+	}
+	return p
+}
+
+func (k *Kube) output(service string) io.Writer {
+	if k.Output == nil {
+		return io.Discard
+	}
+	return k.Output(service)
+}
+
+// Files the runtime writes besides kubeadm's.
+const (
+	containerdConfig  = "etc/containerd/config.toml"
+	kubeadmConfigFile = "etc/kubernetes/ballast-kubeadm.yaml"
+	kubeletKubeconfig = "var/lib/kubelet/kubeconfig"
+	cniConfFile       = "10-ballast.conflist"
+	bootstrappedMark  = "etc/kubernetes/ballast-bootstrapped"
+	// kubernetesState keeps /etc/kubernetes on /var (STATE on disk nodes),
+	// so certificates and manifests survive reboots.
+	kubernetesState = "var/lib/ballast/kubernetes"
+)
+
+// Run brings Kubernetes up and then follows the node's readiness until ctx
+// ends. It can be called again after an error (the supervisor does): what
+// already runs keeps running.
+func (k *Kube) Run(ctx context.Context) error {
+	if k.started == nil {
+		k.started = map[string]bool{}
+	}
+	if len(k.NodeIPs) == 0 {
+		return k.fail("no node address: the nodeIP decision found none, so kubelet cannot start (see nodectl nodeip --explain)")
+	}
+	p := k.paths()
+	k.update(func(s *KubeStatus) { s.Phase = "preparing host" })
+	if err := k.prepareHost(); err != nil {
+		return k.fail("prepare host: %v", err)
+	}
+	k.startOnce("containerd", (&Containerd{Paths: p, ConfigFile: k.path(containerdConfig), PauseImage: k.pauseImage(),
+		Output: k.output("containerd"), Reaper: k.Reaper}).Run)
+	k.update(func(s *KubeStatus) { s.Phase = "waiting for containerd" })
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	err := WaitSocket(wctx, p.Socket())
+	cancel()
+	if err != nil {
+		return k.fail("containerd: %v", err)
+	}
+	k.milestone("containerd ready", func(s *KubeStatus) { s.ContainerdReady = k.since() })
+
+	k.update(func(s *KubeStatus) { s.Phase = "importing images" })
+	if err := k.importImages(ctx, p); err != nil {
+		return k.fail("import images: %v", err)
+	}
+	k.milestone("images imported", func(s *KubeStatus) { s.ImagesImported = k.since() })
+
+	controlPlane := k.Role == "control-plane"
+	if controlPlane {
+		if _, err := os.Stat(filepath.Join(p.ManifestDir, "kube-apiserver.yaml")); errors.Is(err, os.ErrNotExist) {
+			k.update(func(s *KubeStatus) { s.Phase = "creating control plane" })
+			if err := k.createControlPlane(ctx); err != nil {
+				return k.fail("control plane: %v", err)
+			}
+		}
+	}
+	if err := k.writeKubeletFiles(p); err != nil {
+		return k.fail("kubelet files: %v", err)
+	}
+	k.startOnce("kubelet", k.kubeletProcess(p).Run)
+	k.milestone("kubelet started", func(s *KubeStatus) { s.KubeletStarted = k.since() })
+
+	node, err := LoadKubeconfig(k.path(kubeletKubeconfig), "")
+	if err != nil {
+		return k.fail("kubelet kubeconfig: %v", err)
+	}
+	if controlPlane {
+		k.update(func(s *KubeStatus) { s.Phase = "waiting for kube-apiserver" })
+		if err := k.waitAPIServer(ctx); err != nil {
+			return k.fail("kube-apiserver: %v", err)
+		}
+		k.milestone("kube-apiserver ready", func(s *KubeStatus) { s.APIServerReady = k.since() })
+	}
+	k.update(func(s *KubeStatus) { s.Phase = "waiting for the node object" })
+	n, err := k.waitNode(ctx, node)
+	if err != nil {
+		return k.fail("node %s: %v", k.NodeName, err)
+	}
+	if controlPlane {
+		if err := k.finishControlPlane(ctx); err != nil {
+			return k.fail("control plane: %v", err)
+		}
+	}
+	if err := k.writeCNI(p, n); err != nil {
+		return k.fail("CNI config: %v", err)
+	}
+	k.update(func(s *KubeStatus) { s.Phase = "waiting for node Ready" })
+	return k.follow(ctx, node)
+}
+
+func (k *Kube) fail(format string, args ...any) error {
+	err := fmt.Errorf(format, args...)
+	k.update(func(s *KubeStatus) { s.LastError = err.Error() })
+	return err
+}
+
+func (k *Kube) milestone(msg string, f func(*KubeStatus)) {
+	k.update(f)
+	k.Log.Info(msg, "sinceBoot", time.Since(k.Since).Round(10*time.Millisecond))
+}
+
+func (k *Kube) startOnce(name string, run func(context.Context) error) {
+	k.mu.Lock()
+	already := k.started[name]
+	k.started[name] = true
+	k.mu.Unlock()
+	if !already {
+		k.StartDaemon(pid1.Daemon{Name: name, Run: run})
+	}
+}
+
+func (k *Kube) payload() (*systemPayload, error) {
+	data, err := os.ReadFile(filepath.Join(k.System, systemManifest))
+	if err != nil {
+		return nil, err
+	}
+	var sp systemPayload
+	if err := json.Unmarshal(data, &sp); err != nil {
+		return nil, fmt.Errorf("%s: %w", systemManifest, err)
+	}
+	return &sp, nil
+}
+
+// pauseImage is the sandbox image the system image preloads.
+func (k *Kube) pauseImage() string {
+	sp, err := k.payload()
+	if err == nil {
+		for _, names := range sp.Images {
+			for _, n := range names {
+				if strings.HasPrefix(n, "registry.k8s.io/pause:") {
+					return n
+				}
+			}
+		}
+	}
+	return "registry.k8s.io/pause:3.10"
+}
+
+// prepareHost makes what containerd and kubelet expect of a host: a
+// persistent /etc/kubernetes, the cgroup controllers delegated, forwarding on.
+func (k *Kube) prepareHost() error {
+	state, etc := k.path(kubernetesState), k.path("etc/kubernetes")
+	if err := os.MkdirAll(state, 0o755); err != nil {
+		return err
+	}
+	if fi, err := os.Lstat(etc); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(etc), 0o755); err != nil {
+			return err
+		}
+		if err := os.Symlink(state, etc); err != nil {
+			return err
+		}
+	} else if err == nil && fi.Mode()&os.ModeSymlink == 0 {
+		return fmt.Errorf("%s exists and is not the link to %s", etc, state)
+	}
+	for _, d := range []string{"var/lib/kubelet", "var/log/pods", "etc/cni/net.d", "var/lib/etcd"} {
+		if err := os.MkdirAll(k.path(d), 0o755); err != nil {
+			return err
+		}
+	}
+	// kubelet puts pods into child cgroups of the root and needs these there.
+	ctl := k.path("sys/fs/cgroup/cgroup.subtree_control")
+	for _, c := range []string{"cpuset", "cpu", "io", "memory", "hugetlb", "pids"} {
+		if err := os.WriteFile(ctl, []byte("+"+c), 0); err != nil {
+			k.Log.Warn("cgroup controller not delegated", "controller", c, "err", err)
+		}
+	}
+	for _, s := range []string{"net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding"} {
+		if err := os.WriteFile(k.path("proc/sys/"+s), []byte("1"), 0); err != nil {
+			k.Log.Warn("sysctl", "key", s, "err", err)
+		}
+	}
+	if err := ensureMachineID(k.path("etc/machine-id"), k.path("var/lib/ballast/machine-id")); err != nil {
+		k.Log.Warn("machine-id", "err", err)
+	}
+	return nil
+}
+
+// ensureMachineID gives the node a stable /etc/machine-id (kubelet
+// reports it as the node's machine ID), kept on /var.
+func ensureMachineID(etc, kept string) error {
+	id, err := os.ReadFile(kept)
+	if err != nil || len(bytes.TrimSpace(id)) != 32 {
+		b := make([]byte, 16)
+		if _, err := rand.Read(b); err != nil {
+			return err
+		}
+		id = []byte(fmt.Sprintf("%x\n", b))
+		if err := os.MkdirAll(filepath.Dir(kept), 0o755); err != nil {
+			return err
+		}
+		if err := os.WriteFile(kept, id, 0o444); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(etc, id, 0o444)
+}
+
+// importImages loads every OCI archive of the system image into
+// containerd's k8s.io namespace with containerd's own client (ctr). An
+// archive already imported from the same system image is skipped: the
+// record lives in containerd's root, so it goes when that is wiped.
+func (k *Kube) importImages(ctx context.Context, p Paths) error {
+	sp, err := k.payload()
+	if err != nil {
+		return err
+	}
+	manifest, err := os.ReadFile(filepath.Join(k.System, systemManifest))
+	if err != nil {
+		return err
+	}
+	recordPath := filepath.Join(p.ContainerdDir, "ballast-imported.json")
+	imported := map[string]string{}
+	if data, err := os.ReadFile(recordPath); err == nil {
+		_ = json.Unmarshal(data, &imported)
+	}
+	names := make([]string, 0, len(sp.Images))
+	for n := range sp.Images {
+		names = append(names, n)
+	}
+	sortStrings(names)
+	for _, n := range names {
+		archive := filepath.Join(k.System, systemImages, n)
+		fi, err := os.Stat(archive)
+		if err != nil {
+			return err
+		}
+		key := fmt.Sprintf("%x-%d", sha256.Sum256(manifest), fi.Size())
+		if imported[n] == key {
+			k.Log.Info("images already imported", "archive", n)
+			continue
+		}
+		t := time.Now()
+		if err := k.run(ctx, "ctr", filepath.Join(p.BinDir, "ctr"), "--address", p.Socket(), "--namespace", "k8s.io",
+			"images", "import", "--snapshotter", "overlayfs", archive); err != nil {
+			return err
+		}
+		k.Log.Info("images imported", "archive", n, "images", strings.Join(sp.Images[n], ","),
+			"took", time.Since(t).Round(10*time.Millisecond))
+		imported[n] = key
+		data, _ := json.Marshal(imported)
+		if err := os.WriteFile(recordPath, data, 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// run runs a program to completion, its output going to the service's
+// log; a failure quotes the output's last lines.
+func (k *Kube) run(ctx context.Context, service, path string, args ...string) error {
+	var tail tailWriter
+	p := &pid1.Process{Path: path, Args: args, Env: k.env(), Output: io.MultiWriter(&tail, k.output(service)), Reaper: k.Reaper}
+	if err := p.Run(ctx); err != nil && !errors.Is(err, pid1.ErrExited) {
+		return fmt.Errorf("%s %s: %w\n%s", filepath.Base(path), strings.Join(args, " "), err, tail.String())
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return nil
+}
+
+func (k *Kube) env() []string {
+	return []string{"PATH=" + k.System + "/usr/bin:/usr/bin:/bin:/sbin", "HOME=/root"}
+}
+
+// controlPlaneConfig is the kubeadm view of this node.
+func (k *Kube) controlPlaneConfig(version string) ControlPlane {
+	name := k.Cluster.Name
+	if name == "" {
+		name = "kubernetes"
+	}
+	return ControlPlane{
+		KubernetesVersion: version, ClusterName: name, DNSDomain: k.domain(), NodeName: k.NodeName,
+		NodeIP: k.NodeIPs[0], APIVIPs: k.Cluster.APIVIPs,
+		// kubelet and static pods reach the API through the local proxy on 127.0.0.1.
+		ExtraSANs: append([]string{"127.0.0.1", "localhost"}, k.Cluster.ExtraSANs...),
+		PodCIDRs:  k.Cluster.PodCIDRs, ServiceCIDRs: k.Cluster.ServiceCIDRs,
+		CRISocket: "unix://" + k.paths().Socket(), KubeletNodeIP: k.kubeletNodeIP(),
+	}
+}
+
+func (k *Kube) kubeletNodeIP() string {
+	s := make([]string, len(k.NodeIPs))
+	for i, a := range k.NodeIPs {
+		s[i] = a.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// createControlPlane runs kubeadm's phases that make the certificates,
+// kubeconfigs and static pod manifests (first boot of a control-plane node).
+func (k *Kube) createControlPlane(ctx context.Context) error {
+	sp, err := k.payload()
+	if err != nil {
+		return err
+	}
+	cfg, err := KubeadmConfig(k.controlPlaneConfig(sp.Versions.Kubernetes))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(k.path(kubeadmConfigFile), cfg, 0o600); err != nil {
+		return err
+	}
+	if len(k.Cluster.CACert) > 0 {
+		pki := k.path("etc/kubernetes/pki")
+		if err := os.MkdirAll(pki, 0o700); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(pki, "ca.crt"), k.Cluster.CACert, 0o644); err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(pki, "ca.key"), k.Cluster.CAKey, 0o600); err != nil {
+			return err
+		}
+	}
+	for _, phase := range [][]string{{"certs", "all"}, {"kubeconfig", "all"}, {"etcd", "local"}, {"control-plane", "all"}} {
+		t := time.Now()
+		args := append(append([]string{"init", "phase"}, phase...), "--config", k.path(kubeadmConfigFile))
+		if err := k.run(ctx, "kubeadm", filepath.Join(k.System, "usr/bin/kubeadm"), args...); err != nil {
+			return err
+		}
+		k.Log.Info("kubeadm phase done", "phase", strings.Join(phase, " "), "took", time.Since(t).Round(10*time.Millisecond))
+	}
+	return nil
+}
+
+// finishControlPlane runs the phases that need the API (once per cluster
+// node): the cluster's kubeadm and kubelet config, the control-plane label
+// and taint, and bootstrap tokens' RBAC so workers can join.
+func (k *Kube) finishControlPlane(ctx context.Context) error {
+	if _, err := os.Stat(k.path(bootstrappedMark)); err == nil {
+		return nil
+	}
+	for _, phase := range [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}} {
+		t := time.Now()
+		args := append(append([]string{"init", "phase"}, phase...), "--config", k.path(kubeadmConfigFile))
+		if err := k.run(ctx, "kubeadm", filepath.Join(k.System, "usr/bin/kubeadm"), args...); err != nil {
+			return err
+		}
+		k.Log.Info("kubeadm phase done", "phase", strings.Join(phase, " "), "took", time.Since(t).Round(10*time.Millisecond))
+	}
+	return os.WriteFile(k.path(bootstrappedMark), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}
+
+// writeKubeletFiles writes kubelet's config and its kubeconfig, which
+// names the local API proxy when one runs.
+func (k *Kube) writeKubeletFiles(p Paths) error {
+	conf, err := KubeletConfiguration(p, k.kubelet())
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(p.KubeletDir, "config.yaml"), conf, 0o644); err != nil {
+		return err
+	}
+	src, err := os.ReadFile(k.path("etc/kubernetes/kubelet.conf"))
+	if err != nil {
+		return fmt.Errorf("%w (a worker joins with kubeadm join; not done by this node yet)", err)
+	}
+	if k.ProxyPort != 0 {
+		if src, err = WithServer(src, "https://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(k.ProxyPort))); err != nil {
+			return err
+		}
+	}
+	return os.WriteFile(k.path(kubeletKubeconfig), src, 0o600)
+}
+
+func (k *Kube) domain() string {
+	if k.Cluster.Domain == "" {
+		return "cluster.local"
+	}
+	return k.Cluster.Domain
+}
+
+func (k *Kube) kubelet() Kubelet {
+	return Kubelet{Hostname: k.NodeName, NodeIP: k.kubeletNodeIP(), ClusterDomain: k.domain(), ClusterDNS: k.ClusterDNS,
+		ResolvConf: k.ResolvConf, Kubeconfig: k.path(kubeletKubeconfig), ExtraArgs: k.KubeletExtraArgs}
+}
+
+func (k *Kube) kubeletProcess(p Paths) *pid1.Process {
+	return &pid1.Process{Path: filepath.Join(p.BinDir, "kubelet"), Args: KubeletArgs(p, k.kubelet()), Env: k.env(),
+		Output: k.output("kubelet"), Reaper: k.Reaper, StopTimeout: 30 * time.Second}
+}
+
+// waitAPIServer waits for this node's kube-apiserver to answer /readyz.
+func (k *Kube) waitAPIServer(ctx context.Context) error {
+	server := "https://" + net.JoinHostPort(k.NodeIPs[0].String(), "6443")
+	var c *KubeClient
+	var last error
+	for {
+		if c == nil {
+			c, last = LoadKubeconfig(k.path("etc/kubernetes/admin.conf"), server)
+		}
+		if c != nil {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			_, last = c.Raw(rctx, "GET", "/readyz", nil)
+			cancel()
+			if last == nil {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (last: %v)", ctx.Err(), last)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// waitNode waits until kubelet has registered the node.
+func (k *Kube) waitNode(ctx context.Context, c *KubeClient) (*Node, error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := c.GetNode(rctx, k.NodeName)
+		cancel()
+		if err == nil {
+			k.Log.Info("node registered", "node", k.NodeName, "internalIPs", strings.Join(n.InternalIPs(), ","),
+				"podCIDRs", strings.Join(n.Spec.PodCIDRs, ","))
+			return n, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// writeCNI writes the bridge network for the pod CIDRs the controller
+// manager gave the node (the cluster's pod CIDRs if it gives none).
+func (k *Kube) writeCNI(p Paths, n *Node) error {
+	var cidrs []netip.Prefix
+	for _, c := range n.Spec.PodCIDRs {
+		if pfx, err := netip.ParsePrefix(c); err == nil {
+			cidrs = append(cidrs, pfx)
+		}
+	}
+	if len(cidrs) == 0 {
+		cidrs = k.Cluster.PodCIDRs
+		k.Log.Warn("node has no podCIDRs; the CNI config uses the cluster's", "podCIDRs", fmt.Sprint(cidrs))
+	}
+	if len(cidrs) == 0 {
+		return errors.New("no pod CIDR: set cluster.podCIDRs")
+	}
+	conf, err := CNIConfig(cidrs)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(p.CNIConfDir, cniConfFile)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, conf) {
+		return nil
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, conf, 0o644); err != nil {
+		return err
+	}
+	k.update(func(s *KubeStatus) {
+		s.PodCIDRs = nil
+		for _, c := range cidrs {
+			s.PodCIDRs = append(s.PodCIDRs, c.String())
+		}
+	})
+	return os.Rename(tmp, path)
+}
+
+// follow logs the node's Ready transitions until ctx ends. The first Ready
+// is logged with what it took and the memory in use, and the node's
+// addresses are checked against the nodeIP decision.
+func (k *Kube) follow(ctx context.Context, c *KubeClient) error {
+	wasReady, first := false, true
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		n, err := c.GetNode(rctx, k.NodeName)
+		cancel()
+		if err == nil {
+			ready, msg := n.Ready()
+			ips := n.InternalIPs()
+			k.update(func(s *KubeStatus) {
+				s.Ready, s.ReadyMessage, s.NodeAddresses = ready, msg, ips
+				if ready {
+					s.Phase = "running"
+				}
+			})
+			switch {
+			case ready && first:
+				first = false
+				k.update(func(s *KubeStatus) { s.NodeReady = k.since() })
+				rss, used := memory()
+				k.Log.Info("kubernetes node ready", "node", k.NodeName, "sinceBoot", time.Since(k.Since).Round(10*time.Millisecond),
+					"internalIPs", strings.Join(ips, ","), "agentRSSKiB", rss, "memUsedKiB", used)
+				if want := k.kubeletNodeIP(); strings.Join(ips, ",") != want {
+					k.Log.Error("node addresses differ from the nodeIP decision", "node", strings.Join(ips, ","), "nodeIP", want)
+				}
+			case ready && !wasReady:
+				k.Log.Info("kubernetes node ready again", "node", k.NodeName)
+			case !ready && wasReady:
+				k.Log.Warn("kubernetes node not ready", "node", k.NodeName, "reason", msg)
+			}
+			wasReady = ready
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(3 * time.Second):
+		}
+	}
+}
+
+// memory returns this process's resident set and the memory in use on the
+// machine (MemTotal - MemAvailable), in KiB.
+func memory() (rss, used int64) {
+	field := func(path, name string) int64 {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return 0
+		}
+		for _, l := range strings.Split(string(data), "\n") {
+			if rest, ok := strings.CutPrefix(l, name+":"); ok {
+				f := strings.Fields(rest)
+				if len(f) > 0 {
+					v, _ := strconv.ParseInt(f[0], 10, 64)
+					return v
+				}
+			}
+		}
+		return 0
+	}
+	rss = field("/proc/self/status", "VmRSS")
+	used = field("/proc/meminfo", "MemTotal") - field("/proc/meminfo", "MemAvailable")
+	return rss, used
+}
+
+// tailWriter keeps the last 4 KiB written to it.
+type tailWriter struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+func (t *tailWriter) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.b = append(t.b, p...)
+	if len(t.b) > 4<<10 {
+		t.b = t.b[len(t.b)-4<<10:]
+	}
+	return len(p), nil
+}
+
+func (t *tailWriter) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(bytes.TrimSpace(t.b))
+}

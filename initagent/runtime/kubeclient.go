@@ -1,0 +1,254 @@
+package runtime
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// kubeconfig is the part of a kubeconfig file the node uses: one cluster
+// and one user with inline (base64) certificate data, as kubeadm writes them.
+type kubeconfig struct {
+	APIVersion string `yaml:"apiVersion"`
+	Kind       string `yaml:"kind"`
+	Clusters   []struct {
+		Name    string `yaml:"name"`
+		Cluster struct {
+			Server string `yaml:"server"`
+			CAData string `yaml:"certificate-authority-data"`
+		} `yaml:"cluster"`
+	} `yaml:"clusters"`
+	Users []struct {
+		Name string `yaml:"name"`
+		User struct {
+			CertData string `yaml:"client-certificate-data"`
+			KeyData  string `yaml:"client-key-data"`
+		} `yaml:"user"`
+	} `yaml:"users"`
+}
+
+// KubeClient talks to the Kubernetes API with a client certificate: enough
+// for the node to follow its own Node object, and for tests.
+type KubeClient struct {
+	Server string // https://host:port
+	HTTP   *http.Client
+}
+
+// NewKubeClient builds a client from PEM credentials.
+func NewKubeClient(server string, caPEM, certPEM, keyPEM []byte) (*KubeClient, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return nil, errors.New("kube client: no CA certificate in the given PEM")
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("kube client: %w", err)
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout: 10 * time.Second,
+		MaxIdleConnsPerHost: 2,
+	}
+	return &KubeClient{Server: strings.TrimRight(server, "/"), HTTP: &http.Client{Transport: tr, Timeout: 30 * time.Second}}, nil
+}
+
+// LoadKubeconfig reads a kubeconfig with inline credentials (kubeadm's
+// admin.conf, kubelet.conf); server, if set, replaces the file's.
+func LoadKubeconfig(path, server string) (*KubeClient, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var kc kubeconfig
+	if err := yaml.Unmarshal(data, &kc); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(kc.Clusters) == 0 || len(kc.Users) == 0 {
+		return nil, fmt.Errorf("%s: needs a cluster and a user", path)
+	}
+	dec := func(field, s string) ([]byte, error) {
+		b, err := base64.StdEncoding.DecodeString(s)
+		if err != nil || len(b) == 0 {
+			return nil, fmt.Errorf("%s: %s is not inline base64 data", path, field)
+		}
+		return b, nil
+	}
+	ca, err := dec("certificate-authority-data", kc.Clusters[0].Cluster.CAData)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := dec("client-certificate-data", kc.Users[0].User.CertData)
+	if err != nil {
+		return nil, err
+	}
+	key, err := dec("client-key-data", kc.Users[0].User.KeyData)
+	if err != nil {
+		return nil, err
+	}
+	if server == "" {
+		server = kc.Clusters[0].Cluster.Server
+	}
+	return NewKubeClient(server, ca, cert, key)
+}
+
+// WithServer rewrites a kubeconfig's server URL (every cluster's).
+func WithServer(data []byte, server string) ([]byte, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	n := 0
+	var walk func(*yaml.Node)
+	walk = func(y *yaml.Node) {
+		if y.Kind == yaml.MappingNode {
+			for i := 0; i+1 < len(y.Content); i += 2 {
+				if y.Content[i].Value == "server" && y.Content[i+1].Kind == yaml.ScalarNode {
+					y.Content[i+1].Value = server
+					n++
+				}
+			}
+		}
+		for _, c := range y.Content {
+			walk(c)
+		}
+	}
+	walk(&doc)
+	if n == 0 {
+		return nil, errors.New("kubeconfig has no server to rewrite")
+	}
+	return yaml.Marshal(&doc)
+}
+
+// APIError is a non-2xx answer from the API.
+type APIError struct {
+	Code    int
+	Message string
+}
+
+func (e *APIError) Error() string { return fmt.Sprintf("API answered %d: %s", e.Code, e.Message) }
+
+// IsNotFound reports whether err is a 404 from the API.
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == http.StatusNotFound
+}
+
+// Do sends a request; body (if not nil) is sent as JSON and a JSON answer
+// is decoded into out (if not nil). Raw bodies: use Raw.
+func (c *KubeClient) Do(ctx context.Context, method, path string, body, out any) error {
+	var in io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		in = bytes.NewReader(b)
+	}
+	data, err := c.Raw(ctx, method, path, in)
+	if err != nil {
+		return err
+	}
+	if out != nil {
+		return json.Unmarshal(data, out)
+	}
+	return nil
+}
+
+// Raw sends a request and returns the answer's body.
+func (c *KubeClient) Raw(ctx context.Context, method, path string, body io.Reader) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.Server+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.HTTP.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode/100 != 2 {
+		msg := strings.TrimSpace(string(data))
+		var status struct{ Message string }
+		if json.Unmarshal(data, &status) == nil && status.Message != "" {
+			msg = status.Message
+		}
+		return nil, &APIError{Code: resp.StatusCode, Message: msg}
+	}
+	return data, nil
+}
+
+// Node is the part of a Node object the node follows.
+type Node struct {
+	Metadata struct {
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels"`
+	} `json:"metadata"`
+	Spec struct {
+		PodCIDRs []string `json:"podCIDRs"`
+		Taints   []struct {
+			Key    string `json:"key"`
+			Effect string `json:"effect"`
+		} `json:"taints"`
+	} `json:"spec"`
+	Status struct {
+		Conditions []struct {
+			Type    string `json:"type"`
+			Status  string `json:"status"`
+			Reason  string `json:"reason"`
+			Message string `json:"message"`
+		} `json:"conditions"`
+		Addresses []struct {
+			Type    string `json:"type"`
+			Address string `json:"address"`
+		} `json:"addresses"`
+	} `json:"status"`
+}
+
+// Ready reports the Ready condition and its message.
+func (n *Node) Ready() (bool, string) {
+	for _, c := range n.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True", c.Reason + ": " + c.Message
+		}
+	}
+	return false, "no Ready condition yet"
+}
+
+// InternalIPs are the node's InternalIP addresses in the order kubelet reports them.
+func (n *Node) InternalIPs() []string {
+	var ips []string
+	for _, a := range n.Status.Addresses {
+		if a.Type == "InternalIP" {
+			ips = append(ips, a.Address)
+		}
+	}
+	return ips
+}
+
+// GetNode reads a Node object.
+func (c *KubeClient) GetNode(ctx context.Context, name string) (*Node, error) {
+	var n Node
+	if err := c.Do(ctx, http.MethodGet, "/api/v1/nodes/"+name, nil, &n); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
