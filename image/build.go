@@ -46,9 +46,9 @@ type Options struct {
 	// Config is a machine config file embedded at source.EmbeddedPath, used
 	// when the node finds no other; it is validated at build time. Empty: none.
 	Config string
-	// SystemImage is the squashfs for the system slots (system.sqfs with
-	// containerd, kubelet …). Empty: a small generated one with the image
-	// description, written as SystemFile.
+	// SystemImage is the squashfs for the system slots and PXE boots
+	// (system.sqfs with containerd, kubelet …), copied to SystemFile.
+	// Empty: a small generated one with the image description.
 	SystemImage string
 	// Progress receives one line per stage; nil discards them.
 	Progress io.Writer
@@ -63,6 +63,13 @@ const (
 	IPXEFile      = "boot.ipxe"
 	ManifestFile  = "manifest.json"
 	SystemFile    = "system.sqfs"
+	// SystemCPIOFile is the PXE initrd that puts SystemFile at /system.sqfs
+	// in the node's rootfs. Boot scripts load it before InitramfsFile: the
+	// kernel only finds an uncompressed cpio at a 4-byte aligned offset, and
+	// the EFI stub concatenates initrds without padding (the zstd
+	// initramfs.img can have any length), so it goes first, like early
+	// microcode.
+	SystemCPIOFile = "system.cpio"
 )
 
 // RawFile, ISOFile and UpgradeFile name the disk outputs of a recipe.
@@ -93,7 +100,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 	r := o.Recipe
 	dir := filepath.Join(o.OutDir, r.Name)
-	p := NewProgress(o.Progress, 9)
+	p := NewProgress(o.Progress, 10)
 	m := &Manifest{
 		Recipe: ManifestRecipe{Name: r.Name, Source: recipeSource(r.File), SHA256: r.SHA256},
 		Go:     runtime.Version(),
@@ -165,11 +172,26 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, err
 	}
 
-	err = p.Stage("kernel+pxe", func() (string, error) {
-		if err := copyAtomic(filepath.Join(dir, KernelFile), k.Vmlinuz); err != nil {
+	err = p.Stage("vmlinuz", func() (string, error) {
+		return KernelFile, copyAtomic(filepath.Join(dir, KernelFile), k.Vmlinuz)
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	more, known, err := cachedDisk(ctx, p, o, k, dir)
+	if err != nil {
+		return nil, err
+	}
+	outputs := append([]string{KernelFile, SystemCPIOFile, InitramfsFile, IPXEFile}, more...)
+
+	err = p.Stage("pxe", func() (string, error) {
+		cpioEntry, err := writeSystemCPIO(filepath.Join(dir, SystemCPIOFile), filepath.Join(dir, SystemFile))
+		if err != nil {
 			return "", err
 		}
-		sums := map[string]string{}
+		known[SystemCPIOFile] = cpioEntry
+		sums := map[string]string{SystemCPIOFile: cpioEntry.SHA256}
 		for _, name := range []string{KernelFile, InitramfsFile} {
 			sum, _, err := fileSHA256(filepath.Join(dir, name))
 			if err != nil {
@@ -178,24 +200,17 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 			sums[name] = sum
 		}
 		script := netboot.Script(netboot.ScriptParams{
-			Title: r.Name, Kernel: KernelFile, Initrds: []string{InitramfsFile}, Cmdline: r.Cmdline, SHA256: sums,
+			Title: r.Name, Kernel: KernelFile, Initrds: []string{SystemCPIOFile, InitramfsFile}, Cmdline: r.Cmdline, SHA256: sums,
 		})
-		_, err := writeAtomic(filepath.Join(dir, IPXEFile), func(w io.Writer) (int64, error) {
+		_, err = writeAtomic(filepath.Join(dir, IPXEFile), func(w io.Writer) (int64, error) {
 			n, err := w.Write(script)
 			return int64(n), err
 		})
-		return IPXEFile, err
+		return fmt.Sprintf("%s, %.1f MiB; %s", SystemCPIOFile, float64(cpioEntry.Size)/(1<<20), IPXEFile), err
 	})
 	if err != nil {
 		return nil, err
 	}
-
-	outputs := []string{KernelFile, InitramfsFile, IPXEFile}
-	more, known, err := cachedDisk(ctx, p, o, k, dir)
-	if err != nil {
-		return nil, err
-	}
-	outputs = append(outputs, more...)
 
 	err = p.Stage("manifest", func() (string, error) {
 		for _, name := range outputs {
@@ -355,6 +370,28 @@ func copyAtomic(dst, src string) error {
 	return err
 }
 
+// writeSystemCPIO writes the system image as a one-file cpio archive,
+// hashing it as it goes.
+func writeSystemCPIO(dst, system string) (ManifestFileEntry, error) {
+	in, err := os.Open(system)
+	if err != nil {
+		return ManifestFileEntry{}, err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return ManifestFileEntry{}, err
+	}
+	h := sha256.New()
+	n, err := writeAtomic(dst, func(w io.Writer) (int64, error) {
+		return WriteFileCPIO(io.MultiWriter(w, h), SystemFile, in, fi.Size())
+	})
+	if err != nil {
+		return ManifestFileEntry{}, err
+	}
+	return ManifestFileEntry{Name: SystemCPIOFile, Size: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
 func fileSHA256(path string) (string, int64, error) { return disk.FileSHA256(path) }
 
 // FindSourceDir walks up from dir to the ballast module root.
@@ -471,18 +508,23 @@ func diskKey(o Options, dir string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// buildDisk writes the system image (unless given), the raw disk image,
-// the upgrade image and the hybrid ISO, and returns their output names and
-// the manifest entries of those it already hashed.
+// buildDisk writes the system image (a copy of the given one or a
+// placeholder), the raw disk image, the upgrade image and the hybrid ISO,
+// and returns their output names and the manifest entries of those it
+// already hashed.
 func buildDisk(ctx context.Context, p *Progress, o Options, k *kernel.Kernel, dir string) ([]string, map[string]ManifestFileEntry, error) {
 	known := map[string]ManifestFileEntry{}
 	r := o.Recipe
 	d := r.Disk.WithDefaults()
 	var outs []string
-	sys := o.SystemImage
+	sys := filepath.Join(dir, SystemFile)
+	outs = append(outs, SystemFile)
 	err := p.Stage("system", func() (string, error) {
-		if sys != "" {
-			return "given system image", nil
+		if o.SystemImage != "" {
+			if err := copyAtomic(sys, o.SystemImage); err != nil {
+				return "", fmt.Errorf("system image: %w", err)
+			}
+			return "given " + o.SystemImage, nil
 		}
 		tree, err := os.MkdirTemp(dir, ".system-tree-")
 		if err != nil {
@@ -499,8 +541,6 @@ func buildDisk(ctx context.Context, p *Progress, o Options, k *kernel.Kernel, di
 		if err := os.WriteFile(filepath.Join(tree, "etc/ballast/system.json"), append(info, '\n'), 0o644); err != nil {
 			return "", err
 		}
-		sys = filepath.Join(dir, SystemFile)
-		outs = append(outs, SystemFile)
 		return "placeholder " + SystemFile, disk.SquashFS(ctx, tree, sys)
 	})
 	if err != nil {

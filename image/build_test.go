@@ -4,9 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/u-root/u-root/pkg/cpio"
+
+	"github.com/ballast-os/ballast/image/disk"
+	"github.com/ballast-os/ballast/netboot"
 )
 
 // TestBuildIsReproducible builds the control-plane recipe twice into
@@ -36,7 +42,7 @@ func TestBuildIsReproducible(t *testing.T) {
 		dirs = append(dirs, filepath.Join(out, r.Name))
 		manifests = append(manifests, m)
 	}
-	names := []string{KernelFile, InitramfsFile, IPXEFile, ManifestFile, SystemFile,
+	names := []string{KernelFile, InitramfsFile, IPXEFile, ManifestFile, SystemFile, SystemCPIOFile,
 		RawFile(r.Name), ISOFile(r.Name), UpgradeFile(r.Name)}
 	for _, name := range names {
 		a, sizeA, err := fileSHA256(filepath.Join(dirs[0], name))
@@ -64,8 +70,8 @@ func TestBuildIsReproducible(t *testing.T) {
 	if m.Recipe.SHA256 != r.SHA256 || m.Kernel.Release == "" || len(m.Modules) == 0 {
 		t.Errorf("manifest recipe/kernel/modules incomplete: %+v", m)
 	}
-	if len(m.Outputs) != 7 {
-		t.Fatalf("manifest lists %d outputs, want 7", len(m.Outputs))
+	if len(m.Outputs) != 8 {
+		t.Fatalf("manifest lists %d outputs, want 8", len(m.Outputs))
 	}
 	for _, o := range m.Outputs {
 		sum, size, err := fileSHA256(filepath.Join(dirs[0], o.Name))
@@ -86,9 +92,11 @@ func TestBuildIsReproducible(t *testing.T) {
 	}
 
 	// A warm build with unchanged inputs keeps the disk artifacts and
-	// writes the same manifest.
+	// writes the same manifest. It takes the initagent the first build
+	// compiled, so edits to the source tree meanwhile change nothing.
+	agent := filepath.Join(outs[0], ".build", "initagent")
 	var progress bytes.Buffer
-	if _, err := Build(context.Background(), Options{Recipe: r, OutDir: outs[0], SourceDir: src, Progress: &progress}); err != nil {
+	if _, err := Build(context.Background(), Options{Recipe: r, OutDir: outs[0], Initagent: agent, Progress: &progress}); err != nil {
 		t.Fatal(err)
 	}
 	if n := bytes.Count(progress.Bytes(), []byte("unchanged inputs, kept")); n != 4 {
@@ -97,6 +105,83 @@ func TestBuildIsReproducible(t *testing.T) {
 	again, err := os.ReadFile(filepath.Join(dirs[0], ManifestFile))
 	if err != nil || !bytes.Equal(again, data) {
 		t.Errorf("warm build changed the manifest (%v)", err)
+	}
+	checkSystemCPIO(t, dirs[0])
+
+	// A given system image is copied to system.sqfs, rebuilds the disk
+	// stages and goes into system.cpio.
+	tree := t.TempDir()
+	must(t, os.WriteFile(filepath.Join(tree, "given"), []byte("a given system image\n"), 0o644))
+	given := filepath.Join(t.TempDir(), "given.sqfs")
+	must(t, disk.SquashFS(context.Background(), tree, given))
+	progress.Reset()
+	m2, err := Build(context.Background(), Options{Recipe: r, OutDir: outs[0], Initagent: agent, SystemImage: given, Progress: &progress})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := bytes.Count(progress.Bytes(), []byte("unchanged inputs, kept")); n != 0 {
+		t.Errorf("a new system image kept %d disk stages:\n%s", n, progress.String())
+	}
+	want, _, err := fileSHA256(given)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listed bool
+	for _, o := range m2.Outputs {
+		if o.Name == SystemFile {
+			listed = o.SHA256 == want
+		}
+	}
+	if !listed {
+		t.Errorf("manifest does not list %s with the given image's sha256 %s: %+v", SystemFile, want, m2.Outputs)
+	}
+	checkSystemCPIO(t, dirs[0])
+}
+
+// checkSystemCPIO: system.cpio holds exactly system.sqfs, and boot.ipxe
+// loads it before initramfs.img.
+func checkSystemCPIO(t *testing.T, dir string) {
+	t.Helper()
+	sys, err := os.ReadFile(filepath.Join(dir, SystemFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, SystemCPIOFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 1 || recs[0].Name != SystemFile {
+		t.Fatalf("%s holds %v, want only %s", SystemCPIOFile, recs, SystemFile)
+	}
+	got, err := io.ReadAll(io.NewSectionReader(recs[0].ReaderAt, 0, int64(recs[0].FileSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, sys) {
+		t.Errorf("%s does not hold the %s next to it", SystemCPIOFile, SystemFile)
+	}
+	script, err := os.ReadFile(filepath.Join(dir, IPXEFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := netboot.ParseScript(script)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Initrds) != 2 || p.Initrds[0] != SystemCPIOFile || p.Initrds[1] != InitramfsFile {
+		t.Errorf("boot.ipxe loads initrds %v, want %s then %s", p.Initrds, SystemCPIOFile, InitramfsFile)
+	}
+	sum, _, err := fileSHA256(filepath.Join(dir, SystemCPIOFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.SHA256[SystemCPIOFile] != sum {
+		t.Errorf("boot.ipxe lists sha256 %q for %s, the file's is %s", p.SHA256[SystemCPIOFile], SystemCPIOFile, sum)
 	}
 }
 

@@ -2,7 +2,7 @@
 // server (package netboot/server, command netbootd) serves them.
 //
 //	script := netboot.Script(netboot.ScriptParams{Title: "control-plane", Kernel: "vmlinuz",
-//		Initrds: []string{"initramfs.img"}, Cmdline: []string{"console=ttyS0"},
+//		Initrds: []string{"system.cpio", "initramfs.img"}, Cmdline: []string{"console=ttyS0"},
 //		ConfigURL: "http://10.0.0.1:8080/config/${mac:hexhyp}?uuid=${uuid}"})
 package netboot
 
@@ -41,7 +41,7 @@ const (
 type ScriptParams struct {
 	Title   string   // shown by iPXE while it boots
 	Kernel  string   // file name of the kernel image
-	Initrds []string // file names of the initrds, in order
+	Initrds []string // file names of the initrds, in order; the kernel unpacks each into its rootfs
 	Cmdline []string // kernel arguments
 	// SHA256 maps file names to their hashes; they are written as comments so an operator can check a mirror.
 	SHA256 map[string]string

@@ -80,3 +80,30 @@ func TestParseScriptRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestScriptTwoInitrds: imgbuild's system.cpio and initramfs.img are loaded
+// in that order; the EFI stub gets both names in the same order.
+func TestScriptTwoInitrds(t *testing.T) {
+	p := ScriptParams{Title: "control-plane", Kernel: "vmlinuz", Initrds: []string{"system.cpio", "initramfs.img"},
+		Cmdline: []string{"console=ttyS0"}, SHA256: map[string]string{"system.cpio": "cc"}}
+	for _, pl := range []Platform{PlatformAny, PlatformBIOS, PlatformEFI} {
+		s := string(Script(withPlatform(p, pl)))
+		if !strings.Contains(s, "initrd ${base-url}/system.cpio\ninitrd ${base-url}/initramfs.img\nboot\n") {
+			t.Errorf("platform %q: initrd lines missing or out of order:\n%s", pl, s)
+		}
+		if !strings.Contains(s, "# sha256 cc  system.cpio\n") {
+			t.Errorf("platform %q: system.cpio sha256 comment missing:\n%s", pl, s)
+		}
+		wantArgs := pl != PlatformBIOS
+		if got := strings.Contains(s, "kernel ${base-url}/vmlinuz initrd=system.cpio initrd=initramfs.img console=ttyS0\n"); got != wantArgs {
+			t.Errorf("platform %q: initrd= arguments for both initrds present=%v, want %v:\n%s", pl, got, wantArgs, s)
+		}
+	}
+	got, err := ParseScript(Script(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got.Initrds, ",") != "system.cpio,initramfs.img" {
+		t.Errorf("ParseScript initrds %v", got.Initrds)
+	}
+}

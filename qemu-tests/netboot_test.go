@@ -201,13 +201,16 @@ func expectNetbootReady(t *testing.T, vm *VM, srv *netbootd, mac, addr string) {
 	_, next, err := vm.Expect(ctx, regexp.MustCompile(`msg="machine config accepted" source=cmdline:http://`+netbootServerIP+`:8080/config/`+
 		strings.ReplaceAll(mac, ":", "-")+` sha256=[0-9a-f]{64}`), 0)
 	must(t, err)
+	sm, _, err := vm.Expect(ctx, pxeSystemMountedRE, 0)
+	must(t, err)
+	t.Log(sm[0])
 	m, _, err := vm.Expect(ctx, readiness.Pattern, next)
 	must(t, err)
 	if m[5] != addr+"/24" {
 		t.Errorf("readiness addrs=%q, want only %s/24 from the per-MAC config", m[5], addr)
 	}
 	for _, step := range []string{`msg="boot script" mac=` + mac, `msg=artifact mac=` + mac + ` .*kind=kernel`,
-		`msg=artifact mac=` + mac + ` .*kind=initrd`, `msg="config served" mac=` + mac + ` .*enforced=ip:`} {
+		`msg=artifact mac=` + mac + ` .*kind=initrd`, `msg=artifact mac=` + mac + ` .*file=system.cpio kind=initrd`, `msg="config served" mac=` + mac + ` .*enforced=ip:`} {
 		if _, err := srv.waitLog(ctx, regexp.MustCompile(step)); err != nil {
 			t.Error(err)
 		}

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
 
@@ -103,10 +105,24 @@ func (a *Agent) install(ctx context.Context, cmdline boot.Cmdline, target string
 // prepareSystem runs early at boot, after kernel modules load and before
 // the network: on a node booted from a system slot it mounts the ESP, the
 // slot's system image and STATE at /var (growing it on first boot); on
-// diskless nodes and live media /var stays on tmpfs.
+// diskless nodes and live media /var stays on tmpfs, and a PXE or
+// direct-kernel boot that brought /system.sqfs (imgbuild's system.cpio
+// initrd) gets it loop-mounted at /run/ballast/system.
 func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
 	s := runningSlot(cmdline)
 	if s == "" {
+		source := "/" + sysslot.NetbootSystemImage
+		if _, err := os.Stat(filepath.Join(a.Root, source)); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		dev, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.MountSystemImage(source)
+		if err != nil {
+			a.Log.Error("system image not mounted: the node runs without its system image (containerd, kubelet); "+
+				"check that the recipe's kernel.modules has loop and squashfs and that the boot loads imgbuild's system.cpio unchanged",
+				"source", source, "at", "/"+sysslot.SystemMount, "err", err)
+			return nil
+		}
+		a.Log.Info("system image mounted", "source", source, "device", dev, "at", "/"+sysslot.SystemMount)
 		return nil
 	}
 	_, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.Prepare(s)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -47,6 +49,7 @@ func (p *Process) Run(ctx context.Context) error {
 	if out == nil {
 		out = io.Discard
 	}
+	var tail lastLines // quoted in the exit error: why it failed, in the status and the log
 	// An *os.File as stdout means no copying goroutine inside exec.Cmd,
 	// whose Wait the reaper would make fail.
 	r, w, err := os.Pipe()
@@ -82,7 +85,7 @@ func (p *Process) Run(ctx context.Context) error {
 	copied := make(chan struct{})
 	go func() {
 		defer close(copied)
-		_, _ = io.Copy(out, r)
+		_, _ = io.Copy(io.MultiWriter(out, &tail), r)
 		r.Close()
 	}()
 	pid := cmd.Process.Pid
@@ -113,7 +116,39 @@ func (p *Process) Run(ctx context.Context) error {
 	if stopped {
 		return nil
 	}
-	return exitError(p.Path, ws)
+	err = exitError(p.Path, ws)
+	if last := tail.String(); last != "" && !errors.Is(err, ErrExited) {
+		err = fmt.Errorf("%w; last output: %s", err, last)
+	}
+	return err
+}
+
+// lastLines keeps the last few lines written to it.
+type lastLines struct {
+	mu sync.Mutex
+	b  []byte
+}
+
+const lastLinesKept = 5
+
+func (l *lastLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b = append(l.b, p...)
+	if len(l.b) > 8<<10 {
+		l.b = l.b[len(l.b)-4<<10:]
+	}
+	return len(p), nil
+}
+
+func (l *lastLines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lines := strings.Split(strings.TrimSpace(string(l.b)), "\n")
+	if len(lines) > lastLinesKept {
+		lines = lines[len(lines)-lastLinesKept:]
+	}
+	return strings.Join(lines, " | ")
 }
 
 func exitError(path string, ws unix.WaitStatus) error {

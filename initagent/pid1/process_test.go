@@ -3,6 +3,7 @@ package pid1
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -106,5 +107,20 @@ func TestProcessStopsGracefully(t *testing.T) {
 	}
 	if err := (&Process{Path: "/nonexistent"}).Run(context.Background()); err == nil || !strings.Contains(err.Error(), "start /nonexistent") {
 		t.Errorf("missing binary: %v", err)
+	}
+}
+
+// TestProcessErrorQuotesLastOutput: a failing program's error carries its
+// last lines (what the status and the restart log show); a clean exit is
+// ErrExited, which one-shot callers treat as success.
+func TestProcessErrorQuotesLastOutput(t *testing.T) {
+	p := &Process{Path: "/bin/sh", Args: []string{"-c", "for i in 1 2 3 4 5 6 7; do echo line $i; done; echo 'E1125 config: cgroup missing' >&2; exit 3"}}
+	err := p.Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "exited with status 3; last output: line 4 | line 5 | line 6 | line 7 | E1125 config: cgroup missing") {
+		t.Fatalf("error %v", err)
+	}
+	err = (&Process{Path: "/bin/true"}).Run(context.Background())
+	if !errors.Is(err, ErrExited) {
+		t.Fatalf("clean exit: %v", err)
 	}
 }

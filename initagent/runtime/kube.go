@@ -324,6 +324,17 @@ func (k *Kube) prepareHost() error {
 			k.Log.Warn("sysctl", "key", s, "err", err)
 		}
 	}
+	// kubelet reads its user namespace mappings from /etc/passwd and fails without one.
+	for name, content := range map[string]string{
+		"etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
+		"etc/group":  "root:x:0:\nnobody:x:65534:\n",
+	} {
+		if _, err := os.Stat(k.path(name)); errors.Is(err, os.ErrNotExist) {
+			if err := os.WriteFile(k.path(name), []byte(content), 0o644); err != nil {
+				return err
+			}
+		}
+	}
 	if err := ensureMachineID(k.path("etc/machine-id"), k.path("var/lib/ballast/machine-id")); err != nil {
 		k.Log.Warn("machine-id", "err", err)
 	}

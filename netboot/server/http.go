@@ -77,11 +77,17 @@ func scheme(r *http.Request) string {
 }
 
 // imageParams reads the image's boot.ipxe (written by imgbuild) for its
-// kernel, initrds and cmdline; without one it boots vmlinuz + initramfs.img.
+// kernel, initrds and cmdline; without one it boots vmlinuz + initramfs.img
+// (after system.cpio, the system image, when it is there).
 func (s *Server) imageParams() (netboot.ScriptParams, error) {
 	data, err := os.ReadFile(s.artifactPath("boot.ipxe"))
 	if errors.Is(err, fs.ErrNotExist) {
-		return netboot.ScriptParams{Title: "image", Kernel: "vmlinuz", Initrds: []string{"initramfs.img"}}, nil
+		p := netboot.ScriptParams{Title: "image", Kernel: "vmlinuz", Initrds: []string{"initramfs.img"}}
+		if fi, err := os.Stat(s.artifactPath("system.cpio")); err == nil && fi.Mode().IsRegular() {
+			// First: the uncompressed cpio must start 4-byte aligned (see image.SystemCPIOFile).
+			p.Initrds = []string{"system.cpio", "initramfs.img"}
+		}
+		return p, nil
 	}
 	if err != nil {
 		return netboot.ScriptParams{}, err

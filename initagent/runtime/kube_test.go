@@ -1,0 +1,101 @@
+package runtime
+
+import (
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func testKube(t *testing.T) *Kube {
+	root := t.TempDir()
+	return &Kube{Root: root, System: filepath.Join(root, "run/ballast/system"), Role: "control-plane", NodeName: "cp-1",
+		NodeIPs: []netip.Addr{netip.MustParseAddr("10.0.0.5"), netip.MustParseAddr("2001:db8::5")},
+		Cluster: Cluster{Name: "prod", PodCIDRs: []netip.Prefix{netip.MustParsePrefix("10.244.0.0/16")},
+			ExtraSANs: []string{"api.prod.example.com"}},
+		Log: slog.New(slog.DiscardHandler)}
+}
+
+// TestPrepareHost: /etc/kubernetes becomes a link onto /var (so the PKI and
+// manifests survive reboots), kubelet finds /etc/passwd, and the machine ID
+// stays the same across boots.
+func TestPrepareHost(t *testing.T) {
+	k := testKube(t)
+	if err := k.prepareHost(); err != nil {
+		t.Fatal(err)
+	}
+	target, err := os.Readlink(k.path("etc/kubernetes"))
+	if err != nil || target != k.path(kubernetesState) {
+		t.Fatalf("/etc/kubernetes → %q, %v", target, err)
+	}
+	if data, err := os.ReadFile(k.path("etc/passwd")); err != nil || !strings.HasPrefix(string(data), "root:x:0:0:") {
+		t.Errorf("/etc/passwd: %q %v", data, err)
+	}
+	id1, _ := os.ReadFile(k.path("etc/machine-id"))
+	os.Remove(k.path("etc/machine-id")) // a reboot: / is in memory, /var is not
+	if err := k.prepareHost(); err != nil {
+		t.Fatal(err)
+	}
+	id2, _ := os.ReadFile(k.path("etc/machine-id"))
+	if len(id1) != 33 || string(id1) != string(id2) {
+		t.Errorf("machine-id %q then %q", id1, id2)
+	}
+
+	k2 := testKube(t)
+	if err := os.MkdirAll(k2.path("etc/kubernetes"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := k2.prepareHost(); err == nil || !strings.Contains(err.Error(), "is not the link") {
+		t.Errorf("a real /etc/kubernetes directory: %v", err)
+	}
+}
+
+// TestControlPlaneConfigFromNode: kubeadm gets the nodeIP decision as
+// advertise address and kubelet --node-ip (both families), and the
+// apiserver certificate covers the local proxy's 127.0.0.1.
+func TestControlPlaneConfigFromNode(t *testing.T) {
+	k := testKube(t)
+	cp := k.controlPlaneConfig("v1.37.2")
+	data, err := KubeadmConfig(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"advertiseAddress: 10.0.0.5", "value: 10.0.0.5,2001:db8::5", "- 127.0.0.1", "- api.prod.example.com",
+		"dnsDomain: cluster.local", "clusterName: prod", "criSocket: unix://" + k.path("run/containerd/containerd.sock")} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("kubeadm config lacks %q:\n%s", want, data)
+		}
+	}
+	args := strings.Join(KubeletArgs(k.paths(), k.kubelet()), " ")
+	if !strings.Contains(args, "--node-ip=10.0.0.5,2001:db8::5") || !strings.Contains(args, "--hostname-override=cp-1") {
+		t.Errorf("kubelet args: %s", args)
+	}
+}
+
+// TestCNIFollowsNodePodCIDRs: the bridge network takes the pod CIDR the
+// controller manager gave the node, the cluster's only when it gave none.
+func TestCNIFollowsNodePodCIDRs(t *testing.T) {
+	k := testKube(t)
+	p := k.paths()
+	if err := os.MkdirAll(p.CNIConfDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var n Node
+	n.Spec.PodCIDRs = []string{"10.244.3.0/24"}
+	if err := k.writeCNI(p, &n); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(filepath.Join(p.CNIConfDir, cniConfFile))
+	if !strings.Contains(string(data), `"subnet": "10.244.3.0/24"`) {
+		t.Errorf("CNI config:\n%s", data)
+	}
+	if err := k.writeCNI(p, &Node{}); err != nil {
+		t.Fatal(err)
+	}
+	data, _ = os.ReadFile(filepath.Join(p.CNIConfDir, cniConfFile))
+	if !strings.Contains(string(data), `"subnet": "10.244.0.0/16"`) {
+		t.Errorf("CNI config without node podCIDRs:\n%s", data)
+	}
+}
