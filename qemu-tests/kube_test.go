@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/ballast-os/ballast/image"
 	"github.com/ballast-os/ballast/image/payload"
+	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/api/pki"
 	"github.com/ballast-os/ballast/initagent/runtime"
 )
@@ -65,6 +67,10 @@ func TestKubernetesControlPlane(t *testing.T) {
 	must(t, err)
 	r, err := image.LoadRecipe("control-plane")
 	must(t, err)
+	// The console port serves the read-only API: the services' logs when something fails.
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	nic = append(nic, "-device", "virtio-serial-pci", "-chardev", "socket,id=api,path="+sock+",server=on,wait=off",
+		"-device", "virtserialport,chardev=api,name="+api.VirtioPortName)
 	start := time.Now()
 	vm, err := StartVM(VMOptions{
 		Kernel: filepath.Join(dir, image.KernelFile), Initrd: filepath.Join(dir, image.InitramfsFile),
@@ -77,10 +83,20 @@ func TestKubernetesControlPlane(t *testing.T) {
 	})
 	must(t, err)
 	t.Cleanup(func() {
-		vm.Kill()
 		if t.Failed() {
+			for _, service := range []string{"kubelet", "containerd", "kubeadm"} {
+				resp, err := apiClient(sock).Get("http://node/v1/logs?service=" + service + "&lines=60")
+				if err != nil {
+					t.Logf("%s log: %v", service, err)
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				t.Logf("last %s lines:\n%s", service, body)
+			}
 			t.Logf("last 300 console lines:\n%s", vm.Tail(300))
 		}
+		vm.Kill()
 	})
 
 	since := func() time.Duration { return time.Since(start).Round(100 * time.Millisecond) }

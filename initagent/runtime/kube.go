@@ -239,7 +239,7 @@ func (k *Kube) Run(ctx context.Context) error {
 		return k.fail("CNI config: %v", err)
 	}
 	k.update(func(s *KubeStatus) { s.Phase = "waiting for node Ready" })
-	return k.follow(ctx, node)
+	return k.follow(ctx, p, node)
 }
 
 func (k *Kube) fail(format string, args ...any) error {
@@ -324,8 +324,14 @@ func (k *Kube) prepareHost() error {
 			k.Log.Warn("sysctl", "key", s, "err", err)
 		}
 	}
-	// kubelet reads its user namespace mappings from /etc/passwd and fails without one.
+	// kubelet reads its user namespace mappings from /etc/passwd and fails
+	// without one; containerd copies /etc/hosts into host-network pods.
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+	for _, a := range k.NodeIPs {
+		hosts += a.String() + "\t" + k.NodeName + "\n"
+	}
 	for name, content := range map[string]string{
+		"etc/hosts":  hosts,
 		"etc/passwd": "root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
 		"etc/group":  "root:x:0:\nnobody:x:65534:\n",
 	} {
@@ -631,13 +637,20 @@ func (k *Kube) writeCNI(p Paths, n *Node) error {
 // follow logs the node's Ready transitions until ctx ends. The first Ready
 // is logged with what it took and the memory in use, and the node's
 // addresses are checked against the nodeIP decision.
-func (k *Kube) follow(ctx context.Context, c *KubeClient) error {
+func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 	wasReady, first := false, true
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		n, err := c.GetNode(rctx, k.NodeName)
 		cancel()
 		if err == nil {
+			if len(n.Spec.PodCIDRs) > 0 {
+				// The controller manager may allocate the node's range after
+				// the first CNI config was written from the cluster's.
+				if err := k.writeCNI(p, n); err != nil {
+					k.Log.Error("CNI config", "err", err)
+				}
+			}
 			ready, msg := n.Ready()
 			ips := n.InternalIPs()
 			k.update(func(s *KubeStatus) {

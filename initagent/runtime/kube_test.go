@@ -33,6 +33,9 @@ func TestPrepareHost(t *testing.T) {
 	if data, err := os.ReadFile(k.path("etc/passwd")); err != nil || !strings.HasPrefix(string(data), "root:x:0:0:") {
 		t.Errorf("/etc/passwd: %q %v", data, err)
 	}
+	if data, err := os.ReadFile(k.path("etc/hosts")); err != nil || !strings.Contains(string(data), "10.0.0.5\tcp-1\n") {
+		t.Errorf("/etc/hosts: %q %v", data, err)
+	}
 	id1, _ := os.ReadFile(k.path("etc/machine-id"))
 	os.Remove(k.path("etc/machine-id")) // a reboot: / is in memory, /var is not
 	if err := k.prepareHost(); err != nil {
