@@ -42,15 +42,23 @@ type systemPayload struct {
 // ReadPayload reports whether the system image mounted at system carries
 // the Kubernetes payload, and which.
 func ReadPayload(system string) (role, kubernetes string, ok bool) {
-	data, err := os.ReadFile(filepath.Join(system, systemManifest))
-	if err != nil {
-		return "", "", false
-	}
-	var p systemPayload
-	if json.Unmarshal(data, &p) != nil || p.Versions.Kubernetes == "" {
+	p, err := readPayload(system)
+	if err != nil || p.Versions.Kubernetes == "" {
 		return "", "", false
 	}
 	return p.Role, p.Versions.Kubernetes, true
+}
+
+func readPayload(system string) (*systemPayload, error) {
+	data, err := os.ReadFile(filepath.Join(system, systemManifest))
+	if err != nil {
+		return nil, err
+	}
+	var sp systemPayload
+	if err := json.Unmarshal(data, &sp); err != nil {
+		return nil, fmt.Errorf("%s: %w", systemManifest, err)
+	}
+	return &sp, nil
 }
 
 // Cluster is what the node needs to know about its cluster.
@@ -263,17 +271,7 @@ func (k *Kube) startOnce(name string, run func(context.Context) error) {
 	}
 }
 
-func (k *Kube) payload() (*systemPayload, error) {
-	data, err := os.ReadFile(filepath.Join(k.System, systemManifest))
-	if err != nil {
-		return nil, err
-	}
-	var sp systemPayload
-	if err := json.Unmarshal(data, &sp); err != nil {
-		return nil, fmt.Errorf("%s: %w", systemManifest, err)
-	}
-	return &sp, nil
-}
+func (k *Kube) payload() (*systemPayload, error) { return readPayload(k.System) }
 
 // pauseImage is the sandbox image the system image preloads.
 func (k *Kube) pauseImage() string {
@@ -420,10 +418,10 @@ func (k *Kube) importImages(ctx context.Context, p Paths) error {
 // run runs a program to completion, its output going to the service's
 // log; a failure quotes the output's last lines.
 func (k *Kube) run(ctx context.Context, service, path string, args ...string) error {
-	var tail tailWriter
-	p := &pid1.Process{Path: path, Args: args, Env: k.env(), Output: io.MultiWriter(&tail, k.output(service)), Reaper: k.Reaper}
+	// A failure's error carries the program's last lines (pid1.Process).
+	p := &pid1.Process{Path: path, Args: args, Env: k.env(), Output: k.output(service), Reaper: k.Reaper}
 	if err := p.Run(ctx); err != nil && !errors.Is(err, pid1.ErrExited) {
-		return fmt.Errorf("%s %s: %w\n%s", filepath.Base(path), strings.Join(args, " "), err, tail.String())
+		return fmt.Errorf("%s %s: %w", filepath.Base(path), strings.Join(args, " "), err)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -706,26 +704,4 @@ func memory() (rss, used int64) {
 	rss = field("/proc/self/status", "VmRSS")
 	used = field("/proc/meminfo", "MemTotal") - field("/proc/meminfo", "MemAvailable")
 	return rss, used
-}
-
-// tailWriter keeps the last 4 KiB written to it.
-type tailWriter struct {
-	mu sync.Mutex
-	b  []byte
-}
-
-func (t *tailWriter) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > 4<<10 {
-		t.b = t.b[len(t.b)-4<<10:]
-	}
-	return len(p), nil
-}
-
-func (t *tailWriter) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(bytes.TrimSpace(t.b))
 }
