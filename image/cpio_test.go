@@ -75,7 +75,7 @@ func TestWriteFileCPIOParses(t *testing.T) {
 // cpio, an independent reader.
 func TestWriteFileCPIOExtractsWithGNUCpio(t *testing.T) {
 	if _, err := exec.LookPath("cpio"); err != nil {
-		t.Skip("cpio not found: apt-get install -y cpio")
+		t.Fatal("cpio not found: tools/deps.sh installs it (apt-get install -y cpio)")
 	}
 	data := cpioData()
 	dir := t.TempDir()
