@@ -2,7 +2,9 @@ package config
 
 import (
 	"fmt"
+	"strings"
 
+	"github.com/ballast-os/ballast/initagent/ignite"
 	ignerrors "github.com/coreos/ignition/v2/config/shared/errors"
 	v3 "github.com/coreos/ignition/v2/config/v3_5"
 	igntypes "github.com/coreos/ignition/v2/config/v3_5/types"
@@ -31,18 +33,25 @@ func parseIgnition(raw []byte) (*igntypes.Config, report.Report, error) {
 }
 
 // ignition validates the section; unused-key warnings are errors, since a
-// misspelt key in a file list silently drops the file.
+// misspelt key in a file list silently drops the file. What the node would
+// refuse when it applies the section (ignite.Check: disks, systemd units,
+// kernel arguments, paths outside the writable trees or managed by ballast,
+// unsupported sources) is refused here, so imgbuild --config, nodectl apply
+// and netbootd refuse it too. Configs referenced by ignition.config.merge
+// and replace are fetched and checked on the node only.
 func (v *validator) ignition() {
 	if v.cfg.ignitionJSON == nil {
 		return
 	}
-	_, rpt, err := parseIgnition(v.cfg.ignitionJSON)
+	cfg, rpt, err := parseIgnition(v.cfg.ignitionJSON)
+	if cfg != nil {
+		for _, p := range ignite.Check("ignition", cfg) {
+			v.fail(p.Field, "%s", p.Msg)
+		}
+	}
 	for _, e := range rpt.Entries {
 		if e.Kind == report.Error || e.Kind == report.Warn {
-			path := "ignition"
-			if s := e.Context.String(); s != "" && s != "$" {
-				path += trimDollar(s)
-			}
+			path := "ignition" + ignitionPath(e.Context.Path)
 			v.fail(path, "%s", e.Message)
 		}
 	}
@@ -51,9 +60,17 @@ func (v *validator) ignition() {
 	}
 }
 
-func trimDollar(s string) string {
-	if len(s) > 0 && s[0] == '$' {
-		return s[1:]
+// ignitionPath writes a vcontext path the way the rest of the config's
+// field paths are written: .storage.files[1].path.
+func ignitionPath(p []interface{}) string {
+	var b strings.Builder
+	for _, e := range p {
+		switch e := e.(type) {
+		case int:
+			fmt.Fprintf(&b, "[%d]", e)
+		default:
+			fmt.Fprintf(&b, ".%v", e)
+		}
 	}
-	return "." + s
+	return b.String()
 }

@@ -1,352 +1,334 @@
-// Package ignite applies the first-boot part of an Ignition v3 config:
-// storage files, directories and links, and passwd users and groups. Every
-// target is checked and every content fetched and verified before anything
-// is written, so a bad config changes nothing. Paths on the read-only system
-// image are refused.
+// Package ignite applies the file part of an Ignition v3 config: storage
+// files, directories and links, and passwd users and groups, after
+// evaluating ignition.config.merge/replace (with ignition.proxy,
+// ignition.security.tls.certificateAuthorities and ignition.timeouts).
 //
-//	err := ignite.Apply(ctx, ign, ignite.Options{Root: "/"})
+// All or nothing: every target is checked and every content fetched and
+// verified first; then every file and link is staged under a temporary name
+// in its own directory and fsynced; only then are they all renamed into
+// place. A failure before the renames removes what was staged (and the
+// directories made for it) and changes nothing.
+//
+// On an installed node only /var (STATE) survives a reboot; the rest of the
+// root is the initramfs, rebuilt every boot. Boot therefore applies the
+// entries under /var once (a marker on STATE records it) and the entries
+// elsewhere, users included, on every boot, from a copy kept on STATE (with
+// fetched contents resolved) so later boots need no network. Entries under
+// /etc/kubernetes are written to STATE, where the runtime links that
+// directory. Paths ballast itself manages are refused (see Check).
+//
+//	res, err := ignite.Boot(ctx, ign, ignite.Options{Root: "/"})
 package ignite
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/sha256"
-	"crypto/sha512"
-	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"io/fs"
 	"net/http"
-	"net/url"
 	"os"
-	"path"
 	"path/filepath"
-	"strings"
+	"time"
 
 	igntypes "github.com/coreos/ignition/v2/config/v3_5/types"
 )
 
-// Writable are the directories first-boot files may go to; everything else
-// belongs to the read-only system image.
-var writable = []string{"/etc", "/var", "/root", "/home", "/opt", "/srv"}
+// Where Boot keeps its records (under Options.Root).
+const (
+	// StateMarker records that the entries on STATE were applied.
+	StateMarker = "var/lib/ballast/ignition.applied"
+	// rootCopy is the resolved copy of the entries outside STATE.
+	rootCopy = "var/lib/ballast/ignition/root.json"
+	// bootMarker records that this boot applied them (/run is per boot).
+	bootMarker = "run/ballast/ignition.applied"
+)
 
-// Options for Apply. Zero values are documented per field.
+// Options for Apply and Boot. Zero values are documented per field.
 type Options struct {
 	Root string // filesystem root; empty means "/"
-	// HTTPClient fetches http(s) sources; nil means http.DefaultClient.
+	// HTTPClient fetches http(s) sources. nil means a client built from the
+	// config's ignition.proxy, ignition.security.tls.certificateAuthorities
+	// (added to the system roots) and ignition.timeouts, as Ignition does;
+	// a client given here is used as is.
 	HTTPClient *http.Client
 	// MaxSize bounds one fetched content; zero means 64 MiB.
 	MaxSize int64
 }
 
-type op struct {
-	kind    string // file, dir, link
-	path    string // absolute, inside the image
-	field   string // config path for errors
-	data    []byte
-	mode    os.FileMode
-	uid     int
-	gid     int
-	target  string
-	hard    bool
-	over    bool
-	appends [][]byte
-}
-
-// Apply applies ign's storage and passwd sections under o.Root.
-func Apply(ctx context.Context, ign *igntypes.Config, o Options) error {
+func (o *Options) defaults() {
 	if o.Root == "" {
 		o.Root = "/"
-	}
-	if o.HTTPClient == nil {
-		o.HTTPClient = http.DefaultClient
 	}
 	if o.MaxSize == 0 {
 		o.MaxSize = 64 << 20
 	}
-	if err := unsupported(ign); err != nil {
+}
+
+// Result says what Boot did.
+type Result struct {
+	// Mode is "first boot" (everything applied), "from STATE" (the entries
+	// outside /var re-applied from the copy on STATE), "config changed"
+	// (those entries applied from a config that differs from the one first
+	// applied; its entries under /var are not applied again) or "already
+	// applied" (this boot already did).
+	Mode                             string
+	Files, Directories, Links, Users int
+}
+
+type op struct {
+	Kind     string      `json:"kind"` // file, dir, link
+	Path     string      `json:"path"` // where it is written, absolute, under Root
+	Field    string      `json:"field"`
+	Contents bool        `json:"contents,omitempty"` // Data replaces what is there
+	Data     []byte      `json:"data,omitempty"`
+	Appends  [][]byte    `json:"appends,omitempty"`
+	Mode     os.FileMode `json:"mode"`
+	UID      int         `json:"uid"`
+	GID      int         `json:"gid"`
+	Target   string      `json:"target,omitempty"` // link target as written; for hard links the path under Root
+	Hard     bool        `json:"hard,omitempty"`
+	Over     bool        `json:"overwrite,omitempty"`
+	State    bool        `json:"-"` // on STATE
+}
+
+// plan is what one application writes.
+type plan struct {
+	ops    []op // storage entries, in order: directories, files, links
+	passwd igntypes.Passwd
+	pw     *passwdPlan
+	res    Result
+}
+
+func (p *plan) all() []op { return append(append([]op{}, p.ops...), p.pw.ops...) }
+
+// Apply applies all of ign (after merge/replace) under o.Root, all or
+// nothing, with no record of it: Boot is what a node runs.
+func Apply(ctx context.Context, ign *igntypes.Config, o Options) error {
+	o.defaults()
+	p, err := newPlan(ctx, ign, o, true)
+	if err != nil {
 		return err
 	}
-	var ops []op
-	var errs []error
-	for i, d := range ign.Storage.Directories {
-		field := fmt.Sprintf("ignition.storage.directories[%d]", i)
-		p, err := target(field, d.Path)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		uid, gid := owner(d.Node)
-		ops = append(ops, op{kind: "dir", path: p, field: field, mode: mode(d.Mode, 0o755), uid: uid, gid: gid, over: isTrue(d.Overwrite)})
+	return commit(o.Root, p.all())
+}
+
+// Boot applies ign for this boot of a node: on the first boot of STATE
+// everything; on later boots the entries outside /var (which live on the
+// root rebuilt every boot), from the copy kept on STATE when the config is
+// the one first applied, else from ign without its entries under /var.
+func Boot(ctx context.Context, ign *igntypes.Config, o Options) (Result, error) {
+	o.defaults()
+	if _, err := os.Stat(filepath.Join(o.Root, bootMarker)); err == nil {
+		return Result{Mode: "already applied"}, nil
 	}
-	for i, f := range ign.Storage.Files {
-		field := fmt.Sprintf("ignition.storage.files[%d]", i)
-		p, err := target(field, f.Path)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+	sum := configSum(ign)
+	_, err := os.Stat(filepath.Join(o.Root, StateMarker))
+	first := errors.Is(err, fs.ErrNotExist)
+	var p *plan
+	switch {
+	case first:
+		if p, err = newPlan(ctx, ign, o, true); err != nil {
+			return Result{}, err
 		}
-		o1 := op{kind: "file", path: p, field: field, mode: mode(f.Mode, 0o644), over: isTrue(f.Overwrite)}
-		o1.uid, o1.gid = owner(f.Node)
-		if f.Contents.Source != nil {
-			if o1.data, err = fetch(ctx, o, field+".contents", f.Contents); err != nil {
-				errs = append(errs, err)
-				continue
+		p.res.Mode = "first boot"
+	default:
+		var c rootState
+		if data, err := os.ReadFile(filepath.Join(o.Root, rootCopy)); err == nil && json.Unmarshal(data, &c) == nil && c.Config == sum {
+			if p, err = c.plan(o.Root); err != nil {
+				return Result{}, err
+			}
+			p.res.Mode = "from STATE"
+			break
+		}
+		if p, err = newPlan(ctx, ign, o, false); err != nil {
+			return Result{}, err
+		}
+		p.res.Mode = "config changed"
+	}
+	ops := p.all()
+	if p.res.Mode != "from STATE" {
+		c := rootState{Config: sum, Passwd: p.passwd}
+		for _, o1 := range p.ops {
+			if !o1.State {
+				c.Ops = append(c.Ops, o1)
 			}
 		}
-		for j, a := range f.Append {
-			data, err := fetch(ctx, o, fmt.Sprintf("%s.append[%d]", field, j), a)
+		data, err := json.Marshal(c)
+		if err != nil {
+			return Result{}, err
+		}
+		ops = append(ops, op{Kind: "file", Path: "/" + rootCopy, Field: "(ignition record)", Contents: true, Data: data, Mode: 0o600, Over: true})
+	}
+	if first {
+		ops = append(ops, op{Kind: "file", Path: "/" + StateMarker, Field: "(ignition record)", Contents: true,
+			Data: []byte(time.Now().UTC().Format(time.RFC3339) + "\n"), Mode: 0o644, Over: true})
+	}
+	if err := commit(o.Root, ops); err != nil {
+		return Result{}, err
+	}
+	if err := os.MkdirAll(filepath.Dir(filepath.Join(o.Root, bootMarker)), 0o755); err == nil {
+		_ = os.WriteFile(filepath.Join(o.Root, bootMarker), nil, 0o644)
+	}
+	return p.res, nil
+}
+
+// rootState is the copy on STATE of what lives outside it.
+type rootState struct {
+	Config string          `json:"configSHA256"` // of the config as given, before merge/replace
+	Ops    []op            `json:"ops"`
+	Passwd igntypes.Passwd `json:"passwd"`
+}
+
+func (c rootState) plan(root string) (*plan, error) {
+	pw, err := planPasswd(root, c.Passwd)
+	if err != nil {
+		return nil, err
+	}
+	p := &plan{ops: c.Ops, passwd: c.Passwd, pw: pw}
+	if err := checkExisting(root, p.all()); err != nil {
+		return nil, err
+	}
+	p.count()
+	return p, nil
+}
+
+func (p *plan) count() {
+	for _, o := range p.ops {
+		switch o.Kind {
+		case "file":
+			p.res.Files++
+		case "dir":
+			p.res.Directories++
+		case "link":
+			p.res.Links++
+		}
+	}
+	p.res.Users = len(p.passwd.Users)
+}
+
+func configSum(ign *igntypes.Config) string {
+	data, _ := json.Marshal(ign)
+	s := sha256.Sum256(data)
+	return hex.EncodeToString(s[:])
+}
+
+// newPlan checks ign, renders merge/replace, fetches every content and
+// checks every target; withState false leaves out the entries on STATE.
+func newPlan(ctx context.Context, ign *igntypes.Config, o Options, withState bool) (*plan, error) {
+	if ps := Check("ignition", ign); len(ps) > 0 {
+		return nil, problems(ps)
+	}
+	f := newFetcher(o)
+	if err := f.configure(ctx, ign); err != nil {
+		return nil, err
+	}
+	cfg, err := f.render(ctx, *ign, "ignition", 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(ign.Ignition.Config.Merge) > 0 || ign.Ignition.Config.Replace.Source != nil {
+		if ps := Check("ignition(after merge/replace)", &cfg); len(ps) > 0 {
+			return nil, problems(ps)
+		}
+	}
+	pw, err := planPasswd(o.Root, cfg.Passwd)
+	if err != nil {
+		return nil, err
+	}
+	p := &plan{passwd: cfg.Passwd, pw: pw}
+	var errs []error
+	add := func(o1 op, n igntypes.Node, path string) bool {
+		dest, onState, _ := place(path) // Check refused what place refuses
+		if onState && !withState {
+			return false
+		}
+		var err error
+		if o1.UID, o1.GID, err = pw.owner(o1.Field, n); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		o1.Path, o1.State, o1.Over = dest, onState, isTrue(n.Overwrite)
+		p.ops = append(p.ops, o1)
+		return true
+	}
+	s := cfg.Storage
+	for i, d := range s.Directories {
+		add(op{Kind: "dir", Field: fmt.Sprintf("ignition.storage.directories[%d]", i), Mode: mode(d.Mode, 0o755)}, d.Node, d.Path)
+	}
+	for i, fl := range s.Files {
+		field := fmt.Sprintf("ignition.storage.files[%d]", i)
+		if !add(op{Kind: "file", Field: field, Mode: mode(fl.Mode, 0o644)}, fl.Node, fl.Path) {
+			continue
+		}
+		o1 := &p.ops[len(p.ops)-1]
+		if fl.Contents.Source != nil {
+			o1.Contents = true
+			if o1.Data, err = f.fetch(ctx, field+".contents", fl.Contents); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for j, a := range fl.Append {
+			data, err := f.fetch(ctx, fmt.Sprintf("%s.append[%d]", field, j), a)
 			if err != nil {
 				errs = append(errs, err)
-				continue
 			}
-			o1.appends = append(o1.appends, data)
-		}
-		ops = append(ops, o1)
-	}
-	for i, l := range ign.Storage.Links {
-		field := fmt.Sprintf("ignition.storage.links[%d]", i)
-		p, err := target(field, l.Path)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if l.Target == nil || *l.Target == "" {
-			errs = append(errs, fmt.Errorf("%s.target: missing: say what the link points to", field))
-			continue
-		}
-		o1 := op{kind: "link", path: p, field: field, target: *l.Target, hard: isTrue(l.Hard), over: isTrue(l.Overwrite)}
-		if o1.hard {
-			if _, err := target(field+".target", *l.Target); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-		}
-		ops = append(ops, o1)
-	}
-	// Refuse files that exist without overwrite before writing anything.
-	for _, o1 := range ops {
-		if o1.kind == "dir" || o1.over || len(o1.appends) > 0 && o1.data == nil {
-			continue
-		}
-		if _, err := os.Lstat(filepath.Join(o.Root, o1.path)); err == nil {
-			errs = append(errs, fmt.Errorf("%s: %s already exists: set overwrite: true to replace it", o1.field, o1.path))
+			o1.Appends = append(o1.Appends, data)
 		}
 	}
-	passwd, err := planPasswd(o.Root, ign.Passwd)
-	if err != nil {
-		errs = append(errs, err)
+	for i, l := range s.Links {
+		o1 := op{Kind: "link", Field: fmt.Sprintf("ignition.storage.links[%d]", i), Target: *l.Target, Hard: isTrue(l.Hard)}
+		if o1.Hard {
+			o1.Target, _, _ = place(*l.Target)
+		}
+		add(o1, l.Node, l.Path)
 	}
 	if len(errs) > 0 {
-		return errors.Join(errs...)
+		return nil, errors.Join(errs...)
 	}
-	for _, o1 := range ops {
-		if err := write(o.Root, o1); err != nil {
-			return fmt.Errorf("%s: %w", o1.field, err)
-		}
+	if err := checkExisting(o.Root, p.all()); err != nil {
+		return nil, err
 	}
-	return passwd.write()
+	p.count()
+	return p, nil
 }
 
-func unsupported(ign *igntypes.Config) error {
+// checkExisting refuses, before anything is written, entries whose path
+// exists without overwrite, and files or links where a directory is.
+func checkExisting(root string, ops []op) error {
 	var errs []error
-	s := ign.Storage
-	if len(s.Disks) > 0 || len(s.Filesystems) > 0 || len(s.Raid) > 0 || len(s.Luks) > 0 {
-		errs = append(errs, errors.New("ignition.storage: disks, filesystems, raid and luks are not applied by ballast: the disk layout is imgbuild's (see DESIGN §4); remove them"))
-	}
-	if len(ign.Systemd.Units) > 0 {
-		errs = append(errs, errors.New("ignition.systemd.units: ballast runs no systemd; the agent's services are configured in the services section"))
-	}
-	k := ign.KernelArguments
-	if len(k.ShouldExist) > 0 || len(k.ShouldNotExist) > 0 {
-		errs = append(errs, errors.New("ignition.kernelArguments: set kernel arguments in the recipe (imgbuild) instead"))
+	for _, o1 := range ops {
+		if o1.Kind == "dir" {
+			continue
+		}
+		fi, err := os.Lstat(filepath.Join(root, o1.Path))
+		if err != nil {
+			continue
+		}
+		switch {
+		case fi.IsDir():
+			errs = append(errs, fmt.Errorf("%s: %s is a directory on the node: choose another path", o1.Field, o1.Path))
+		case !o1.Over && (o1.Kind == "link" || o1.Contents):
+			errs = append(errs, fmt.Errorf("%s: %s already exists: set overwrite: true to replace it", o1.Field, o1.Path))
+		}
 	}
 	return errors.Join(errs...)
-}
-
-// target cleans an absolute path and checks it is on a writable part of the node.
-func target(field, p string) (string, error) {
-	if !path.IsAbs(p) {
-		return "", fmt.Errorf("%s.path: %q must be absolute", field, p)
-	}
-	clean := path.Clean(p)
-	for _, w := range writable {
-		if clean == w || strings.HasPrefix(clean, w+"/") {
-			return clean, nil
-		}
-	}
-	return "", fmt.Errorf("%s.path: %s is on the read-only system image: write under %s", field, clean, strings.Join(writable, ", "))
-}
-
-func owner(n igntypes.Node) (uid, gid int) {
-	uid, gid = 0, 0
-	if n.User.ID != nil {
-		uid = *n.User.ID
-	}
-	if n.Group.ID != nil {
-		gid = *n.Group.ID
-	}
-	return uid, gid
 }
 
 func mode(m *int, def os.FileMode) os.FileMode {
 	if m == nil {
 		return def
 	}
-	return os.FileMode(*m) & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+	u := *m
+	fm := fs.FileMode(u) & fs.ModePerm
+	for bit, flag := range map[int]fs.FileMode{0o4000: fs.ModeSetuid, 0o2000: fs.ModeSetgid, 0o1000: fs.ModeSticky} {
+		if u&bit != 0 {
+			fm |= flag
+		}
+	}
+	return fm
 }
 
 func isTrue(b *bool) bool { return b != nil && *b }
-
-// fetch reads a resource (data:, http:, https:), decompresses it and checks
-// its verification hash.
-func fetch(ctx context.Context, o Options, field string, r igntypes.Resource) ([]byte, error) {
-	src := *r.Source
-	u, err := url.Parse(src)
-	if err != nil {
-		return nil, fmt.Errorf("%s.source: %w", field, err)
-	}
-	var data []byte
-	switch u.Scheme {
-	case "data":
-		if data, err = dataURL(src); err != nil {
-			return nil, fmt.Errorf("%s.source: %w", field, err)
-		}
-	case "http", "https":
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, src, nil)
-		if err != nil {
-			return nil, fmt.Errorf("%s.source: %w", field, err)
-		}
-		for _, h := range r.HTTPHeaders {
-			if h.Value != nil {
-				req.Header.Set(h.Name, *h.Value)
-			}
-		}
-		resp, err := o.HTTPClient.Do(req)
-		if err != nil {
-			return nil, fmt.Errorf("%s.source: %w", field, err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return nil, fmt.Errorf("%s.source: GET %s: %s", field, src, resp.Status)
-		}
-		if data, err = io.ReadAll(io.LimitReader(resp.Body, o.MaxSize+1)); err != nil {
-			return nil, fmt.Errorf("%s.source: %w", field, err)
-		}
-	default:
-		return nil, fmt.Errorf("%s.source: scheme %q is not supported: use data:, http: or https:", field, u.Scheme)
-	}
-	if int64(len(data)) > o.MaxSize {
-		return nil, fmt.Errorf("%s.source: larger than %d bytes", field, o.MaxSize)
-	}
-	if r.Verification.Hash != nil {
-		if err := verify(*r.Verification.Hash, data); err != nil {
-			return nil, fmt.Errorf("%s.verification.hash: %w", field, err)
-		}
-	}
-	if r.Compression != nil && *r.Compression == "gzip" {
-		zr, err := gzip.NewReader(bytes.NewReader(data))
-		if err != nil {
-			return nil, fmt.Errorf("%s.compression: %w", field, err)
-		}
-		if data, err = io.ReadAll(io.LimitReader(zr, o.MaxSize+1)); err != nil {
-			return nil, fmt.Errorf("%s.compression: %w", field, err)
-		}
-	}
-	return data, nil
-}
-
-// verify checks "sha512-<hex>" or "sha256-<hex>" (Ignition's format), which
-// covers the content as fetched, before decompression.
-func verify(spec string, data []byte) error {
-	algo, want, ok := strings.Cut(spec, "-")
-	var h hash.Hash
-	switch {
-	case !ok:
-		return fmt.Errorf("%q: write sha512-<hex> or sha256-<hex>", spec)
-	case algo == "sha512":
-		h = sha512.New()
-	case algo == "sha256":
-		h = sha256.New()
-	default:
-		return fmt.Errorf("%q: hash %s is not supported: use sha512 or sha256", spec, algo)
-	}
-	h.Write(data)
-	if got := hex.EncodeToString(h.Sum(nil)); got != strings.ToLower(want) {
-		return fmt.Errorf("content has %s %s, the config expects %s", algo, got, want)
-	}
-	return nil
-}
-
-// dataURL decodes an RFC 2397 data URL.
-func dataURL(s string) ([]byte, error) {
-	meta, payload, ok := strings.Cut(strings.TrimPrefix(s, "data:"), ",")
-	if !ok {
-		return nil, errors.New("data URL without ','")
-	}
-	if strings.HasSuffix(meta, ";base64") {
-		payload, err := url.PathUnescape(payload)
-		if err != nil {
-			return nil, err
-		}
-		return base64.StdEncoding.DecodeString(payload)
-	}
-	v, err := url.PathUnescape(payload)
-	return []byte(v), err
-}
-
-func write(root string, o op) error {
-	p := filepath.Join(root, o.path)
-	switch o.kind {
-	case "dir":
-		if err := os.MkdirAll(p, o.mode); err != nil {
-			return err
-		}
-		if err := os.Chmod(p, o.mode); err != nil {
-			return err
-		}
-		return os.Lchown(p, o.uid, o.gid)
-	case "file":
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		data := o.data
-		if o.data == nil && len(o.appends) > 0 {
-			old, err := os.ReadFile(p)
-			if err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return err
-			}
-			data = old
-		}
-		for _, a := range o.appends {
-			data = append(append([]byte{}, data...), a...)
-		}
-		tmp := p + ".ignite-tmp"
-		if err := os.WriteFile(tmp, data, o.mode); err != nil {
-			return err
-		}
-		if err := os.Chmod(tmp, o.mode); err != nil {
-			return err
-		}
-		if err := os.Lchown(tmp, o.uid, o.gid); err != nil {
-			return err
-		}
-		return os.Rename(tmp, p)
-	case "link":
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		if o.over {
-			_ = os.Remove(p)
-		}
-		if o.hard {
-			return os.Link(filepath.Join(root, o.target), p)
-		}
-		return os.Symlink(o.target, p)
-	}
-	return fmt.Errorf("BUG: unknown op %q", o.kind)
-}

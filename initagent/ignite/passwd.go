@@ -3,6 +3,7 @@ package ignite
 import (
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,13 +12,37 @@ import (
 )
 
 // passwdPlan holds the new /etc/passwd, /etc/group, /etc/shadow and the
-// authorized_keys files, computed before anything is written.
+// authorized_keys files, computed before anything is written, and the
+// users and groups by name for the storage entries' owners.
 type passwdPlan struct {
-	root    string
-	files   map[string][]byte // path under root → content
-	modes   map[string]os.FileMode
-	owners  map[string][2]int
-	changed bool
+	ops    []op
+	users  map[string][2]int // name → uid, primary gid
+	groups map[string]int
+}
+
+// owner resolves a node's user and group (id or name) to numbers.
+func (p *passwdPlan) owner(field string, n igntypes.Node) (uid, gid int, err error) {
+	switch {
+	case n.User.ID != nil:
+		uid = *n.User.ID
+	case n.User.Name != nil && *n.User.Name != "":
+		u, ok := p.users[*n.User.Name]
+		if !ok {
+			return 0, 0, fmt.Errorf("%s.user.name: no user %q on the node: declare it in passwd.users", field, *n.User.Name)
+		}
+		uid = u[0]
+	}
+	switch {
+	case n.Group.ID != nil:
+		gid = *n.Group.ID
+	case n.Group.Name != nil && *n.Group.Name != "":
+		g, ok := p.groups[*n.Group.Name]
+		if !ok {
+			return 0, 0, fmt.Errorf("%s.group.name: no group %q on the node: declare it in passwd.groups", field, *n.Group.Name)
+		}
+		gid = g
+	}
+	return uid, gid, nil
 }
 
 type entry []string // colon-separated fields
@@ -70,10 +95,7 @@ func nextID(es []entry, field, start int) int {
 }
 
 func planPasswd(root string, p igntypes.Passwd) (*passwdPlan, error) {
-	plan := &passwdPlan{root: root, files: map[string][]byte{}, modes: map[string]os.FileMode{}, owners: map[string][2]int{}}
-	if len(p.Users) == 0 && len(p.Groups) == 0 {
-		return plan, nil
-	}
+	plan := &passwdPlan{users: map[string][2]int{}, groups: map[string]int{}}
 	passwd, err := readEntries(root, "etc/passwd")
 	if err != nil {
 		return nil, err
@@ -86,17 +108,18 @@ func planPasswd(root string, p igntypes.Passwd) (*passwdPlan, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(p.Users) == 0 && len(p.Groups) == 0 {
+		plan.index(passwd, group)
+		return plan, nil
+	}
 	if len(passwd) == 0 {
-		passwd = []entry{{"root", "x", "0", "0", "root", "/root", "/bin/sh"}}
-		group = upsert(group, entry{"root", "x", "0", ""})
+		// what the runtime writes when there is no /etc/passwd
+		passwd = []entry{{"root", "x", "0", "0", "root", "/root", "/sbin/nologin"}, {"nobody", "x", "65534", "65534", "nobody", "/nonexistent", "/sbin/nologin"}}
+		group = upsert(upsert(group, entry{"root", "x", "0", ""}), entry{"nobody", "x", "65534", ""})
 		shadow = upsert(shadow, entry{"root", "*", "", "", "", "", "", "", ""})
 	}
 	var errs []string
-	for i, g := range p.Groups {
-		if g.ShouldExist != nil && !*g.ShouldExist {
-			errs = append(errs, fmt.Sprintf("ignition.passwd.groups[%d].shouldExist: removing groups is not supported", i))
-			continue
-		}
+	for _, g := range p.Groups {
 		gid := nextID(group, 2, 1000)
 		if g.Gid != nil {
 			gid = *g.Gid
@@ -105,14 +128,6 @@ func planPasswd(root string, p igntypes.Passwd) (*passwdPlan, error) {
 	}
 	for i, u := range p.Users {
 		field := fmt.Sprintf("ignition.passwd.users[%d]", i)
-		if u.Name == "" || strings.ContainsAny(u.Name, ":\n/") {
-			errs = append(errs, fmt.Sprintf("%s.name: %q is not a user name", field, u.Name))
-			continue
-		}
-		if u.ShouldExist != nil && !*u.ShouldExist {
-			errs = append(errs, fmt.Sprintf("%s.shouldExist: removing users is not supported", field))
-			continue
-		}
 		uid := nextID(passwd, 2, 1000)
 		if u.UID != nil {
 			uid = *u.UID
@@ -124,8 +139,9 @@ func planPasswd(root string, p igntypes.Passwd) (*passwdPlan, error) {
 		if u.HomeDir != nil {
 			home = *u.HomeDir
 		}
-		if _, err := target(field+".homeDir", home); err != nil {
-			errs = append(errs, err.Error())
+		dest, _, msg := place(home)
+		if msg != "" {
+			errs = append(errs, fmt.Sprintf("%s.homeDir: %s", field, msg))
 			continue
 		}
 		gid := uid
@@ -157,14 +173,19 @@ func planPasswd(root string, p igntypes.Passwd) (*passwdPlan, error) {
 		passwd = upsert(passwd, entry{u.Name, "x", strconv.Itoa(uid), strconv.Itoa(gid), gecos, home, shell})
 		shadow = upsert(shadow, entry{u.Name, hash, "", "", "", "", "", "", ""})
 		for _, sg := range u.Groups {
+			found := false
 			for i := range group {
-				if group[i][0] == string(sg) {
+				if group[i][0] == string(sg) && len(group[i]) > 3 {
 					members := strings.Split(group[i][3], ",")
 					if group[i][3] == "" {
 						members = nil
 					}
 					group[i][3] = strings.Join(append(members, u.Name), ",")
+					found = true
 				}
+			}
+			if !found {
+				errs = append(errs, fmt.Sprintf("%s.groups: group %q does not exist: declare it in passwd.groups", field, sg))
 			}
 		}
 		if len(u.SSHAuthorizedKeys) > 0 {
@@ -172,46 +193,42 @@ func planPasswd(root string, p igntypes.Passwd) (*passwdPlan, error) {
 			for _, k := range u.SSHAuthorizedKeys {
 				keys = append(keys, string(k))
 			}
-			ak := filepath.Join(strings.TrimPrefix(home, "/"), ".ssh", "authorized_keys")
-			plan.files[ak] = []byte(strings.Join(keys, "\n") + "\n")
-			plan.modes[ak] = 0o600
-			plan.owners[ak] = [2]int{uid, gid}
+			ssh := path.Join(dest, ".ssh")
+			plan.ops = append(plan.ops,
+				op{Kind: "dir", Path: ssh, Field: field + ".sshAuthorizedKeys", Mode: 0o700, UID: uid, GID: gid},
+				op{Kind: "file", Path: path.Join(ssh, "authorized_keys"), Field: field + ".sshAuthorizedKeys", Contents: true,
+					Data: []byte(strings.Join(keys, "\n") + "\n"), Mode: 0o600, UID: uid, GID: gid, Over: true})
 		}
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("%s", strings.Join(errs, "\n"))
 	}
-	plan.files["etc/passwd"], plan.modes["etc/passwd"] = render(passwd), 0o644
-	plan.files["etc/group"], plan.modes["etc/group"] = render(group), 0o644
-	plan.files["etc/shadow"], plan.modes["etc/shadow"] = render(shadow), 0o600
-	plan.changed = true
+	plan.index(passwd, group)
+	for _, f := range []struct {
+		name string
+		es   []entry
+		mode os.FileMode
+	}{{"/etc/passwd", passwd, 0o644}, {"/etc/group", group, 0o644}, {"/etc/shadow", shadow, 0o600}} {
+		plan.ops = append(plan.ops, op{Kind: "file", Path: f.name, Field: "ignition.passwd", Contents: true, Data: render(f.es), Mode: f.mode, Over: true})
+	}
 	return plan, nil
 }
 
-func (p *passwdPlan) write() error {
-	if p == nil || !p.changed {
-		return nil
-	}
-	for name, data := range p.files {
-		path := filepath.Join(p.root, name)
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			return err
-		}
-		tmp := path + ".ignite-tmp"
-		if err := os.WriteFile(tmp, data, p.modes[name]); err != nil {
-			return err
-		}
-		if o, ok := p.owners[name]; ok {
-			if err := os.Lchown(filepath.Dir(path), o[0], o[1]); err != nil {
-				return err
-			}
-			if err := os.Lchown(tmp, o[0], o[1]); err != nil {
-				return err
+func (p *passwdPlan) index(passwd, group []entry) {
+	for _, e := range passwd {
+		if len(e) > 3 {
+			uid, err1 := strconv.Atoi(e[2])
+			gid, err2 := strconv.Atoi(e[3])
+			if err1 == nil && err2 == nil {
+				p.users[e[0]] = [2]int{uid, gid}
 			}
 		}
-		if err := os.Rename(tmp, path); err != nil {
-			return err
+	}
+	for _, e := range group {
+		if len(e) > 2 {
+			if gid, err := strconv.Atoi(e[2]); err == nil {
+				p.groups[e[0]] = gid
+			}
 		}
 	}
-	return nil
 }
