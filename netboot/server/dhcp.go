@@ -37,6 +37,7 @@ type dhcpServer struct {
 	subnet   netip.Prefix
 	conn67   net.PacketConn
 	conn4011 net.PacketConn // proxy mode only
+	sniffer  *sniffer       // proxy mode only
 
 	mu     sync.Mutex
 	leases map[string]lease // by MAC, full mode
@@ -100,6 +101,10 @@ func newDHCPServer(s *Server) (*dhcpServer, error) {
 			d.conn67.Close()
 			return nil, fmt.Errorf("proxyDHCP port %d on %s: %w", pxePort, cfg.Interface, err)
 		}
+		if d.sniffer, err = newSniffer(d, cfg.Interface); err != nil {
+			d.close()
+			return nil, err
+		}
 	}
 	return d, nil
 }
@@ -109,13 +114,23 @@ func (d *dhcpServer) close() {
 	if d.conn4011 != nil {
 		d.conn4011.Close()
 	}
+	if d.sniffer != nil {
+		d.sniffer.close()
+	}
 }
 
 func (d *dhcpServer) serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, d.close)
 	defer stop()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
+	if d.sniffer != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errc <- d.sniffer.serve(ctx)
+		}()
+	}
 	for _, c := range []net.PacketConn{d.conn67, d.conn4011} {
 		if c == nil {
 			continue
@@ -151,7 +166,7 @@ func (d *dhcpServer) readLoop(ctx context.Context, conn net.PacketConn) error {
 		if err != nil || m.OpCode != dhcpv4.OpcodeBootRequest || len(m.ClientHWAddr) != 6 {
 			continue // our own broadcasts come back too
 		}
-		reply := d.handle(m, port)
+		reply := d.handle(m, port, peer.(*net.UDPAddr))
 		if reply == nil {
 			continue
 		}
@@ -192,8 +207,7 @@ func classify(m *dhcpv4.DHCPv4) pxeClient {
 		c.arch = int(binary.BigEndian.Uint16(a))
 	}
 	if id := m.Options.Get(dhcpv4.OptionClientMachineIdentifier); len(id) == 17 && id[0] == 0 {
-		u := id[1:]
-		c.uuid = fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+		c.uuid = formatUUID(id[1:])
 	}
 	return c
 }
@@ -216,42 +230,24 @@ func (d *dhcpServer) bootFile(m *dhcpv4.DHCPv4, c pxeClient) (string, bool) {
 	return "", false
 }
 
-func (d *dhcpServer) handle(m *dhcpv4.DHCPv4, port int) *dhcpv4.DHCPv4 {
+func (d *dhcpServer) handle(m *dhcpv4.DHCPv4, port int, peer *net.UDPAddr) *dhcpv4.DHCPv4 {
 	c := classify(m)
 	log := d.s.log.With("mac", m.ClientHWAddr.String(), "xid", m.TransactionID.String(), "type", m.MessageType().String(),
 		"port", port, "arch", c.arch, "ipxe", c.ipxe)
 	if d.mode == DHCPFull {
-		return d.handleFull(m, c, log)
+		return d.handleFull(m, c, peer, log)
 	}
 	return d.handleProxy(m, c, port, log)
 }
 
 func (d *dhcpServer) handleProxy(m *dhcpv4.DHCPv4, c pxeClient, port int, log *slog.Logger) *dhcpv4.DHCPv4 {
-	// Every REQUEST we overhear tells us which address the client is taking.
-	if m.MessageType() == dhcpv4.MessageTypeRequest && port != pxePort {
-		ip, how := netip.Addr{}, ""
-		if req := m.RequestedIPAddress(); req != nil && !req.IsUnspecified() {
-			ip, _ = netip.AddrFromSlice(req.To4())
-			how = "dhcp-request"
-		} else if !m.ClientIPAddr.IsUnspecified() {
-			ip, _ = netip.AddrFromSlice(m.ClientIPAddr.To4())
-			how = "ciaddr"
-		}
-		if ip.IsValid() {
-			d.s.seen.record(m.ClientHWAddr, ip, how, c.uuid)
-			log.Info("dhcp: client takes an address from the site's server", "ip", ip.String(), "how", how)
-		}
-	}
 	if !c.pxe && !c.ipxe {
 		return nil // not a netboot client: the site's server handles it
 	}
 	var typ dhcpv4.MessageType
 	switch {
 	case port == pxePort && m.MessageType() == dhcpv4.MessageTypeRequest:
-		typ = dhcpv4.MessageTypeAck
-		if ip, ok := netip.AddrFromSlice(m.ClientIPAddr.To4()); ok && !ip.IsUnspecified() {
-			d.s.seen.record(m.ClientHWAddr, ip, "proxy-request", c.uuid)
-		}
+		typ = dhcpv4.MessageTypeAck // the sniffer records the sighting
 	case port != pxePort && m.MessageType() == dhcpv4.MessageTypeDiscover:
 		typ = dhcpv4.MessageTypeOffer
 	default:
@@ -292,7 +288,50 @@ func (d *dhcpServer) handleProxy(m *dhcpv4.DHCPv4, c pxeClient, port int, log *s
 	return reply
 }
 
-func (d *dhcpServer) handleFull(m *dhcpv4.DHCPv4, c pxeClient, log *slog.Logger) *dhcpv4.DHCPv4 {
+// observe records what a DHCP request seen on the wire (by the sniffer,
+// proxy mode) says about its sender's address, if the frame came from the
+// MAC the request names. Every REQUEST to the site's server tells us which
+// address the client is taking; one on port 4011 comes from its address.
+func (d *dhcpServer) observe(m *dhcpv4.DHCPv4, port int, srcIP netip.Addr, frameSrc net.HardwareAddr) {
+	if m.MessageType() != dhcpv4.MessageTypeRequest {
+		return
+	}
+	c := classify(m)
+	log := d.s.log.With("mac", m.ClientHWAddr.String(), "xid", m.TransactionID.String(), "port", port)
+	if !bytes.Equal(frameSrc, m.ClientHWAddr) {
+		if gi := m.GatewayIPAddr; gi != nil && !gi.IsUnspecified() {
+			log.Debug("dhcp: ignoring a relayed request", "giaddr", gi.String())
+			return
+		}
+		log.Warn("dhcp: ignoring a request whose chaddr is not the MAC that sent the frame: no address recorded for it",
+			"frame_source", frameSrc.String())
+		return
+	}
+	ip, how := netip.Addr{}, ""
+	switch {
+	case port == pxePort:
+		if ci, ok := netip.AddrFromSlice(m.ClientIPAddr.To4()); ok && !ci.IsUnspecified() && ci == srcIP {
+			ip, how = ci, "proxy-request"
+		}
+	case m.RequestedIPAddress() != nil && !m.RequestedIPAddress().IsUnspecified():
+		ip, _ = netip.AddrFromSlice(m.RequestedIPAddress().To4())
+		how = "dhcp-request"
+	case m.ClientIPAddr != nil && !m.ClientIPAddr.IsUnspecified():
+		ip, _ = netip.AddrFromSlice(m.ClientIPAddr.To4())
+		how = "ciaddr"
+	}
+	if !ip.IsValid() {
+		return
+	}
+	d.s.seen.record(m.ClientHWAddr, ip, how, c.uuid)
+	if how == "proxy-request" {
+		log.Info("dhcp: client asks for boot information from its address", "ip", ip.String(), "how", how, "uuid", c.uuid)
+		return
+	}
+	log.Info("dhcp: client takes an address from the site's server", "ip", ip.String(), "how", how, "uuid", c.uuid)
+}
+
+func (d *dhcpServer) handleFull(m *dhcpv4.DHCPv4, c pxeClient, peer *net.UDPAddr, log *slog.Logger) *dhcpv4.DHCPv4 {
 	mac := m.ClientHWAddr.String()
 	switch m.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
@@ -343,6 +382,16 @@ func (d *dhcpServer) handleFull(m *dhcpv4.DHCPv4, c pxeClient, log *slog.Logger)
 		return d.fullReply(m, c, dhcpv4.MessageTypeAck, wantIP, log)
 	case dhcpv4.MessageTypeRelease, dhcpv4.MessageTypeDecline:
 		d.mu.Lock()
+		l, ok := d.leases[mac]
+		// A RELEASE comes from the leased address (RFC 2131 §4.4.6): one
+		// from elsewhere is another host trying to take the lease away.
+		if ok && m.MessageType() == dhcpv4.MessageTypeRelease && peer != nil {
+			if pip, _ := netip.AddrFromSlice(peer.IP.To4()); pip != l.ip {
+				d.mu.Unlock()
+				log.Warn("dhcp: ignoring a release sent from another address than the lease", "lease", l.ip.String(), "from", peer.IP.String())
+				return nil
+			}
+		}
 		delete(d.leases, mac)
 		d.mu.Unlock()
 		d.s.seen.forget(m.ClientHWAddr)

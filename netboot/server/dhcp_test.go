@@ -105,6 +105,12 @@ func (l *dhcpLab) inClient(t *testing.T, f func() error) {
 	}
 }
 
+// setClientMAC gives nc0 mac: frames from the client namespace come from it.
+func (l *dhcpLab) setClientMAC(t *testing.T, mac string) {
+	t.Helper()
+	run(t, "ip", "-n", l.name, "link", "set", "nc0", "address", mac)
+}
+
 func (l *dhcpLab) addClientAddr(t *testing.T, cidr string) {
 	t.Helper()
 	run(t, "ip", "netns", "exec", l.name, "ip", "addr", "add", cidr, "dev", "nc0")
@@ -196,6 +202,7 @@ func ipxeEFI() []dhcpv4.Modifier {
 
 func TestDHCPFull(t *testing.T) {
 	lab := newDHCPLab(t)
+	lab.setClientMAC(t, "52:54:00:00:00:0a") // A is the real machine; B and C are chaddrs nc0 makes up
 	e := startDHCPServer(t, DHCPFull)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -226,8 +233,11 @@ func TestDHCPFull(t *testing.T) {
 		t.Errorf("lease time %s, want 10m", lt)
 	}
 
-	// The same machine, now running ipxe.efi, keeps its address and gets the script URL.
-	lease, err = a.Request(ctx, ipxeEFI()...)
+	// The same machine, now running ipxe.efi, keeps its address and gets the
+	// script URL. iPXE sends its SMBIOS UUID 8f6c2a3e-0000-4000-8000-00000000000a
+	// as option 97 in EFI GUID byte order.
+	guid := []byte{0, 0x3e, 0x2a, 0x6c, 0x8f, 0, 0, 0, 0x40, 0x80, 0, 0, 0, 0, 0, 0, 0x0a}
+	lease, err = a.Request(ctx, append(ipxeEFI(), dhcpv4.WithOption(dhcpv4.OptGeneric(dhcpv4.OptionClientMachineIdentifier, guid)))...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -270,28 +280,59 @@ func TestDHCPFull(t *testing.T) {
 	if s := status(t, fromA, base+"52-54-00-00-00-0b"); s != 403 {
 		t.Errorf("B's config from A's lease: %d, want 403", s)
 	}
+	// iPXE's ${uuid} is the UUID A sent; another one selects nothing.
+	script := "http://10.99.0.1:8080/boot.ipxe?mac=52-54-00-00-00-0a&platform=efi&uuid="
+	if s := status(t, fromA, script+"8f6c2a3e-0000-4000-8000-00000000000a"); s != 200 {
+		t.Errorf("A's script with the UUID it sent in DHCP: %d, want 200", s)
+	}
+	if s := status(t, fromA, base+"52-54-00-00-00-0a?uuid=8f6c2a3e-0000-4000-8000-00000000000a"); s != 200 {
+		t.Errorf("A's config with the UUID it sent in DHCP: %d, want 200", s)
+	}
+	if s := status(t, fromA, script+"8f6c2a3e-0000-4000-8000-000000000009"); s != 403 {
+		t.Errorf("A's script with another machine's UUID: %d, want 403", s)
+	}
 	if !strings.Contains(e.logs.String(), `msg="config served" mac=52:54:00:00:00:0a ip=10.99.0.100 uuid="" source=all.tmpl group=all`) ||
-		!strings.Contains(e.logs.String(), "enforced=ip:lease") {
-		t.Error("config delivery not logged as enforced by the lease")
+		!strings.Contains(e.logs.String(), "enforced=ip:lease+arp") {
+		t.Error("config delivery not logged as enforced by the lease and the ARP entry")
 	}
 
-	// After a release the address is free for the next machine.
-	// (sent from B's address: nclient4's raw socket sends from 0.0.0.0, which
-	// the kernel drops as a martian for a unicast destination)
+	// B's lease was taken by nc0 (MAC A) with a forged chaddr: from B's
+	// leased address it still does not get B's config, because the frames
+	// of that address come from A.
 	lab.addClientAddr(t, "10.99.0.101/32")
+	resp, err := lab.httpFrom(t, "10.99.0.101").Get(base + "52-54-00-00-00-0b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 403 || !strings.Contains(string(body), "10.99.0.101 is at 52:54:00:00:00:0a in the server's ARP table, not at 52:54:00:00:00:0b") {
+		t.Errorf("B's config to the host that leased B's address with a forged chaddr: %s %q, want 403", resp.Status, body)
+	}
+
+	// A RELEASE for B from another address than B's lease is ignored.
 	rel, err := dhcpv4.NewReleaseFromACK(lb.ACK)
 	if err != nil {
 		t.Fatal(err)
 	}
-	lab.inClient(t, func() error {
-		conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: net.IPv4(10, 99, 0, 101), Port: 68}, &net.UDPAddr{IP: net.IPv4(10, 99, 0, 1), Port: 67})
-		if err != nil {
+	sendRelease := func(src net.IP) {
+		lab.inClient(t, func() error {
+			conn, err := net.DialUDP("udp4", &net.UDPAddr{IP: src, Port: 68}, &net.UDPAddr{IP: net.IPv4(10, 99, 0, 1), Port: 67})
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_, err = conn.Write(rel.ToBytes())
 			return err
-		}
-		defer conn.Close()
-		_, err = conn.Write(rel.ToBytes())
-		return err
-	})
+		})
+	}
+	sendRelease(net.IPv4(10, 99, 0, 100))
+	waitLog(t, e.logs, regexp.MustCompile(`msg="dhcp: ignoring a release sent from another address than the lease" mac=52:54:00:00:00:0b .*lease=10.99.0.101 from=10.99.0.100`))
+
+	// After a release the address is free for the next machine.
+	// (sent from B's address: nclient4's raw socket sends from 0.0.0.0, which
+	// the kernel drops as a martian for a unicast destination)
+	sendRelease(net.IPv4(10, 99, 0, 101))
 	waitLog(t, e.logs, regexp.MustCompile(`msg="dhcp: lease returned" mac=52:54:00:00:00:0b`))
 	lc, err := c.Request(ctx)
 	if err != nil {
@@ -304,6 +345,7 @@ func TestDHCPFull(t *testing.T) {
 
 func TestDHCPProxy(t *testing.T) {
 	lab := newDHCPLab(t)
+	lab.setClientMAC(t, "52:54:00:00:00:0a")
 	e := startDHCPServer(t, DHCPProxy)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -364,6 +406,19 @@ func TestDHCPProxy(t *testing.T) {
 	cancelShort()
 	waitLog(t, e.logs, regexp.MustCompile(`msg="dhcp: client takes an address from the site's server" mac=52:54:00:00:00:0a .*ip=10.99.0.150 how=dhcp-request`))
 
+	// A REQUEST naming another MAC in chaddr (frames still from nc0, MAC
+	// 0a) records nothing for that MAC.
+	forged, err := dhcpv4.New(dhcpv4.WithHwAddr(net.HardwareAddr{0x52, 0x54, 0, 0, 0, 0x0b}), dhcpv4.WithMessageType(dhcpv4.MessageTypeRequest),
+		dhcpv4.WithBroadcast(true), dhcpv4.WithOption(dhcpv4.OptRequestedIPAddress(net.IPv4(10, 99, 0, 151))),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(net.IPv4(10, 99, 0, 254))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort = context.WithTimeout(ctx, 2*time.Second)
+	client.SendAndRead(short, nclient4.DefaultServers, forged, nil)
+	cancelShort()
+	waitLog(t, e.logs, regexp.MustCompile(`msg="dhcp: ignoring a request whose chaddr is not the MAC that sent the frame: no address recorded for it" mac=52:54:00:00:00:0b .*frame_source=52:54:00:00:00:0a`))
+
 	// Port 4011: the client, now with its address, asks for boot info again.
 	lab.addClientAddr(t, "10.99.0.150/24")
 	var conn *net.UDPConn
@@ -407,18 +462,35 @@ func TestDHCPProxy(t *testing.T) {
 	if s := status(t, lab.httpFrom(t, "10.99.0.77"), base); s != 403 {
 		t.Errorf("config from another address: %d, want 403", s)
 	}
+	lab.addClientAddr(t, "10.99.0.151/32")
+	if s := status(t, lab.httpFrom(t, "10.99.0.151"), "http://10.99.0.1:8080/config/52-54-00-00-00-0b"); s != 403 {
+		t.Errorf("config of the MAC named in a forged chaddr, from the address it claimed: %d, want 403", s)
+	}
+	if !regexp.MustCompile(`msg="config refused" mac=52:54:00:00:00:0b ip=10.99.0.151 .*reason="52:54:00:00:00:0b was not seen in DHCP`).MatchString(e.logs.String()) {
+		t.Error("refusal of the forged MAC not logged")
+	}
+	if !regexp.MustCompile(`msg="config served" mac=52:54:00:00:00:0a ip=10.99.0.150 .*enforced=ip:proxy-request\+arp`).MatchString(e.logs.String()) {
+		t.Error("config to the proxy client not logged as enforced by its port-4011 request and its ARP entry")
+	}
 	if strings.Contains(e.logs.String(), `msg="dhcp: offer"`) {
 		t.Error("proxy mode logged an address offer")
 	}
 }
 
+// waitLog waits (at most 30 s) until the server has logged a line matching re.
 func waitLog(t *testing.T, logs *logBuffer, re *regexp.Regexp) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !re.MatchString(logs.String()) {
-		if time.Now().After(deadline) {
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for {
+		changed := logs.next()
+		if re.MatchString(logs.String()) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
 			t.Fatalf("server never logged %s", re)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

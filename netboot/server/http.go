@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -118,11 +119,12 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	uuid := strings.ToLower(q.Get("uuid"))
+	uuid := q.Get("uuid")
 	if !validUUID(uuid) {
 		http.Error(w, "uuid must be hex digits and hyphens", http.StatusBadRequest)
 		return
 	}
+	uuid = normalizeUUID(uuid)
 	log := s.log.With("mac", mac.String(), "ip", ip.String())
 	p, err := s.imageParams()
 	if err != nil {
@@ -140,8 +142,16 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 	if s.cfg.ArtifactsURL != "" {
 		p.BaseURL = strings.TrimSuffix(s.cfg.ArtifactsURL, "/")
 	}
-	configSource := "none"
+	configSource, enforced := "none", ""
 	if s.cfg.MachinesDir != "" {
+		// The script pins the config's URL and sha256: it goes only to
+		// whoever may have the config.
+		var reason string
+		if enforced, reason = s.admit(ip, mac, uuid); reason != "" {
+			log.Warn("boot script refused", "uuid", uuid, "reason", reason)
+			http.Error(w, "boot script refused: "+reason, http.StatusForbidden)
+			return
+		}
 		rendered, err := s.machines.Render(mac, uuid, seenIP(s.seen, mac))
 		switch {
 		case errors.Is(err, errNoConfig):
@@ -157,10 +167,78 @@ func (s *Server) handleScript(w http.ResponseWriter, r *http.Request) {
 			configSource = rendered.Source
 		}
 	}
-	log.Info("boot script", "uuid", uuid, "platform", q.Get("platform"), "config", configSource, "config_sha256", p.ConfigSHA256)
+	log.Info("boot script", "uuid", uuid, "platform", q.Get("platform"), "config", configSource, "config_sha256", p.ConfigSHA256,
+		"enforced", enforced)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(netboot.Script(p))
+}
+
+// admit decides whether a request from ip may have mac's config, selected
+// also by uuid ("" for none). It returns what was checked (for the log),
+// or why the request is refused.
+func (s *Server) admit(ip netip.Addr, mac net.HardwareAddr, uuid string) (enforced, reason string) {
+	sg, ok := s.seen.lookup(mac)
+	if !ok {
+		if !s.cfg.AllowUnseenMACs {
+			return "", fmt.Sprintf("%s was not seen in DHCP by this server in the last %s (it must DHCP on netbootd's interface first; "+
+				"--allow-unseen-macs serves unseen MACs to anyone)", mac, s.cfg.SightingTTL)
+		}
+		if owner := s.seen.macOf(ip); owner != "" {
+			return "", fmt.Sprintf("%s belongs to %s in DHCP", ip, owner)
+		}
+		if uuid != "" {
+			return "", fmt.Sprintf("uuid %s cannot be checked: %s was not seen in DHCP, and a UUID selects a config only for the MAC that sent it in DHCP (option 97)", uuid, mac)
+		}
+		return "none", ""
+	}
+	if !sg.ip.IsValid() {
+		return "", fmt.Sprintf("%s has no address in DHCP any more (released, or its address moved to another MAC)", mac)
+	}
+	if sg.ip != ip {
+		return "", fmt.Sprintf("this MAC had %s in DHCP (%s), the request came from %s", sg.ip, sg.how, ip)
+	}
+	if owner := s.seen.macOf(ip); owner != "" && owner != mac.String() {
+		return "", fmt.Sprintf("%s belongs to %s in DHCP", ip, owner)
+	}
+	enforced = "ip:" + sg.how
+	switch arp, reason := s.checkNeighbour(ip, mac); {
+	case reason != "":
+		return "", reason
+	case arp:
+		enforced += "+arp"
+	}
+	if uuid != "" && !sg.uuidMatches(uuid) {
+		if sg.uuid == "" {
+			return "", fmt.Sprintf("uuid %s was not sent in DHCP by %s (it sent none), so it cannot select a config", uuid, mac)
+		}
+		return "", fmt.Sprintf("uuid %s is not the one %s sent in DHCP (%s), so it cannot select a config", uuid, mac, sg.uuid)
+	}
+	return enforced, ""
+}
+
+// checkNeighbour compares the kernel's neighbour entry of ip with mac: it
+// reports whether an entry vouched for mac, or why the request is refused.
+// Without an entry (loopback, a routed client) nothing is checked, except
+// inside the DHCP interface's subnet, where the TCP handshake made one.
+func (s *Server) checkNeighbour(ip netip.Addr, mac net.HardwareAddr) (bool, string) {
+	hws, err := s.cfg.neighbours(ip)
+	if err != nil {
+		s.log.Error("config: cannot read the neighbour table", "err", err)
+		return false, "the server cannot read its neighbour (ARP) table: see its log"
+	}
+	for _, hw := range hws {
+		if bytes.Equal(hw, mac) {
+			return true, ""
+		}
+	}
+	if len(hws) > 0 {
+		return false, fmt.Sprintf("%s is at %s in the server's ARP table, not at %s", ip, hws[0], mac)
+	}
+	if s.dhcp != nil && s.dhcp.subnet.Contains(ip) {
+		return false, fmt.Sprintf("the server has no ARP entry for %s on its DHCP network, so it cannot check that %s sent the request", ip, mac)
+	}
+	return false, ""
 }
 
 func seenIP(sn *seen, mac net.HardwareAddr) string {
@@ -195,11 +273,12 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	uuid := strings.ToLower(r.URL.Query().Get("uuid"))
+	uuid := r.URL.Query().Get("uuid")
 	if !validUUID(uuid) {
 		http.Error(w, "uuid must be hex digits and hyphens", http.StatusBadRequest)
 		return
 	}
+	uuid = normalizeUUID(uuid)
 	log := s.log.With("mac", mac.String(), "ip", ip.String(), "uuid", uuid)
 	refuse := func(reason string) {
 		log.Warn("config refused", "reason", reason)
@@ -209,19 +288,9 @@ func (s *Server) handleConfig(w http.ResponseWriter, r *http.Request) {
 		refuse("configs are served over HTTPS only")
 		return
 	}
-	enforced := "none"
-	if sg, ok := s.seen.ipOf(mac); ok {
-		if sg.ip != ip {
-			refuse(fmt.Sprintf("this MAC had %s in DHCP (%s), the request came from %s", sg.ip, sg.how, ip))
-			return
-		}
-		enforced = "ip:" + sg.how
-	} else if s.cfg.RequireDHCP {
-		refuse("this MAC was not seen in DHCP and the server requires it")
-		return
-	}
-	if owner := s.seen.macOf(ip); owner != "" && owner != mac.String() {
-		refuse(fmt.Sprintf("%s belongs to %s in DHCP", ip, owner))
+	enforced, reason := s.admit(ip, mac, uuid)
+	if reason != "" {
+		refuse(reason)
 		return
 	}
 	if s.cfg.MachinesDir == "" {

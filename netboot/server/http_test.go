@@ -29,14 +29,29 @@ import (
 
 // logBuffer collects the server's log for assertions.
 type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+	mu      sync.Mutex
+	b       bytes.Buffer
+	changed chan struct{} // closed by the next Write
 }
 
 func (l *logBuffer) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = nil
+	}
 	return l.b.Write(p)
+}
+
+// next returns a channel closed by the next Write.
+func (l *logBuffer) next() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.changed == nil {
+		l.changed = make(chan struct{})
+	}
+	return l.changed
 }
 
 func (l *logBuffer) String() string {
@@ -117,6 +132,18 @@ func startServer(t *testing.T, mutate func(*Config)) *testEnv {
 		}
 	})
 	return e
+}
+
+// sight records that DHCP saw mac (with option 97 uuid, "" for none) at
+// 127.0.0.1, as a lease would: the loopback tests' stand-in for the DHCP
+// tests' real leases. The address moves to mac from whoever had it.
+func (e *testEnv) sight(t *testing.T, mac, uuid string) {
+	t.Helper()
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.srv.seen.record(hw, netip.MustParseAddr("127.0.0.1"), "lease", uuid)
 }
 
 func write(t *testing.T, path, data string) {
@@ -228,17 +255,26 @@ func TestScriptAndConfigPerMAC(t *testing.T) {
 		t.Errorf("script without mac:\n%s", body)
 	}
 
+	// Each machine is seen in DHCP (at 127.0.0.1) before it asks; uuid is
+	// option 97 as the client sent it.
 	cases := []struct {
-		name, query, want string
+		name, mac, uuid, query, want string
 	}{
-		{"per-MAC file", "mac=52-54-00-00-00-01&platform=pcbios", "# machine 52:54:00:00:00:01 (52-54-00-00-00-01) uuid=\nip: \n"},
-		{"per-UUID file", "mac=52-54-00-00-00-09&uuid=8F6C2A3E-0000-4000-8000-000000000009",
+		{"per-MAC file", "52:54:00:00:00:01", "", "mac=52-54-00-00-00-01&platform=pcbios",
+			"# machine 52:54:00:00:00:01 (52-54-00-00-00-01) uuid=\nip: 127.0.0.1\n"},
+		{"per-UUID file", "52:54:00:00:00:09", "8f6c2a3e-0000-4000-8000-000000000009", "mac=52-54-00-00-00-09&uuid=8F6C2A3E-0000-4000-8000-000000000009",
 			"# by uuid 8f6c2a3e-0000-4000-8000-000000000009 for 52:54:00:00:00:09\n"},
-		{"group by label", "mac=52:54:00:00:00:02", "hostname: cp-2\nrole: control-plane\npool: cp\ngroup: control-plane\n"},
-		{"group by UUID", "mac=52-54-00-00-00-0a&uuid=8f6c2a3e-0000-4000-8000-00000000000a", "uuid group 8f6c2a3e-0000-4000-8000-00000000000a by-uuid\n"},
+		{"group by label", "52:54:00:00:00:02", "", "mac=52:54:00:00:00:02", "hostname: cp-2\nrole: control-plane\npool: cp\ngroup: control-plane\n"},
+		{"group by UUID", "52:54:00:00:00:0a", "8f6c2a3e-0000-4000-8000-00000000000a", "mac=52-54-00-00-00-0a&uuid=8f6c2a3e-0000-4000-8000-00000000000a",
+			"uuid group 8f6c2a3e-0000-4000-8000-00000000000a by-uuid\n"},
+		// PXE ROMs and iPXE send option 97 in EFI GUID order (first three
+		// fields little-endian); iPXE's ${uuid} prints it as SMBIOS does.
+		{"UUID sent in GUID byte order", "52:54:00:00:00:0a", "3e2a6c8f-0000-0040-8000-00000000000a", "mac=52-54-00-00-00-0a&uuid=8f6c2a3e-0000-4000-8000-00000000000a",
+			"uuid group 8f6c2a3e-0000-4000-8000-00000000000a by-uuid\n"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			e.sight(t, c.mac, c.uuid)
 			resp, script := e.get(t, e.base+"/boot.ipxe?"+c.query)
 			if resp.StatusCode != 200 {
 				t.Fatalf("script: %s %s", resp.Status, script)
@@ -264,6 +300,7 @@ func TestScriptAndConfigPerMAC(t *testing.T) {
 	}
 
 	// BIOS scripts let iPXE hand over the initrd; EFI ones name it for the stub.
+	e.sight(t, "52:54:00:00:00:01", "")
 	_, bios := e.get(t, e.base+"/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios")
 	_, efi := e.get(t, e.base+"/boot.ipxe?mac=52-54-00-00-00-01&platform=efi")
 	if strings.Contains(string(bios), "initrd=initramfs.img") || !strings.Contains(string(efi), "initrd=initramfs.img") {
@@ -280,6 +317,7 @@ func TestScriptAndConfigPerMAC(t *testing.T) {
 	}
 
 	// A machine without a config boots without ballast.config=.
+	e.sight(t, "52:54:00:00:00:03", "")
 	_, script := e.get(t, e.base+"/boot.ipxe?mac=52-54-00-00-00-03")
 	if strings.Contains(string(script), "ballast.config") {
 		t.Errorf("worker without a template got a config URL:\n%s", script)
@@ -293,7 +331,7 @@ func TestScriptAndConfigPerMAC(t *testing.T) {
 			t.Errorf("GET %s: %s, want 400", bad, resp.Status)
 		}
 	}
-	if !regexp.MustCompile(`msg="config served" mac=52:54:00:00:00:01 ip=127.0.0.1 .*enforced=none`).MatchString(e.logs.String()) {
+	if !regexp.MustCompile(`msg="config served" mac=52:54:00:00:00:01 ip=127.0.0.1 .*enforced=ip:lease`).MatchString(e.logs.String()) {
 		t.Errorf("config delivery not logged with mac=")
 	}
 }
@@ -317,8 +355,14 @@ func TestConfigRefusedToOtherMachines(t *testing.T) {
 	if resp, _ := e.get(t, e.base+"/config/52-54-00-00-00-02"); resp.StatusCode != 200 {
 		t.Errorf("config from the leased address: %s, want 200", resp.Status)
 	}
-	resp, body = e.get(t, e.base+"/config/52-54-00-00-00-09?uuid=8f6c2a3e-0000-4000-8000-000000000009")
-	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "belongs to 52:54:00:00:00:02") {
+	resp, body = e.get(t, e.base+"/config/52-54-00-00-00-09")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "not seen in DHCP") {
+		t.Errorf("config of an unseen MAC from a leased address: %s %q, want 403", resp.Status, body)
+	}
+	mac9, _ := net.ParseMAC("52:54:00:00:00:09")
+	e.srv.seen.record(mac9, netip.MustParseAddr("192.0.2.59"), "lease", "")
+	resp, body = e.get(t, e.base+"/config/52-54-00-00-00-09")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "had 192.0.2.59 in DHCP") {
 		t.Errorf("another MAC's config from a leased address: %s %q, want 403", resp.Status, body)
 	}
 	// The address moves to mac1: mac2 loses it.
@@ -326,19 +370,197 @@ func TestConfigRefusedToOtherMachines(t *testing.T) {
 	if resp, _ := e.get(t, e.base+"/config/52-54-00-00-00-01"); resp.StatusCode != 200 {
 		t.Errorf("config after the lease moved: %s, want 200", resp.Status)
 	}
-	if resp, _ := e.get(t, e.base+"/config/52-54-00-00-00-02"); resp.StatusCode != http.StatusForbidden {
-		t.Errorf("config of the MAC that lost its address: %s, want 403", resp.Status)
+	if resp, body := e.get(t, e.base+"/config/52-54-00-00-00-02"); resp.StatusCode != http.StatusForbidden ||
+		!strings.Contains(string(body), "no address in DHCP any more") {
+		t.Errorf("config of the MAC that lost its address: %s %q, want 403", resp.Status, body)
 	}
 	if !strings.Contains(e.logs.String(), `msg="config refused" mac=52:54:00:00:00:01`) {
 		t.Error("refusal not logged with mac=")
 	}
 }
 
-func TestConfigRequireDHCP(t *testing.T) {
-	e := startServer(t, func(c *Config) { c.RequireDHCP = true })
+// TestConfigRefusedToUnseenMACs: a MAC the server never saw in DHCP (or
+// every MAC after a restart) gets neither its config nor a script pinning
+// it, unless the operator allows unseen MACs.
+func TestConfigRefusedToUnseenMACs(t *testing.T) {
+	e := startServer(t, nil)
+	for _, u := range []string{"/config/52-54-00-00-00-01", "/boot.ipxe?mac=52-54-00-00-00-01"} {
+		resp, body := e.get(t, e.base+u)
+		if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "52:54:00:00:00:01 was not seen in DHCP") ||
+			!strings.Contains(string(body), "--allow-unseen-macs") {
+			t.Errorf("GET %s for an unseen MAC: %s %q, want 403 saying why and what to do", u, resp.Status, body)
+		}
+	}
+	for _, re := range []string{`level=WARN msg="config refused" mac=52:54:00:00:00:01 ip=127.0.0.1 uuid="" reason="52:54:00:00:00:01 was not seen in DHCP`,
+		`level=WARN msg="boot script refused" mac=52:54:00:00:00:01 ip=127.0.0.1 uuid="" reason="52:54:00:00:00:01 was not seen in DHCP`} {
+		if !regexp.MustCompile(re).MatchString(e.logs.String()) {
+			t.Errorf("log lacks %s", re)
+		}
+	}
+	// Without a machines directory, scripts pin no config and need no sighting.
+	bare := startServer(t, func(c *Config) { c.MachinesDir = "" })
+	if resp, _ := bare.get(t, bare.base+"/boot.ipxe?mac=52-54-00-00-00-01"); resp.StatusCode != 200 {
+		t.Errorf("script without a machines directory: %s, want 200", resp.Status)
+	}
+
+	open := startServer(t, func(c *Config) { c.AllowUnseenMACs = true })
+	if resp, body := open.get(t, open.base+"/config/52-54-00-00-00-01"); resp.StatusCode != 200 {
+		t.Errorf("unseen MAC with AllowUnseenMACs: %s %q, want 200", resp.Status, body)
+	}
+	if !strings.Contains(open.logs.String(), `msg="config served" mac=52:54:00:00:00:01`) || !strings.Contains(open.logs.String(), "enforced=none") {
+		t.Error("config to an unseen MAC not logged with enforced=none")
+	}
+	// Even then a UUID selects nothing for a MAC that did not send it.
+	resp, body := open.get(t, open.base+"/config/52-54-00-00-00-07?uuid=8f6c2a3e-0000-4000-8000-000000000009")
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "uuid 8f6c2a3e-0000-4000-8000-000000000009 cannot be checked") {
+		t.Errorf("UUID for an unseen MAC with AllowUnseenMACs: %s %q, want 403", resp.Status, body)
+	}
+	// An address seen for another MAC is that MAC's.
+	open.sight(t, "52:54:00:00:00:02", "")
+	if resp, body := open.get(t, open.base+"/config/52-54-00-00-00-01"); resp.StatusCode != http.StatusForbidden ||
+		!strings.Contains(string(body), "belongs to 52:54:00:00:00:02") {
+		t.Errorf("unseen MAC from another MAC's address: %s %q, want 403", resp.Status, body)
+	}
+}
+
+// TestConfigUUIDMustBeSeen: a UUID in the URL selects a config only when
+// it is the UUID the MAC sent in DHCP; otherwise a machine could name any
+// other machine's UUID and get its config.
+func TestConfigUUIDMustBeSeen(t *testing.T) {
+	e := startServer(t, nil)
+	victim := "8f6c2a3e-0000-4000-8000-000000000009"  // machines/<uuid>.yaml
+	byGroup := "8f6c2a3e-0000-4000-8000-00000000000a" // the by-uuid group
+	cases := []struct {
+		name, seenUUID, url, reason string
+	}{
+		{"client sent no UUID, asks for another's file", "", "/config/52-54-00-00-00-07?uuid=" + victim, "it sent none"},
+		{"client sent no UUID, asks for a group's", "", "/config/52-54-00-00-00-07?uuid=" + byGroup, "it sent none"},
+		{"client sent its own UUID, asks for another's", "11111111-2222-3333-4444-555555555555", "/config/52-54-00-00-00-07?uuid=" + victim,
+			"not the one 52:54:00:00:00:07 sent in DHCP (11111111-2222-3333-4444-555555555555)"},
+		{"boot script pinning another's config", "11111111-2222-3333-4444-555555555555", "/boot.ipxe?mac=52-54-00-00-00-07&uuid=" + victim,
+			"not the one 52:54:00:00:00:07 sent in DHCP"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e.sight(t, "52:54:00:00:00:07", c.seenUUID)
+			resp, body := e.get(t, e.base+c.url)
+			if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), c.reason) || strings.Contains(string(body), "by uuid") {
+				t.Errorf("GET %s: %s %q, want 403 saying %q", c.url, resp.Status, body, c.reason)
+			}
+		})
+	}
+	// Its own UUID, as sent, selects its config; no UUID selects by MAC.
+	e.sight(t, "52:54:00:00:00:07", byGroup)
+	if resp, body := e.get(t, e.base+"/config/52-54-00-00-00-07?uuid="+byGroup); resp.StatusCode != 200 || !strings.Contains(string(body), "uuid group") {
+		t.Errorf("own UUID: %s %q, want 200 and the by-uuid group", resp.Status, body)
+	}
+	if resp, _ := e.get(t, e.base+"/config/52-54-00-00-00-07"); resp.StatusCode != 404 {
+		t.Errorf("no UUID, no config for the MAC: %s, want 404", resp.Status)
+	}
+	if !strings.Contains(e.logs.String(), `msg="boot script refused" mac=52:54:00:00:00:07`) {
+		t.Error("refused boot script not logged")
+	}
+}
+
+// TestConfigNeighbourMustMatch: the kernel's ARP entry for the request's
+// address must be the MAC asked for: a host that took a lease (or claimed
+// an address) for a forged chaddr is refused. (TestDHCPFull does this with
+// a real neighbour table.)
+func TestConfigNeighbourMustMatch(t *testing.T) {
+	arp := map[netip.Addr]net.HardwareAddr{}
+	var mu sync.Mutex
+	e := startServer(t, func(c *Config) {
+		c.neighbours = func(ip netip.Addr) ([]net.HardwareAddr, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if hw, ok := arp[ip]; ok {
+				return []net.HardwareAddr{hw}, nil
+			}
+			return nil, nil
+		}
+	})
+	e.sight(t, "52:54:00:00:00:01", "")
+	mu.Lock()
+	arp[netip.MustParseAddr("127.0.0.1")], _ = net.ParseMAC("52:54:00:00:00:66")
+	mu.Unlock()
 	resp, body := e.get(t, e.base+"/config/52-54-00-00-00-01")
-	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "not seen in DHCP") {
-		t.Errorf("unseen MAC with RequireDHCP: %s %q, want 403", resp.Status, body)
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "127.0.0.1 is at 52:54:00:00:00:66 in the server's ARP table, not at 52:54:00:00:00:01") {
+		t.Errorf("config to a host whose ARP entry is another MAC: %s %q, want 403", resp.Status, body)
+	}
+	mu.Lock()
+	arp[netip.MustParseAddr("127.0.0.1")], _ = net.ParseMAC("52:54:00:00:00:01")
+	mu.Unlock()
+	if resp, body := e.get(t, e.base+"/config/52-54-00-00-00-01"); resp.StatusCode != 200 {
+		t.Errorf("config with a matching ARP entry: %s %q, want 200", resp.Status, body)
+	}
+	if !strings.Contains(e.logs.String(), "enforced=ip:lease+arp") {
+		t.Error("ARP check not logged")
+	}
+}
+
+// fakeClock is a settable clock for the sightings table.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// TestSightingsExpireAndAreCapped: a sighting vouches for an address for
+// SightingTTL after it was last confirmed, and the table holds at most
+// MaxSightings MACs, forgetting the least recently seen first.
+func TestSightingsExpireAndAreCapped(t *testing.T) {
+	clock := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	e := startServer(t, func(c *Config) { c.now, c.SightingTTL, c.MaxSightings = clock.Now, 10*time.Minute, 3 })
+	url := e.base + "/config/52-54-00-00-00-01"
+	e.sight(t, "52:54:00:00:00:01", "")
+	clock.Advance(10*time.Minute - time.Second)
+	if resp, _ := e.get(t, url); resp.StatusCode != 200 {
+		t.Fatalf("config just before the TTL: %s, want 200", resp.Status)
+	}
+	clock.Advance(time.Second)
+	if resp, body := e.get(t, url); resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "not seen in DHCP by this server in the last 10m0s") {
+		t.Errorf("config after the TTL: %s %q, want 403", resp.Status, body)
+	}
+	if n := e.srv.seen.len(); n != 0 {
+		t.Errorf("%d sightings left after the TTL, want 0", n)
+	}
+	// A renewal confirms the sighting again.
+	e.sight(t, "52:54:00:00:00:01", "")
+	clock.Advance(9 * time.Minute)
+	e.sight(t, "52:54:00:00:00:01", "")
+	clock.Advance(9 * time.Minute)
+	if resp, _ := e.get(t, url); resp.StatusCode != 200 {
+		t.Errorf("config after a renewal: %s, want 200", resp.Status)
+	}
+
+	// Three more MACs: the table holds three, 01 (seen first) goes.
+	for i, mac := range []string{"52:54:00:00:00:11", "52:54:00:00:00:12", "52:54:00:00:00:13"} {
+		hw, _ := net.ParseMAC(mac)
+		clock.Advance(time.Second)
+		e.srv.seen.record(hw, netip.AddrFrom4([4]byte{192, 0, 2, byte(11 + i)}), "lease", "")
+	}
+	if n := e.srv.seen.len(); n != 3 {
+		t.Errorf("%d sightings, want the cap of 3", n)
+	}
+	if resp, body := e.get(t, url); resp.StatusCode != http.StatusForbidden || !strings.Contains(string(body), "not seen in DHCP") {
+		t.Errorf("config of the evicted MAC: %s %q, want 403", resp.Status, body)
+	}
+	if !regexp.MustCompile(`level=WARN msg="dhcp sightings table is full: forgetting the least recently seen MAC.*" max=3 forgotten_mac=52:54:00:00:00:01 forgotten_ip=127.0.0.1`).MatchString(e.logs.String()) {
+		t.Error("eviction not logged")
+	}
+	if e.srv.seen.macOf(netip.MustParseAddr("127.0.0.1")) != "" {
+		t.Error("the evicted MAC still owns its address")
 	}
 }
 
@@ -347,6 +569,7 @@ func TestConfigOverHTTPSOnly(t *testing.T) {
 	certFile, keyFile, pool := selfSigned(t, dir)
 	e := startServer(t, func(c *Config) { c.TLSCert, c.TLSKey = certFile, keyFile })
 	httpsBase := "https://" + e.srv.HTTPSAddr().String()
+	e.sight(t, "52:54:00:00:00:01", "")
 
 	_, script := e.get(t, e.base+"/boot.ipxe?mac=52-54-00-00-00-01")
 	m := configURLRE.FindStringSubmatch(string(script))
@@ -421,6 +644,7 @@ func TestNewRejectsBadConfig(t *testing.T) {
 
 func TestScriptArtifactsURL(t *testing.T) {
 	e := startServer(t, func(c *Config) { c.ArtifactsURL = "https://cdn.example/ballast/cp-1234/" })
+	e.sight(t, "52:54:00:00:00:01", "")
 	_, script := e.get(t, e.base+"/boot.ipxe?mac=52-54-00-00-00-01&platform=efi")
 	if !strings.Contains(string(script), "set base-url https://cdn.example/ballast/cp-1234\n") {
 		t.Errorf("script does not fetch the artifacts from the CDN:\n%s", script)
@@ -437,6 +661,7 @@ func TestScriptWithoutBootIPXE(t *testing.T) {
 	if err := os.Remove(filepath.Join(e.artifacts, "boot.ipxe")); err != nil {
 		t.Fatal(err)
 	}
+	e.sight(t, "52:54:00:00:00:01", "")
 	_, script := e.get(t, e.base+"/boot.ipxe?mac=52-54-00-00-00-01&platform=pcbios")
 	if !strings.Contains(string(script), "initrd ${base-url}/initramfs.img\nboot\n") {
 		t.Errorf("without system.cpio the script must load initramfs.img alone:\n%s", script)

@@ -20,28 +20,43 @@
 //
 // # What config delivery enforces
 //
-// GET /config/MAC[?uuid=UUID] answers only when all of these hold:
-//   - with a TLS certificate configured, the request came over HTTPS;
-//   - if the server saw an IPv4 address for MAC in DHCP (the address it
-//     leased in full mode; in proxy mode the requested-address option or
-//     ciaddr of the client's DHCPREQUEST, or the ciaddr of its proxy request
-//     on port 4011), the request comes from exactly that address;
-//   - the request's address is not one the server saw for another MAC;
-//   - with RequireDHCP, an address for MAC must have been seen at all;
-//     without it, a MAC the server has never seen in DHCP (e.g. a node
-//     booted by another DHCP server) is served, and the log says
-//     enforced=none;
+// GET /config/MAC[?uuid=UUID], and GET /boot.ipxe?mac=MAC[&uuid=UUID] when
+// a machines directory is configured (the script pins the config's URL
+// and sha256), answer only when all of these hold (otherwise 403 with the
+// reason, logged as "config refused" or "boot script refused"):
+//   - with a TLS certificate configured, the config request came over HTTPS;
+//   - the server saw MAC in DHCP within SightingTTL: the address it leased
+//     itself (full mode), or in proxy mode the requested-address option or
+//     ciaddr of the client's DHCPREQUEST to the site's server, or the
+//     ciaddr of its request on port 4011 — recorded only when the Ethernet
+//     frame's source address is MAC (read with a packet socket), so a host
+//     cannot record an address for another machine by writing its MAC
+//     into chaddr. AllowUnseenMACs serves MACs never seen (or whose
+//     sighting expired) without these checks, logged as enforced=none;
+//   - the request comes from exactly that address, and the address is not
+//     one the server saw for another MAC since;
+//   - the kernel's neighbour (ARP) entry of the request's address, if it
+//     has one, is MAC; a client inside the DHCP interface's subnet must
+//     have one (the TCP handshake made it). This stops a host that took a
+//     lease for a forged chaddr from fetching that MAC's config;
+//   - a UUID in the URL is the one MAC sent in DHCP (option 97, in either
+//     byte order): it may select machines/<uuid>.yaml, a machine entry or
+//     a group by UUID only for the machine that sent it. For a MAC not
+//     seen (AllowUnseenMACs), a UUID is refused;
 //   - MAC (or UUID) has a config: machines/<mac>.yaml, machines/<uuid>.yaml
 //     or a matching group in machines/groups.yaml.
 //
-// The UUID in the URL only selects a config; it is not checked against the
-// UUID the client sent in DHCP (option 97), which is logged. Addresses are
-// remembered in memory only: after a restart, nothing is enforced for a MAC
-// until it is seen in DHCP again (use RequireDHCP to refuse instead).
+// Sightings are kept in memory only, at most MaxSightings of them (the
+// least recently seen MAC is forgotten first); after a restart every
+// machine is refused until it is seen in DHCP again.
 //
 // All of this trusts layer 2: a host on the same segment that spoofs both
-// MAC and IP gets that machine's config. Put secrets the node must not
-// leak in its config only when the boot network is trusted.
+// MAC and IP (frames and ARP) gets that machine's config, and one that
+// claims another machine's address in DHCP can make the server refuse that
+// machine until it is seen again. A UUID is what the client claims: key
+// configs by MAC where untrusted hosts share the boot network. Put secrets
+// the node must not leak in its config only when the boot network is
+// trusted.
 package server
 
 import (
@@ -104,10 +119,32 @@ type Config struct {
 	Router               netip.Addr
 	DNS                  []netip.Addr
 
-	// RequireDHCP refuses configs to MACs the server has not seen in DHCP.
-	RequireDHCP bool
+	// AllowUnseenMACs serves configs (and config-pinning boot scripts) to
+	// MACs this server has not seen in DHCP, e.g. nodes booted by another
+	// DHCP server, without any check of who asks. Off by default: unseen
+	// MACs are refused.
+	AllowUnseenMACs bool
+	// SightingTTL is how long a MAC's DHCP sighting vouches for its
+	// address; zero means LeaseTime. MaxSightings caps the table (zero
+	// means DefaultMaxSightings); the least recently seen MAC goes first.
+	SightingTTL  time.Duration
+	MaxSightings int
+
+	// TFTPMaxTransfers caps concurrent TFTP transfers (zero means
+	// DefaultTFTPMaxTransfers), TFTPMaxPerSource those from one IP address
+	// (zero means DefaultTFTPMaxPerSource). Requests beyond them are
+	// dropped without an answer; clients retry.
+	TFTPMaxTransfers int
+	TFTPMaxPerSource int
 
 	Log *slog.Logger // nil means slog.Default()
+
+	// For tests: the clock (nil means time.Now), the neighbour table (nil
+	// means the kernel's), and TFTP's unit of its timeout option (zero
+	// means a second).
+	now        func() time.Time
+	neighbours func(netip.Addr) ([]net.HardwareAddr, error)
+	tftpUnit   time.Duration
 }
 
 // Server is a configured netboot server with its sockets open.
@@ -162,7 +199,32 @@ func New(cfg Config) (*Server, error) {
 	if cfg.LeaseTime == 0 {
 		cfg.LeaseTime = time.Hour
 	}
-	s := &Server{cfg: cfg, log: cfg.Log, seen: newSeen(), hashes: newHashCache(), machines: machines{cfg.MachinesDir}}
+	if cfg.SightingTTL == 0 {
+		cfg.SightingTTL = cfg.LeaseTime
+	}
+	if cfg.MaxSightings == 0 {
+		cfg.MaxSightings = DefaultMaxSightings
+	}
+	if cfg.TFTPMaxTransfers == 0 {
+		cfg.TFTPMaxTransfers = DefaultTFTPMaxTransfers
+	}
+	if cfg.TFTPMaxPerSource == 0 {
+		cfg.TFTPMaxPerSource = DefaultTFTPMaxPerSource
+	}
+	if cfg.SightingTTL < 0 || cfg.MaxSightings < 0 || cfg.TFTPMaxTransfers < 0 || cfg.TFTPMaxPerSource < 0 || cfg.LeaseTime < 0 {
+		return nil, errors.New("lease time, sighting TTL, max sightings and TFTP limits must not be negative")
+	}
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
+	if cfg.neighbours == nil {
+		cfg.neighbours = kernelNeighbours
+	}
+	if cfg.tftpUnit == 0 {
+		cfg.tftpUnit = time.Second
+	}
+	s := &Server{cfg: cfg, log: cfg.Log, seen: newSeen(cfg.now, cfg.SightingTTL, cfg.MaxSightings, cfg.Log),
+		hashes: newHashCache(), machines: machines{cfg.MachinesDir}}
 	if err := s.open(); err != nil {
 		s.close()
 		return nil, err
@@ -193,7 +255,8 @@ func (s *Server) open() error {
 		s.httpsLn = tls.NewListener(ln, tlsConfig)
 	}
 	if cfg.TFTPAddr != "" {
-		if s.tftp, err = newTFTPServer(cfg.TFTPAddr, cfg.IPXEDir, s.log, s.seen); err != nil {
+		if s.tftp, err = newTFTPServer(cfg.TFTPAddr, cfg.IPXEDir, s.log, s.seen, tftpLimits{
+			maxTransfers: cfg.TFTPMaxTransfers, maxPerSource: cfg.TFTPMaxPerSource, unit: cfg.tftpUnit}); err != nil {
 			return err
 		}
 	}
@@ -282,7 +345,9 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("netboot server up", "http", s.httpLn.Addr().String(), "https", addrString(s.HTTPSAddr()),
 		"tftp", addrString(s.TFTPAddr()), "dhcp", string(s.cfg.DHCPMode), "interface", s.cfg.Interface,
-		"artifacts", s.cfg.ArtifactsDir, "machines", s.cfg.MachinesDir)
+		"artifacts", s.cfg.ArtifactsDir, "machines", s.cfg.MachinesDir, "allow_unseen_macs", s.cfg.AllowUnseenMACs,
+		"sighting_ttl", s.cfg.SightingTTL.String(), "max_sightings", s.cfg.MaxSightings,
+		"tftp_max_transfers", s.cfg.TFTPMaxTransfers, "tftp_max_per_source", s.cfg.TFTPMaxPerSource)
 
 	<-ctx.Done()
 	shutdownCtx, done := context.WithTimeout(context.Background(), 5*time.Second)

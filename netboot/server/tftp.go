@@ -3,6 +3,23 @@ package server
 // A read-only TFTP server: RFC 1350 (octet mode), option negotiation (RFC
 // 2347) with blksize (RFC 2348), timeout and tsize (RFC 2349). It serves
 // the iPXE binaries that PXE ROMs chainload; nothing is writable.
+//
+// TFTP answers whoever a request claims to come from, so it is kept from
+// being a reflection amplifier and a way to exhaust the server:
+//   - at most maxTransfers transfers run at once, and maxPerSource from
+//     one IP address; requests beyond them are dropped unanswered (clients
+//     retry; the log says why, at most once a second);
+//   - a timeout option is honoured up to tftpMaxTimeout seconds, larger
+//     ones are left out of the OACK (the default applies);
+//   - before the client has acknowledged anything, little is sent: with
+//     options, the OACK (tens of bytes) at most tftpOACKTries times, and
+//     no DATA until the client ACKs block 0 from the address and port the
+//     request came from; without options, the first DATA block at most
+//     tftpFirstTries times (once, plus one retransmission). That block is
+//     not shortened: RFC 1350 blocks are 512 bytes and a short one ends
+//     the transfer, so a 20-byte RRQ can draw at most 2×516 bytes to an
+//     unverified address. Only after the first ACK are blocks resent the
+//     full tftpRetries times.
 
 import (
 	"bytes"
@@ -40,19 +57,43 @@ const (
 	tftpDefaultBlksize = 512
 	tftpMinBlksize     = 8
 	tftpMaxBlksize     = 65464
-	tftpDefaultTimeout = time.Second
-	// tftpRetries is how often one packet is sent before the transfer is given up.
+	// tftpMaxTimeout is the largest timeout option honoured, in seconds.
+	tftpMaxTimeout = 5
+	// tftpRetries is how often one packet is sent before the transfer is
+	// given up, once the client has acknowledged something.
 	tftpRetries = 6
+	// Before that: how often the OACK, or the first DATA block of a
+	// transfer without options, is sent.
+	tftpOACKTries  = 3
+	tftpFirstTries = 2
+
+	// DefaultTFTPMaxTransfers and DefaultTFTPMaxPerSource are the default
+	// caps on concurrent TFTP transfers, in all and from one IP address.
+	DefaultTFTPMaxTransfers = 64
+	DefaultTFTPMaxPerSource = 4
 )
 
-type tftpServer struct {
-	conn *net.UDPConn
-	root string
-	log  *slog.Logger
-	seen *seen
+type tftpLimits struct {
+	maxTransfers, maxPerSource int
+	unit                       time.Duration // of the timeout option: a second
 }
 
-func newTFTPServer(addr, root string, log *slog.Logger, sn *seen) (*tftpServer, error) {
+type tftpServer struct {
+	conn   *net.UDPConn
+	root   string
+	log    *slog.Logger
+	seen   *seen
+	limits tftpLimits
+
+	mu       sync.Mutex
+	active   int
+	bySource map[netip.Addr]int
+	// Dropped requests are logged at most once per unit.
+	lastDropLog time.Time
+	dropped     int
+}
+
+func newTFTPServer(addr, root string, log *slog.Logger, sn *seen, limits tftpLimits) (*tftpServer, error) {
 	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
 		return nil, fmt.Errorf("tftp root %q is not a directory (%v): install Debian's ipxe package or pass the directory holding undionly.kpxe and ipxe.efi", root, err)
 	}
@@ -64,7 +105,48 @@ func newTFTPServer(addr, root string, log *slog.Logger, sn *seen) (*tftpServer, 
 	if err != nil {
 		return nil, fmt.Errorf("tftp %s: %w", addr, err)
 	}
-	return &tftpServer{conn: conn, root: root, log: log, seen: sn}, nil
+	return &tftpServer{conn: conn, root: root, log: log, seen: sn, limits: limits, bySource: map[netip.Addr]int{}}, nil
+}
+
+// acquire takes a transfer slot for src, or reports why there is none.
+func (t *tftpServer) acquire(src netip.Addr) (string, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.active >= t.limits.maxTransfers:
+		return fmt.Sprintf("%d transfers running, the most allowed (--tftp-max-transfers)", t.active), false
+	case t.bySource[src] >= t.limits.maxPerSource:
+		return fmt.Sprintf("%d transfers running for %s, the most allowed from one address (--tftp-max-per-source)", t.bySource[src], src), false
+	}
+	t.active++
+	t.bySource[src]++
+	return "", true
+}
+
+func (t *tftpServer) release(src netip.Addr) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.active--
+	if t.bySource[src]--; t.bySource[src] <= 0 {
+		delete(t.bySource, src)
+	}
+}
+
+// logDrop logs a dropped request, at most once a second (a flood of
+// requests must not become a flood of log lines).
+func (t *tftpServer) logDrop(peer netip.AddrPort, file, reason string) {
+	t.mu.Lock()
+	now := time.Now()
+	t.dropped++
+	if !t.lastDropLog.IsZero() && now.Sub(t.lastDropLog) < time.Second {
+		t.mu.Unlock()
+		return
+	}
+	n := t.dropped
+	t.lastDropLog, t.dropped = now, 0
+	t.mu.Unlock()
+	t.log.Warn("tftp request dropped", "mac", t.seen.macOf(peer.Addr()), "ip", peer.Addr().String(), "file", file,
+		"reason", reason, "dropped", n)
 }
 
 func (t *tftpServer) close() { t.conn.Close() }
@@ -88,10 +170,18 @@ func (t *tftpServer) serve(ctx context.Context) error {
 			t.log.Debug("tftp: ignoring packet", "peer", peer.String(), "err", err)
 			continue
 		}
+		src := peer.Addr().Unmap()
+		if reason, ok := t.acquire(src); !ok {
+			t.logDrop(peer, req.file, reason)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t.transfer(ctx, peer, req)
+			var once sync.Once
+			release := func() { once.Do(func() { t.release(src) }) }
+			defer release()
+			t.transfer(ctx, peer, req, release)
 		}()
 	}
 }
@@ -146,7 +236,9 @@ func tftpErrorPacket(code uint16, msg string) []byte {
 	return append(append(b, msg...), 0)
 }
 
-func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tftpRequest) {
+// transfer serves one request; it calls release, which frees its slot,
+// before it logs how the transfer ended.
+func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tftpRequest, release func()) {
 	mac := t.seen.macOf(peer.Addr())
 	log := t.log.With("mac", mac, "ip", peer.Addr().String(), "file", req.file)
 	// A new socket is the transfer ID (RFC 1350 §4); connecting it makes the
@@ -160,6 +252,7 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
 	fail := func(code uint16, msg string) {
+		release()
 		log.Warn("tftp refused", "code", code, "reason", msg)
 		conn.Write(tftpErrorPacket(code, msg))
 	}
@@ -189,7 +282,7 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 		return
 	}
 
-	blksize, timeout := tftpDefaultBlksize, tftpDefaultTimeout
+	blksize, timeout := tftpDefaultBlksize, t.limits.unit
 	var oack []byte
 	if v, ok := req.opts["blksize"]; ok {
 		if n, err := strconv.Atoi(v); err == nil && n >= tftpMinBlksize {
@@ -198,9 +291,11 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 		}
 	}
 	if v, ok := req.opts["timeout"]; ok {
-		if n, err := strconv.Atoi(v); err == nil && n >= 1 && n <= 255 {
-			timeout = time.Duration(n) * time.Second
-			oack = appendOpt(oack, "timeout", v)
+		// Larger values are left out of the OACK: the client then uses
+		// the default, as RFC 2349 has it for options a server declines.
+		if n, err := strconv.Atoi(v); err == nil && n >= 1 && n <= tftpMaxTimeout {
+			timeout = time.Duration(n) * t.limits.unit
+			oack = appendOpt(oack, "timeout", strconv.Itoa(n))
 		}
 	}
 	if _, ok := req.opts["tsize"]; ok {
@@ -210,9 +305,10 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 	log.Info("tftp transfer", "size", fi.Size(), "blksize", blksize, "options", len(oack) > 0)
 
 	ackBuf := make([]byte, 516)
-	// send sends pkt and waits for the ACK of block, retransmitting on timeout.
-	send := func(pkt []byte, block uint16) error {
-		for try := 0; try < tftpRetries; try++ {
+	// send sends pkt and waits for the ACK of block, sending it at most
+	// tries times.
+	send := func(pkt []byte, block uint16, tries int) error {
+		for try := 0; try < tries; try++ {
 			if _, err := conn.Write(pkt); err != nil {
 				return err
 			}
@@ -246,12 +342,13 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 				}
 			}
 		}
-		return fmt.Errorf("no ACK for block %d after %d tries", block, tftpRetries)
+		return fmt.Errorf("no ACK for block %d after %d tries", block, tries)
 	}
 
 	if len(oack) > 0 {
 		pkt := append(binary.BigEndian.AppendUint16(nil, tftpOACK), oack...)
-		if err := send(pkt, 0); err != nil {
+		if err := send(pkt, 0, tftpOACKTries); err != nil {
+			release()
 			log.Warn("tftp transfer failed", "stage", "oack", "err", err)
 			return
 		}
@@ -266,7 +363,12 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 			return
 		}
 		binary.BigEndian.PutUint16(pkt[2:], block)
-		if err := send(pkt[:4+n], block); err != nil {
+		tries := tftpRetries
+		if off == 0 && len(oack) == 0 {
+			tries = tftpFirstTries // nothing from the client yet but its request
+		}
+		if err := send(pkt[:4+n], block, tries); err != nil {
+			release()
 			log.Warn("tftp transfer failed", "block", block, "err", err)
 			return
 		}
@@ -275,6 +377,7 @@ func (t *tftpServer) transfer(ctx context.Context, peer netip.AddrPort, req *tft
 			break
 		}
 	}
+	release()
 	log.Info("tftp transfer done", "bytes", off, "ms", time.Since(start).Milliseconds())
 }
 

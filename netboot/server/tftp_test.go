@@ -9,10 +9,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tftpEnv is a loopback server whose TFTP root holds test files.
@@ -202,4 +205,188 @@ func TestTFTP(t *testing.T) {
 	if !strings.Contains(logs.String(), `msg="tftp transfer done" mac="" ip=127.0.0.1 file=ipxe.efi`) {
 		t.Error("transfers not logged")
 	}
+}
+
+// tftpClient is a socket bound to src that sends one request to server.
+func tftpClient(t *testing.T, src string, server *net.UDPAddr, file string, opts ...string) *net.UDPConn {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.ParseIP(src)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	req := appendOpt(binary.BigEndian.AppendUint16(nil, tftpRRQ), file, "octet")
+	for i := 0; i+1 < len(opts); i += 2 {
+		req = appendOpt(req, opts[i], opts[i+1])
+	}
+	if _, err := conn.WriteToUDP(req, server); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
+// queued returns the packets waiting on conn, without waiting for more:
+// on loopback a packet is queued by the time its sender's write returns.
+func queued(t *testing.T, conn *net.UDPConn) (pkts [][]byte, from []*net.UDPAddr) {
+	t.Helper()
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		buf := make([]byte, 70000)
+		var n int
+		var sa unix.Sockaddr
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			n, sa, rerr = unix.Recvfrom(int(fd), buf, unix.MSG_DONTWAIT)
+			return true
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if rerr == unix.EAGAIN {
+			return pkts, from
+		}
+		if rerr != nil {
+			t.Fatal(rerr)
+		}
+		pkts = append(pkts, buf[:n])
+		if in4, ok := sa.(*unix.SockaddrInet4); ok {
+			from = append(from, &net.UDPAddr{IP: net.IP(in4.Addr[:]), Port: in4.Port})
+		}
+	}
+}
+
+// firstReply waits for the server's first answer to conn's request.
+func firstReply(t *testing.T, conn *net.UDPConn) ([]byte, *net.UDPAddr) {
+	t.Helper()
+	conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	buf := make([]byte, 70000)
+	n, from, err := conn.ReadFromUDP(buf)
+	if err != nil {
+		t.Fatalf("no answer from the server: %v", err)
+	}
+	return buf[:n], from
+}
+
+func oackOptions(t *testing.T, p []byte) map[string]string {
+	t.Helper()
+	if len(p) < 2 || binary.BigEndian.Uint16(p) != tftpOACK {
+		t.Fatalf("answer %x, want an OACK", p)
+	}
+	opts := map[string]string{}
+	f := bytes.Split(p[2:], []byte{0})
+	for i := 0; i+1 < len(f); i += 2 {
+		opts[string(f[i])] = string(f[i+1])
+	}
+	return opts
+}
+
+// abort ends a transfer from the client's side with an ERROR packet.
+func abort(conn *net.UDPConn, tid *net.UDPAddr) {
+	conn.WriteToUDP(tftpErrorPacket(tftpErrUndefined, "test done"), tid)
+}
+
+// TestTFTPSendsLittleBeforeTheFirstACK: a request from a spoofed address
+// draws at most two copies of the first block, or three OACKs and no DATA.
+// The server's timeout unit is 20 ms here, so the transfers give up fast.
+func TestTFTPSendsLittleBeforeTheFirstACK(t *testing.T) {
+	root := t.TempDir()
+	e := startServer(t, func(c *Config) { c.TFTPAddr, c.IPXEDir, c.tftpUnit = "127.0.0.1:0", root, 20*time.Millisecond })
+	addr := e.srv.TFTPAddr().(*net.UDPAddr)
+	big := make([]byte, 4096)
+	rand.Read(big)
+	write(t, filepath.Join(root, "plain.bin"), string(big))
+	write(t, filepath.Join(root, "opts.bin"), string(big))
+
+	t.Run("without options: the first block twice at most", func(t *testing.T) {
+		conn := tftpClient(t, "127.0.0.1", addr, "plain.bin")
+		waitLog(t, e.logs, regexp.MustCompile(`msg="tftp transfer failed" mac="" ip=127.0.0.1 file=plain.bin block=1 err="no ACK for block 1 after \d+ tries"`))
+		pkts, _ := queued(t, conn)
+		if len(pkts) != 2 {
+			t.Errorf("%d packets to a client that never ACKed, want 2 (the first block and one retransmission)", len(pkts))
+		}
+		for _, p := range pkts {
+			if binary.BigEndian.Uint16(p) != tftpDATA || binary.BigEndian.Uint16(p[2:]) != 1 || len(p) != 516 {
+				t.Errorf("packet %x..., want DATA block 1", p[:4])
+			}
+		}
+	})
+	t.Run("with options: the OACK three times at most, no DATA", func(t *testing.T) {
+		conn := tftpClient(t, "127.0.0.1", addr, "opts.bin", "blksize", "1468", "tsize", "0")
+		waitLog(t, e.logs, regexp.MustCompile(`msg="tftp transfer failed" mac="" ip=127.0.0.1 file=opts.bin stage=oack err="no ACK for block 0 after \d+ tries"`))
+		pkts, _ := queued(t, conn)
+		if len(pkts) != 3 {
+			t.Errorf("%d packets to a client that never ACKed the OACK, want 3", len(pkts))
+		}
+		for _, p := range pkts {
+			if binary.BigEndian.Uint16(p) != tftpOACK || len(p) > 64 {
+				t.Errorf("packet of %d bytes, opcode %d: want only small OACKs before ACK 0", len(p), binary.BigEndian.Uint16(p))
+			}
+		}
+	})
+}
+
+// TestTFTPTimeoutOptionCapped: a client cannot make the server keep a
+// transfer (and resend to it) for 255 s per packet.
+func TestTFTPTimeoutOptionCapped(t *testing.T) {
+	addr, root, _ := tftpEnv(t)
+	write(t, filepath.Join(root, "ipxe.efi"), "x")
+	for _, c := range []struct{ asked, want string }{{"255", ""}, {"6", ""}, {"5", "5"}, {"1", "1"}} {
+		conn := tftpClient(t, "127.0.0.1", addr, "ipxe.efi", "timeout", c.asked, "tsize", "0")
+		p, tid := firstReply(t, conn)
+		opts := oackOptions(t, p)
+		if opts["timeout"] != c.want || opts["tsize"] != "1" {
+			t.Errorf("timeout %s asked: OACK %v, want timeout %q (tsize 1)", c.asked, opts, c.want)
+		}
+		abort(conn, tid)
+	}
+}
+
+// TestTFTPConcurrencyCapped: transfers beyond the per-source and the
+// global cap are dropped unanswered, and logged; a finished transfer
+// frees its slot. The timeout unit is an hour, so transfers waiting for
+// an ACK hold their slots until the client aborts them.
+func TestTFTPConcurrencyCapped(t *testing.T) {
+	root := t.TempDir()
+	start := func(t *testing.T, max, perSource int) (*testEnv, *net.UDPAddr) {
+		e := startServer(t, func(c *Config) {
+			c.TFTPAddr, c.IPXEDir, c.tftpUnit = "127.0.0.1:0", root, time.Hour
+			c.TFTPMaxTransfers, c.TFTPMaxPerSource = max, perSource
+		})
+		return e, e.srv.TFTPAddr().(*net.UDPAddr)
+	}
+	write(t, filepath.Join(root, "ipxe.efi"), "x")
+	// hold starts a transfer and returns once the server has answered it.
+	hold := func(t *testing.T, src string, addr *net.UDPAddr) (*net.UDPConn, *net.UDPAddr) {
+		conn := tftpClient(t, src, addr, "ipxe.efi", "tsize", "0")
+		p, tid := firstReply(t, conn)
+		oackOptions(t, p)
+		return conn, tid
+	}
+
+	t.Run("per source", func(t *testing.T) {
+		e, addr := start(t, 10, 2)
+		c1, tid1 := hold(t, "127.0.0.1", addr)
+		hold(t, "127.0.0.1", addr)
+		over := tftpClient(t, "127.0.0.1", addr, "ipxe.efi", "tsize", "0")
+		waitLog(t, e.logs, regexp.MustCompile(`level=WARN msg="tftp request dropped" mac="" ip=127.0.0.1 file=ipxe.efi reason="2 transfers running for 127.0.0.1, the most allowed from one address \(--tftp-max-per-source\)" dropped=1`))
+		if pkts, _ := queued(t, over); len(pkts) != 0 {
+			t.Errorf("a request over the per-source cap was answered: %x", pkts[0])
+		}
+		hold(t, "127.0.0.2", addr) // other sources are served
+		abort(c1, tid1)
+		waitLog(t, e.logs, regexp.MustCompile(`msg="tftp transfer failed" .*err="client sent error 0: \\"test done\\""`))
+		hold(t, "127.0.0.1", addr) // the slot is free again
+	})
+	t.Run("overall", func(t *testing.T) {
+		e, addr := start(t, 2, 2)
+		hold(t, "127.0.0.1", addr)
+		hold(t, "127.0.0.2", addr)
+		over := tftpClient(t, "127.0.0.3", addr, "ipxe.efi", "tsize", "0")
+		waitLog(t, e.logs, regexp.MustCompile(`level=WARN msg="tftp request dropped" mac="" ip=127.0.0.3 file=ipxe.efi reason="2 transfers running, the most allowed \(--tftp-max-transfers\)"`))
+		if pkts, _ := queued(t, over); len(pkts) != 0 {
+			t.Errorf("a request over the overall cap was answered: %x", pkts[0])
+		}
+	})
 }

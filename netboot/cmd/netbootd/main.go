@@ -32,14 +32,15 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("netbootd", flag.ContinueOnError)
 	var (
-		cfg       server.Config
-		dhcpMode  = fs.String("dhcp-mode", "off", "proxy (next to the site's DHCP server), full (isolated lab network) or off")
-		rangeFlag = fs.String("range", "", "full mode: addresses to hand out, FIRST-LAST")
-		router    = fs.String("router", "", "full mode: default gateway handed out")
-		dns       = fs.String("dns", "", "full mode: DNS servers handed out, comma-separated")
-		serverIP  = fs.String("server-ip", "", "address put into DHCP answers (default: the interface's first IPv4 address)")
-		leaseTime = fs.Duration("lease-time", time.Hour, "full mode: lease time")
-		logLevel  = fs.String("log-level", "info", "debug, info, warn or error")
+		cfg         server.Config
+		dhcpMode    = fs.String("dhcp-mode", "off", "proxy (next to the site's DHCP server), full (isolated lab network) or off")
+		rangeFlag   = fs.String("range", "", "full mode: addresses to hand out, FIRST-LAST")
+		router      = fs.String("router", "", "full mode: default gateway handed out")
+		dns         = fs.String("dns", "", "full mode: DNS servers handed out, comma-separated")
+		serverIP    = fs.String("server-ip", "", "address put into DHCP answers (default: the interface's first IPv4 address)")
+		leaseTime   = fs.Duration("lease-time", time.Hour, "full mode: lease time")
+		logLevel    = fs.String("log-level", "info", "debug, info, warn or error")
+		requireDHCP = fs.Bool("require-dhcp", false, "deprecated, no effect: configs go only to MACs seen in DHCP unless --allow-unseen-macs")
 	)
 	fs.StringVar(&cfg.ArtifactsDir, "artifacts", "", "imgbuild output directory (vmlinuz, initramfs.img, boot.ipxe, manifest.json)")
 	fs.StringVar(&cfg.ArtifactsURL, "artifacts-url", "", "URL of a static server or CDN holding a copy of --artifacts; boot scripts fetch the kernel and initrds from there")
@@ -51,7 +52,12 @@ func run(args []string) error {
 	fs.StringVar(&cfg.TFTPAddr, "tftp", ":69", "TFTP listen address for the iPXE binaries; empty disables TFTP")
 	fs.StringVar(&cfg.IPXEDir, "ipxe-dir", server.DefaultIPXEDir, "directory with undionly.kpxe and ipxe.efi (Debian package ipxe)")
 	fs.StringVar(&cfg.Interface, "interface", "", "interface DHCP answers on")
-	fs.BoolVar(&cfg.RequireDHCP, "require-dhcp", false, "serve a config only to a MAC whose address was seen in DHCP")
+	fs.BoolVar(&cfg.AllowUnseenMACs, "allow-unseen-macs", false,
+		"serve configs and boot scripts to MACs this server has not seen in DHCP (e.g. booted by another DHCP server), to anyone who asks")
+	fs.DurationVar(&cfg.SightingTTL, "sighting-ttl", 0, "how long a MAC's DHCP sighting vouches for its address (default: --lease-time)")
+	fs.IntVar(&cfg.MaxSightings, "max-sightings", server.DefaultMaxSightings, "most MACs remembered from DHCP; the least recently seen is forgotten first")
+	fs.IntVar(&cfg.TFTPMaxTransfers, "tftp-max-transfers", server.DefaultTFTPMaxTransfers, "most TFTP transfers at once")
+	fs.IntVar(&cfg.TFTPMaxPerSource, "tftp-max-per-source", server.DefaultTFTPMaxPerSource, "most TFTP transfers at once from one IP address")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -64,6 +70,20 @@ func run(args []string) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	cfg.Log = log
+	if *requireDHCP {
+		if cfg.AllowUnseenMACs {
+			return errors.New("--require-dhcp and --allow-unseen-macs contradict each other: drop --require-dhcp (refusing unseen MACs is the default now)")
+		}
+		log.Warn("--require-dhcp is deprecated and has no effect: MACs not seen in DHCP are refused by default (--allow-unseen-macs serves them)")
+	}
+	for name, v := range map[string]int{"--max-sightings": cfg.MaxSightings, "--tftp-max-transfers": cfg.TFTPMaxTransfers, "--tftp-max-per-source": cfg.TFTPMaxPerSource} {
+		if v < 1 {
+			return fmt.Errorf("%s %d: give a positive number", name, v)
+		}
+	}
+	if cfg.SightingTTL < 0 {
+		return fmt.Errorf("--sighting-ttl %s must not be negative", cfg.SightingTTL)
+	}
 	cfg.DHCPMode = server.DHCPMode(*dhcpMode)
 	cfg.LeaseTime = *leaseTime
 	var err error
