@@ -20,6 +20,7 @@ network:
     - name: eth2
     - name: bond0
       type: bond
+      mtu: 9000
       bond: {mode: 802.3ad, lacpRate: fast, members: [eth1, eth2]}
     - name: bond0.100
       type: vlan
@@ -77,7 +78,7 @@ func TestValidationRules(t *testing.T) {
 		{"gateway off-subnet", "via: 10.0.0.254", "via: 10.9.9.1", "network.interfaces[0].routes[1].via",
 			"gateway 10.9.9.1 is not inside any subnet of this interface (10.0.0.0/24): fix the gateway, add the subnet's address, or set onlink: true if the gateway is reachable on the link anyway"},
 		{"gateway off-subnet but onlink", "via: 10.0.0.254, table: 100", "via: 10.9.9.1, onlink: true, table: 100", "", ""},
-		{"ipv6 link-local gateway", "{to: 10.20.0.0/16, via: 10.0.0.254, table: 100}", "{to: \"::/0\", via: \"fe80::1\"}", "", ""},
+		{"ipv6 link-local gateway", "{to: default, via: 10.0.0.1, metric: 100}", "{to: \"::/0\", via: \"fe80::1\"}", "", ""},
 		{"same subnet twice", "[10.0.0.5/24,", "[10.0.0.5/24, 10.0.0.6/24,", "network.interfaces[0].addresses[1]",
 			"10.0.0.6/24 is in the same subnet as 10.0.0.5/24 at network.interfaces[0].addresses[0]: one address per subnet per interface (add a second address as a /32 or /128 if you really need it)"},
 		{"dns loopback", "[10.0.0.53,", "[127.0.0.1,", "network.dns.servers[0]", "127.0.0.1 is loopback: the node runs its own local DNS server there; list the upstream servers"},

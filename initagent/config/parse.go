@@ -20,7 +20,9 @@ type FieldError struct {
 }
 
 func (e *FieldError) Error() string {
-	if e.Line > 0 {
+	// A message that already cites its line ("duplicate key (line 3 and
+	// line 7)") is not followed by the line again.
+	if e.Line > 0 && !strings.Contains(e.Msg, fmt.Sprintf("line %d)", e.Line)) {
 		return fmt.Sprintf("%s: %s (line %d)", e.Path, e.Msg, e.Line)
 	}
 	return fmt.Sprintf("%s: %s", e.Path, e.Msg)
@@ -143,8 +145,13 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *Errors) {
 	if t == anyMapType {
 		if n.Kind != yaml.MappingNode {
 			fail("must be a mapping")
+			return
 		}
-		return // checked by its own parser (Ignition)
+		checkAny(n, path, errs) // its fields are checked by their own parser (Ignition)
+		return
+	}
+	if n.Kind == yaml.MappingNode {
+		duplicateKeys(n, path, errs)
 	}
 	switch t.Kind() {
 	case reflect.Struct:
@@ -183,14 +190,25 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *Errors) {
 			return
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Kind != yaml.ScalarNode {
+				*errs = append(*errs, &FieldError{Path: join(path, k.Value), Line: k.Line,
+					Msg: fmt.Sprintf("the key is %s: write a plain string key", describe(k))})
+				continue
+			}
 			checkNode(n.Content[i+1], t.Elem(), join(path, n.Content[i].Value), errs)
 		}
 	case reflect.String:
 		if n.Kind != yaml.ScalarNode {
 			fail("must be a string, got %s", describe(n))
+			return
+		}
+		var s string
+		if err := n.Decode(&s); err != nil {
+			fail("must be a string, got %s", describe(n))
 		}
 	case reflect.Bool:
-		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" {
+		var b bool
+		if n.Kind != yaml.ScalarNode || n.Tag != "!!bool" || n.Decode(&b) != nil {
 			fail("must be true or false, got %s", describe(n))
 		}
 	case reflect.Int, reflect.Uint32:
@@ -198,21 +216,78 @@ func checkNode(n *yaml.Node, t reflect.Type, path string, errs *Errors) {
 			fail("must be a whole number, got %s", describe(n))
 			return
 		}
-		bits := 64
-		if t.Kind() == reflect.Uint32 {
-			bits = 32
-		}
 		var err error
 		if t.Kind() == reflect.Uint32 {
-			_, err = strconv.ParseUint(n.Value, 0, bits)
+			var u uint32
+			err = n.Decode(&u)
 		} else {
-			_, err = strconv.ParseInt(n.Value, 0, bits)
+			var i int
+			err = n.Decode(&i)
 		}
 		if err != nil {
-			fail("%s is out of range for this field", n.Value)
+			if _, perr := strconv.ParseInt(n.Value, 0, 64); perr != nil && !errors.Is(perr, strconv.ErrRange) {
+				fail("must be a whole number, got %s", describe(n))
+			} else {
+				fail("%s is out of range for this field", n.Value)
+			}
 		}
 	default:
 		fail("BUG: no check for %s", t)
+	}
+}
+
+// duplicateKeys reports a key given twice in one mapping: YAML forbids it,
+// and which value would win is anyone's guess.
+func duplicateKeys(n *yaml.Node, path string, errs *Errors) {
+	first := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k := n.Content[i]
+		if k.Kind != yaml.ScalarNode {
+			continue
+		}
+		if f, dup := first[k.Value]; dup {
+			where := fmt.Sprintf("line %d and line %d", f.Line, k.Line)
+			if f.Line == k.Line {
+				where = fmt.Sprintf("line %d, columns %d and %d", k.Line, f.Column, k.Column)
+			}
+			*errs = append(*errs, &FieldError{Path: join(path, k.Value), Line: k.Line,
+				Msg: fmt.Sprintf("duplicate key (%s): keep one", where)})
+			continue
+		}
+		first[k.Value] = k
+	}
+}
+
+// checkAny checks a subtree decoded into map[string]any (the ignition
+// section) for what would make the decoding itself fail: anchors and
+// aliases, duplicate keys, and scalars whose explicit tag does not fit
+// their value (!!int abc).
+func checkAny(n *yaml.Node, path string, errs *Errors) {
+	p := path
+	if p == "" {
+		p = "(document)"
+	}
+	if n.Kind == yaml.AliasNode || n.Anchor != "" {
+		*errs = append(*errs, &FieldError{Path: p, Line: n.Line, Msg: "YAML anchors and aliases are not supported: write the value out"})
+		return
+	}
+	switch n.Kind {
+	case yaml.MappingNode:
+		duplicateKeys(n, path, errs)
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			checkAny(n.Content[i], join(path, n.Content[i].Value), errs)
+			checkAny(n.Content[i+1], join(path, n.Content[i].Value), errs)
+		}
+	case yaml.SequenceNode:
+		for i, c := range n.Content {
+			checkAny(c, fmt.Sprintf("%s[%d]", path, i), errs)
+		}
+	case yaml.ScalarNode:
+		var v any
+		if err := n.Decode(&v); err != nil {
+			*errs = append(*errs, &FieldError{Path: p, Line: n.Line,
+				Msg: fmt.Sprintf("%s does not fit its tag %s: remove the tag or fix the value", describe(n), n.Tag)})
+		}
 	}
 }
 

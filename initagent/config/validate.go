@@ -52,6 +52,7 @@ func (v *validator) validate() {
 	v.kubelet()
 	v.api()
 	v.clusterCA()
+	v.crossValidate()
 }
 
 // ipv4Compatible reports an IPv4-compatible IPv6 address (::a.b.c.d),
@@ -286,7 +287,9 @@ func (v *validator) kindSection(p string, ifc *Interface, bondOf map[string]stri
 			if m == ifc.Name {
 				v.fail(mp, "a bond cannot be its own member")
 			}
-			if other, dup := bondOf[m]; dup {
+			if other, dup := bondOf[m]; dup && other == ifc.Name {
+				// reported by crossValidate: listed twice
+			} else if dup {
 				v.fail(mp, "%q is already a member of bond %q: an interface can be in one bond only", m, other)
 			} else {
 				bondOf[m] = ifc.Name
@@ -568,9 +571,12 @@ func (v *validator) cluster() {
 				continue
 			}
 			if other, dup := seen[a]; dup && strings.HasPrefix(other, set.name) {
-				v.fail(p, "%s is listed twice (also %s)", a, other)
+				v.fail(p, "%s is listed twice (also %s): remove one", a, other)
+			} else if dup {
+				v.fail(p, "%s is also the API VIP at %s: the API and ingress VIPs are separate virtual routers and need their own addresses; pick another ingress VIP", a, other)
+			} else {
+				seen[a] = p
 			}
-			seen[a] = p
 			if a.IsUnspecified() || a.IsLoopback() || a.IsMulticast() || a.IsLinkLocalUnicast() {
 				v.fail(p, "%s cannot float between nodes: use a unicast address in a node subnet", a)
 				continue
