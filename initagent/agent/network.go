@@ -52,7 +52,7 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		a.txn.Note(rec)
 	}
 	a.sup.Start(ctx, pid1.Daemon{Name: "network", Run: m.Run})
-	def, err := network.DefaultDesired()
+	def, err := m.DefaultDesired()
 	if err != nil {
 		a.Log.Error("default network", "err", err)
 	}
@@ -60,12 +60,14 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 
 	a.txn = &txn.Manager{
 		Store:       a.configStore(),
-		Network:     networkApplier{m},
+		Network:     m,
 		Log:         a.Log.With("part", "txn"),
 		HistoryFile: filepath.Join(a.Root, "var/lib/ballast/txn/history.json"),
 	}
 	// A config in the slots (committed, or interrupted with a try left) wins:
 	// it is what the node was last told through nodectl or a previous boot.
+	// Boot bounds every apply by the transaction deadline and falls back to
+	// the other good slot, then to DHCP on every NIC, so this returns.
 	cfg, err := a.txn.Boot(ctx)
 	switch {
 	case err == nil:
@@ -74,6 +76,11 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 			a.Log.Error("ignition", "err", err)
 		}
 		return m, cfg
+	case errors.Is(err, txn.ErrDefaultNetwork):
+		// The slots keep their configs for the next boot; nodectl apply or
+		// rollback fixes this one. An older config from a source would not do better.
+		a.Log.Error("no config slot applied, running DHCP on every NIC", "err", err)
+		return m, nil
 	case !errors.Is(err, txn.ErrNoConfig):
 		a.Log.Error("config slots unusable", "err", err)
 	}
@@ -144,32 +151,6 @@ func verifyLease(ctx context.Context, l dhcp.Lease) error {
 	return errors.Join(errs...)
 }
 
-// networkApplier lets transactions drive the network manager.
-type networkApplier struct{ m *network.Manager }
-
-func (n networkApplier) Apply(ctx context.Context, cfg *config.MachineConfig, source string) error {
-	var (
-		d   network.Desired
-		err error
-	)
-	if cfg == nil {
-		d, err = network.DefaultDesired()
-	} else {
-		d, err = network.FromConfig(cfg, source)
-	}
-	if err != nil {
-		return err
-	}
-	n.m.SetDesired(d)
-	if err := n.m.WaitSettled(ctx); err != nil {
-		if st := n.m.Status(); st.LastError != "" {
-			return errors.New(st.LastError)
-		}
-		return fmt.Errorf("network did not settle: %w", err)
-	}
-	return nil
-}
-
 // configStore finds the CONFIG-A/CONFIG-B partitions of an installed disk,
 // or keeps the slots in tmpfs on a diskless node.
 func (a *Agent) configStore() slot.Store {
@@ -203,27 +184,21 @@ func mustEval(p string) string {
 	return p
 }
 
-// firstBoot applies the config's Ignition section once per boot of a fresh
-// /var (every boot on a diskless node).
+// firstBoot applies the config's Ignition section: everything on the first
+// boot of STATE, the entries outside /var (the root is rebuilt every boot)
+// on every boot (see ignite.Boot).
 func (a *Agent) firstBoot(ctx context.Context, cfg *config.MachineConfig) error {
 	ign, err := cfg.IgnitionConfig()
 	if err != nil || ign == nil {
 		return err
 	}
-	marker := filepath.Join(a.Root, "var/lib/ballast/ignition.applied")
-	if _, err := os.Stat(marker); err == nil {
-		a.Log.Info("ignition already applied", "marker", marker)
-		return nil
-	}
-	if err := ignite.Apply(ctx, ign, ignite.Options{Root: a.Root}); err != nil {
+	res, err := ignite.Boot(ctx, ign, ignite.Options{Root: a.Root})
+	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
-		return err
-	}
-	a.Log.Info("ignition applied", "files", len(ign.Storage.Files), "directories", len(ign.Storage.Directories),
-		"links", len(ign.Storage.Links), "users", len(ign.Passwd.Users))
-	return os.WriteFile(marker, []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+	a.Log.Info("ignition applied", "mode", res.Mode, "files", res.Files, "directories", res.Directories,
+		"links", res.Links, "users", res.Users)
+	return nil
 }
 
 // waitNetwork waits for the network to settle, bounded by
@@ -240,9 +215,15 @@ func (a *Agent) waitNetwork(ctx context.Context, m *network.Manager, cmdline boo
 	}
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := m.WaitSettled(wctx); err != nil {
-		st := m.Status()
-		return fmt.Errorf("network not settled after %s (last error: %q, leases: %d)", timeout, st.LastError, len(st.Leases))
+	// NICs without carrier are not waited for; they are reported.
+	err := m.WaitSettled(wctx)
+	var se *network.SettleError
+	if errors.As(err, &se) && se.Partial() {
+		log.Warn("network settled partly", "why", err)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("network not settled within %s: %w", timeout, err)
 	}
 	return nil
 }

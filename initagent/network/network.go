@@ -6,6 +6,10 @@
 //	m := &network.Manager{Log: log, Applier: &netconf.Applier{Log: log}}
 //	go m.Run(ctx)
 //	m.SetDesired(network.Desired{Spec: spec, DHCP4: []string{"eth0"}})
+//	err := m.WaitSettled(ctx) // applied, and a lease on every DHCP interface with carrier
+//
+// Manager.Apply (a config, or nil for DHCP on every NIC, then WaitSettled)
+// is what network transactions (initagent/txn) drive.
 package network
 
 import (
@@ -57,6 +61,13 @@ type Manager struct {
 	OnLeaseVerdict func(old, new dhcp.Lease, err error)
 	// OnApplied is called after every apply that changed the kernel; nil: ignored.
 	OnApplied func()
+	// NIC selects the links the default network (DHCPv4 on every NIC)
+	// covers; nil: the physical NICs (links of no kind but loopback).
+	NIC func(netlink.Link) bool
+	// CarrierGrace is how long WaitSettled waits for an interface without
+	// carrier before it stops waiting for its lease; zero: 5s, negative:
+	// not at all.
+	CarrierGrace time.Duration
 
 	mu         sync.Mutex
 	desired    Desired
@@ -121,32 +132,168 @@ func (m *Manager) Status() Status {
 	return s
 }
 
-// WaitSettled returns once the latest desired state has been applied, every
-// DHCPv4 interface has a lease and no interface keeps a lease it should no
-// longer have, or when ctx ends (then with its error).
+// defaultCarrierGrace is how long WaitSettled waits for carrier on an
+// interface it just brought up (autonegotiation takes seconds on physical NICs).
+const defaultCarrierGrace = 5 * time.Second
+
+// SettleError says what kept the desired state from settling. A config that
+// is in place but names DHCP interfaces without carrier settles "partly":
+// the error's Partial is true and nothing waits for those interfaces.
+type SettleError struct {
+	Source    string
+	Failed    string   // the apply's error, when it failed
+	NotYet    bool     // the desired state was not applied yet
+	NoLease   []string // DHCP clients ("eth0/4") whose interface has carrier but no lease
+	NoCarrier []string // DHCP clients not waited for: their interface has no carrier
+	Err       error    // why the wait ended early (ctx)
+}
+
+func (e *SettleError) Error() string {
+	var parts []string
+	if e.Failed != "" {
+		parts = append(parts, "apply failed: "+e.Failed)
+	}
+	if e.NotYet {
+		parts = append(parts, "not applied yet")
+	}
+	if len(e.NoLease) > 0 {
+		parts = append(parts, "no DHCP lease on "+strings.Join(e.NoLease, ", "))
+	}
+	if len(e.NoCarrier) > 0 {
+		parts = append(parts, "no carrier on "+strings.Join(e.NoCarrier, ", ")+" (not waited for)")
+	}
+	msg := strings.Join(parts, "; ")
+	if e.Err != nil {
+		msg = "network did not settle (" + e.Err.Error() + "): " + msg
+	}
+	return msg
+}
+
+func (e *SettleError) Unwrap() error { return e.Err }
+
+// Partial reports that the desired state is in place except for DHCP on
+// interfaces without carrier.
+func (e *SettleError) Partial() bool {
+	return e.Failed == "" && !e.NotYet && len(e.NoLease) == 0 && e.Err == nil
+}
+
+// Apply makes cfg the desired state (nil: DHCP on every NIC) and waits
+// until it settles (see WaitSettled); it lets network transactions
+// (txn.Network) drive the manager. source names cfg in logs and status.
+func (m *Manager) Apply(ctx context.Context, cfg *config.MachineConfig, source string) error {
+	var (
+		d   Desired
+		err error
+	)
+	if cfg == nil {
+		d, err = m.DefaultDesired()
+	} else {
+		d, err = FromConfig(cfg, source)
+	}
+	if err != nil {
+		return err
+	}
+	m.SetDesired(d)
+	return m.WaitSettled(ctx)
+}
+
+// WaitSettled returns nil once the latest desired state has been applied,
+// every DHCP interface with carrier has a lease and no interface keeps a
+// lease it should no longer have. It never waits for an interface without
+// carrier (one that has none after CarrierGrace): when only those lack a
+// lease it returns a *SettleError whose Partial is true. It returns a
+// *SettleError at once when the apply failed, and when ctx ends first
+// (wrapping ctx's error, with what was still missing).
 func (m *Manager) WaitSettled(ctx context.Context) error {
 	m.init()
-	for {
-		m.mu.Lock()
-		want := wantedClients(m.desired)
-		settled := m.appliedGen == m.desiredGen && m.status.LastError == "" && len(m.leases) == len(want)
-		for key := range want {
-			if _, ok := m.leases[key]; !ok {
-				settled = false
+	grace := m.CarrierGrace
+	if grace == 0 {
+		grace = defaultCarrierGrace
+	}
+	graceOver := grace < 0
+	timer := time.NewTimer(max(grace, 0))
+	defer timer.Stop()
+
+	// Carrier changes wake the wait up, as applies and leases do.
+	links := make(chan netlink.LinkUpdate, 16)
+	done := make(chan struct{})
+	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{ErrorCallback: func(error) {}}); err != nil {
+		m.Log.Warn("watching carrier changes", "err", err)
+		links = nil
+	} else {
+		defer func() {
+			close(done)
+			for range links { // the subscription closes it once it sees done
 			}
-		}
-		ch := make(chan struct{})
-		m.waiters = append(m.waiters, ch)
-		m.mu.Unlock()
-		if settled {
+		}()
+	}
+	for {
+		se, wake := m.settleState(graceOver)
+		if se == nil {
 			return nil
+		}
+		if se.Failed != "" || !se.NotYet && len(se.NoLease) == 0 {
+			return se // failed, or only interfaces without carrier lack a lease
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case <-ch:
+			se.Err = ctx.Err()
+			return se
+		case <-wake:
+		case <-links:
+		case <-timer.C:
+			graceOver = true
 		}
 	}
+}
+
+// settleState says what the latest desired state still lacks (nil:
+// nothing) and returns a channel closed at the next apply. Interfaces
+// without carrier count as NoCarrier once graceOver, else as NoLease.
+func (m *Manager) settleState(graceOver bool) (*SettleError, chan struct{}) {
+	m.mu.Lock()
+	want := wantedClients(m.desired)
+	se := &SettleError{Source: m.desired.Source}
+	se.NotYet = m.appliedGen != m.desiredGen
+	if !se.NotYet {
+		se.Failed = m.status.LastError
+	}
+	var missing []string
+	for key := range want {
+		if _, ok := m.leases[key]; !ok {
+			missing = append(missing, key)
+		}
+	}
+	stale := len(m.leases) > len(want)-len(missing)
+	ch := make(chan struct{})
+	m.waiters = append(m.waiters, ch)
+	m.mu.Unlock()
+	slices.Sort(missing)
+	for _, key := range missing {
+		name, _, _ := strings.Cut(key, "/")
+		if graceOver && !hasCarrier(name) {
+			se.NoCarrier = append(se.NoCarrier, key)
+		} else {
+			se.NoLease = append(se.NoLease, key)
+		}
+	}
+	if stale && !se.NotYet {
+		// A lease of a client being stopped is dropped by the next apply.
+		se.NotYet = true
+	}
+	if !se.NotYet && se.Failed == "" && len(se.NoLease) == 0 && len(se.NoCarrier) == 0 {
+		return nil, ch
+	}
+	return se, ch
+}
+
+// hasCarrier reports whether the interface's lower layer is up.
+func hasCarrier(name string) bool {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return false
+	}
+	return l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0
 }
 
 // Run reconciles until ctx ends, starting and stopping DHCP clients as the
@@ -415,7 +562,21 @@ func dnsOf(d Desired, leases map[string]dhcp.Lease) ([]netip.Addr, []string) {
 
 // DefaultDesired is the state of a node without a machine config: every
 // physical NIC up with DHCPv4.
-func DefaultDesired() (Desired, error) {
+func DefaultDesired() (Desired, error) { return defaultDesired(nil) }
+
+// DefaultDesired is DefaultDesired over the NICs m.NIC selects.
+func (m *Manager) DefaultDesired() (Desired, error) { return defaultDesired(m.NIC) }
+
+// PhysicalNIC reports whether l is a physical NIC: a link of no kind (not
+// veth, bond, ...) other than loopback.
+func PhysicalNIC(l netlink.Link) bool {
+	return l.Type() == "device" && l.Attrs().Flags&net.FlagLoopback == 0
+}
+
+func defaultDesired(nic func(netlink.Link) bool) (Desired, error) {
+	if nic == nil {
+		nic = PhysicalNIC
+	}
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return Desired{}, fmt.Errorf("netlink: %w", err)
@@ -427,7 +588,7 @@ func DefaultDesired() (Desired, error) {
 	}
 	d := Desired{Source: "default (DHCPv4 on every NIC)"}
 	for _, l := range links {
-		if l.Type() != "device" || l.Attrs().Flags&net.FlagLoopback != 0 {
+		if !nic(l) {
 			continue
 		}
 		name := l.Attrs().Name

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/txn/slot"
@@ -25,17 +26,27 @@ type pendingTry struct {
 func (m *Manager) awaitConfirmation(rec Record, within time.Duration) {
 	p := &pendingTry{rec: rec}
 	p.timer = time.AfterFunc(within, func() { m.expire(p) })
-	m.pending = p
+	m.setPending(p)
 }
 
-// Pending returns the change waiting for confirmation, if any.
-func (m *Manager) Pending() (Record, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.pending == nil {
-		return Record{}, false
+// setPending replaces the change waiting for confirmation; called with m.mu held.
+func (m *Manager) setPending(p *pendingTry) {
+	m.pending = p
+	if p == nil {
+		m.pendingRec.Store(nil)
+	} else {
+		rec := p.rec
+		m.pendingRec.Store(&rec)
 	}
-	return m.pending.rec, true
+}
+
+// Pending returns the change waiting for confirmation, if any. It does not
+// wait for a transaction in progress (a rollback may take its deadline).
+func (m *Manager) Pending() (Record, bool) {
+	if r := m.pendingRec.Load(); r != nil {
+		return *r, true
+	}
+	return Record{}, false
 }
 
 // Confirm commits the tried change of the given generation (0: whichever
@@ -56,7 +67,7 @@ func (m *Manager) Confirm(generation uint64) (Record, error) {
 		return Record{}, fmt.Errorf("generation %d: confirmation deadline %s has passed, it is being rolled back",
 			p.rec.Generation, p.rec.ConfirmBy.Format(time.RFC3339))
 	}
-	m.pending = nil
+	m.setPending(nil)
 	rec := p.rec
 	if err := slot.Commit(m.Store, rec.Slot); err != nil {
 		m.failAndRollback(context.Background(), &rec, ReasonFailedToConfigure, "commit: "+err.Error())
@@ -68,29 +79,38 @@ func (m *Manager) Confirm(generation uint64) (Record, error) {
 	return rec, nil
 }
 
-// expire rolls back a tried change whose deadline passed.
+// expire rolls back a tried change whose deadline passed. It holds m.mu
+// only as long as the rollback's applies, each bounded by its deadline.
 func (m *Manager) expire(p *pendingTry) {
+	defer m.fault("expired")
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.pending != p {
 		return
 	}
-	m.pending = nil
+	m.setPending(nil)
 	rec := p.rec
 	m.failAndRollback(context.Background(), &rec, ReasonNotConfirmed,
 		fmt.Sprintf("not confirmed by %s", rec.ConfirmBy.Format(time.RFC3339)))
 }
 
-// failAndRollback marks rec's slot failed and restores the committed config;
-// called with m.mu held.
+// failAndRollback marks rec's slot failed and restores the committed config
+// (or the default network), each apply bounded by its deadline; called with
+// m.mu held.
 func (m *Manager) failAndRollback(ctx context.Context, rec *Record, reason, msg string) {
 	rec.State, rec.Reason, rec.Message, rec.Finished = Degraded, reason, msg, time.Now().UTC()
 	if err := slot.Fail(m.Store, rec.Slot, msg); err != nil {
 		m.Log.Error("mark slot failed", "slot", rec.Slot, "err", err)
 	}
-	rec.RolledBackTo = m.rollback(ctx)
+	m.record(*rec)
+	m.fault("rollback")
+	_, to, notes := m.restore(ctx, rec.Slot)
+	rec.RolledBackTo, rec.Finished = to, time.Now().UTC()
+	if len(notes) > 0 {
+		rec.Message += "; " + strings.Join(notes, "; ")
+	}
 	m.Log.Error("network transaction rolled back", "generation", rec.Generation, "reason", reason,
-		"message", msg, "restored", rec.RolledBackTo)
+		"message", rec.Message, "restored", rec.RolledBackTo)
 	m.record(*rec)
 }
 
@@ -101,7 +121,7 @@ func (m *Manager) Rollback(ctx context.Context) (Record, error) {
 	m.defaults()
 	m.mu.Lock()
 	if p := m.pending; p != nil && p.timer.Stop() {
-		m.pending = nil
+		m.setPending(nil)
 		rec := p.rec
 		m.failAndRollback(ctx, &rec, ReasonRolledBack, "rolled back by request before confirmation")
 		m.mu.Unlock()

@@ -53,7 +53,11 @@ func TestTriedChangeConfirmedOrRolledBack(t *testing.T) {
 	if !hasAddr(h, "10.0.0.7/24") {
 		t.Error("tried change not applied")
 	}
-	waitFor(t, func() bool { _, ok := m.Pending(); return !ok })
+	// Pending clears when the rollback starts; the record gets RolledBackTo when it is done.
+	waitFor(t, func() bool { h := m.History(); return h[len(h)-1].RolledBackTo != "" })
+	if _, ok := m.Pending(); ok {
+		t.Error("the change still waits for confirmation after its rollback")
+	}
 	last := m.History()[len(m.History())-1]
 	if last.Generation != rec.Generation || last.Reason != ReasonNotConfirmed || last.RolledBackTo == "" {
 		t.Errorf("after the deadline: %+v", last)

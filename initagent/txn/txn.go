@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -32,11 +33,26 @@ import (
 )
 
 // Network applies a validated config to the host and returns once it is in
-// place (or ctx ends); a nil config means the default network (DHCP on every
-// NIC). The agent's implementation drives network.Manager.
+// place, or with an error when it cannot be or ctx ends first (the
+// transaction bounds ctx by its deadline); a nil config means the default
+// network (DHCP on every NIC). An error that is a Partial whose Partial()
+// is true means the config is in place but part of the host did not come up
+// with it (a NIC without carrier): the transaction goes on and records the
+// message. network.Manager implements it.
 type Network interface {
 	Apply(ctx context.Context, cfg *config.MachineConfig, source string) error
 }
+
+// Partial is an error from Network.Apply that may say the config is in
+// place all the same (see Network).
+type Partial interface {
+	error
+	Partial() bool
+}
+
+// ErrDefaultNetwork means no config slot could be applied at boot: the node
+// runs the default network (DHCP on every NIC) and the record says why.
+var ErrDefaultNetwork = errors.New("no config slot could be applied: running the default network (DHCP on every NIC)")
 
 // ProbeSet derives the probes that judge a config.
 type ProbeSet func(cfg *config.MachineConfig) []probe.Probe
@@ -109,14 +125,18 @@ type Manager struct {
 	// HistoryFile keeps the last HistoryLen records across reboots; empty: memory only.
 	HistoryFile string
 	// Fault, if set, is called at each step of the flow ("slot-written",
-	// "flipped", "applied", "probed"); crash tests kill the process there.
+	// "flipped", "applied", "probed", "before-commit", "rollback" with the
+	// lock held, "expired" once a confirmation deadline's rollback is done
+	// and the lock released); crash tests kill the process there.
 	Fault func(step string)
 
 	mu      sync.Mutex // one transaction at a time
 	pending *pendingTry
-	hmu     sync.Mutex
-	history []Record
-	loaded  bool
+	// pendingRec mirrors pending's record for Pending, which must not wait for m.mu.
+	pendingRec atomic.Pointer[Record]
+	hmu        sync.Mutex
+	history    []Record
+	loaded     bool
 }
 
 func (m *Manager) defaults() {
@@ -146,6 +166,14 @@ var ErrNoConfig = errors.New("no committed or trying config in the config slots"
 // Boot applies the config the slots select: the committed one, or one that
 // was being tried when the node went down and still has a try left (its
 // try is used up first, so a config that crashes the node is tried once).
+//
+// Every apply is bounded by the transaction deadline. A committed config
+// that fails or does not settle in time gives way to the other committed
+// slot, then to the default network (DHCP on every NIC); neither slot is
+// marked failed (the cause may be outside the node, like a switch still
+// booting), and the record says which one applied and why. Boot returns the
+// config that applied, or ErrDefaultNetwork (wrapped, with the reasons)
+// when only the default network did.
 func (m *Manager) Boot(ctx context.Context) (*config.MachineConfig, error) {
 	m.defaults()
 	m.mu.Lock()
@@ -166,25 +194,62 @@ func (m *Manager) Boot(ctx context.Context) (*config.MachineConfig, error) {
 		}
 		rec := Record{Generation: h.Generation, SHA256: h.SHA256, Slot: s.Name, Origin: "boot", Started: time.Now().UTC(), State: Progressing}
 		if s.Selector.Successful {
-			err := m.Network.Apply(ctx, cfg, "config slot "+s.Name)
-			rec.Finished = time.Now().UTC()
-			if err != nil {
-				rec.State, rec.Reason, rec.Message = Degraded, ReasonFailedToConfigure, err.Error()
-			} else {
-				rec.State = Available
-			}
-			m.record(rec)
-			return cfg, err
+			return m.bootCommitted(ctx, cfg, s, rec)
 		}
 		// An interrupted transaction: its try is already used up by slot.Boot.
 		m.Log.Info("resuming interrupted network transaction", "slot", s.Name, "generation", h.Generation)
-		ok, rec := m.tryAndJudge(ctx, cfg, s.Name, rec, nil, 0)
+		ok, rec, restored := m.tryAndJudge(ctx, cfg, s.Name, rec, nil, 0)
 		if ok {
 			return cfg, nil
 		}
-		// Fall through: the next Boot picks the last good slot.
+		if restored == nil {
+			return nil, fmt.Errorf("%w: %s", ErrDefaultNetwork, rec.Message)
+		}
+		return restored, nil
 	}
 	return nil, ErrNoConfig
+}
+
+// bootCommitted applies the committed slot s at boot, falling back to the
+// other committed slot and then to the default network.
+func (m *Manager) bootCommitted(ctx context.Context, cfg *config.MachineConfig, s slot.Slot, rec Record) (*config.MachineConfig, error) {
+	note, err := m.applyWithin(ctx, cfg, "config slot "+s.Name)
+	if err == nil {
+		rec.State, rec.Message, rec.Finished = Available, note, time.Now().UTC()
+		m.record(rec)
+		return cfg, nil
+	}
+	failed := fmt.Sprintf("slot %s generation %d did not apply: %v", s.Name, s.Header.Generation, err)
+	m.Log.Error("committed network config did not apply at boot, falling back", "slot", s.Name, "generation", s.Header.Generation, "err", err)
+	restored, to, notes := m.restore(ctx, s.Name)
+	rec.State, rec.Reason, rec.Finished = Degraded, ReasonFailedToConfigure, time.Now().UTC()
+	rec.Message = strings.Join(append([]string{failed}, notes...), "; ")
+	rec.RolledBackTo = to
+	m.record(rec)
+	if restored == nil {
+		return nil, fmt.Errorf("%w: %s", ErrDefaultNetwork, rec.Message)
+	}
+	return restored, nil
+}
+
+// applyWithin applies cfg (nil: the default network) bounded by its
+// transaction deadline. A partial apply counts as applied; its message is
+// returned as the note.
+func (m *Manager) applyWithin(ctx context.Context, cfg *config.MachineConfig, source string) (note string, err error) {
+	deadline := m.Deadline
+	if cfg != nil {
+		deadline, _ = m.limits(cfg)
+	}
+	actx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	err = m.Network.Apply(actx, cfg, source)
+	if p := Partial(nil); errors.As(err, &p) && p.Partial() {
+		return p.Error(), nil
+	}
+	if err != nil && actx.Err() != nil && !errors.Is(err, actx.Err()) {
+		err = fmt.Errorf("%w (%v)", err, actx.Err())
+	}
+	return "", err
 }
 
 // Apply runs one transaction for a new config document.
@@ -245,7 +310,7 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 		return rec, fmt.Errorf("config slots: %w", err)
 	}
 	m.record(rec)
-	_, rec = m.tryAndJudge(ctx, cfg, name, rec, before, o.ConfirmWithin)
+	_, rec, _ = m.tryAndJudge(ctx, cfg, name, rec, before, o.ConfirmWithin)
 	if rec.State == AwaitingConfirmation {
 		return rec, nil
 	}
@@ -260,12 +325,18 @@ func (m *Manager) Apply(ctx context.Context, data []byte, o Options) (Record, er
 // every probe must pass).
 // With confirmWithin set, a change that passes waits for Confirm instead of
 // being committed.
-func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, name string, rec Record, before []probe.Result, confirmWithin time.Duration) (bool, Record) {
+//
+// It returns whether the change passed, its record and, when it was rolled
+// back, the config restored (nil: the default network).
+func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, name string, rec Record, before []probe.Result, confirmWithin time.Duration) (bool, Record, *config.MachineConfig) {
 	deadline, each := m.limits(cfg)
 	dctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	start := time.Now()
 	err := m.Network.Apply(dctx, cfg, "config slot "+name)
+	if p := Partial(nil); errors.As(err, &p) && p.Partial() {
+		rec.Message, err = p.Error(), nil
+	}
 	m.fault("applied")
 	var regressions []probe.Result
 	if err == nil {
@@ -282,7 +353,7 @@ func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, na
 		m.awaitConfirmation(rec, confirmWithin)
 		m.Log.Info("network change applied, waiting for confirmation", "generation", rec.Generation, "slot", name, "confirmBy", rec.ConfirmBy)
 		m.record(rec)
-		return true, rec
+		return true, rec, cfg
 	}
 	if err == nil && len(regressions) == 0 {
 		m.fault("before-commit")
@@ -292,7 +363,7 @@ func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, na
 			rec.State = Available
 			m.Log.Info("network transaction committed", "generation", rec.Generation, "slot", name, "took", time.Since(start).Round(time.Millisecond))
 			m.record(rec)
-			return true, rec
+			return true, rec, cfg
 		}
 	}
 	rec.State, rec.Reason = Degraded, ReasonFailedToConfigure
@@ -313,33 +384,85 @@ func (m *Manager) tryAndJudge(ctx context.Context, cfg *config.MachineConfig, na
 	if ferr := slot.Fail(m.Store, name, reason); ferr != nil {
 		m.Log.Error("mark slot failed", "slot", name, "err", ferr)
 	}
-	rec.RolledBackTo = m.rollback(ctx)
+	m.fault("rollback")
+	restored, to, notes := m.restore(ctx, name)
+	rec.RolledBackTo = to
+	if len(notes) > 0 {
+		rec.Message += "; " + strings.Join(notes, "; ")
+	}
 	m.Log.Error("network transaction rolled back", "generation", rec.Generation, "reason", rec.Reason,
 		"probe", rec.FailedProbe, "message", rec.Message, "restored", rec.RolledBackTo, "took", time.Since(start).Round(time.Millisecond))
 	m.record(rec)
-	return false, rec
+	return false, rec, restored
 }
 
-// rollback re-applies the committed slot (or, without one, the default
-// network), returning what it restored.
-func (m *Manager) rollback(ctx context.Context) string {
-	s, data, err := slot.Active(m.Store)
-	if err != nil {
-		m.Log.Error("rollback: no good config slot, restoring the default network", "err", err)
-		if err := m.Network.Apply(ctx, nil, "rollback to the default network"); err != nil {
-			m.Log.Error("rollback apply", "err", err)
+// restore brings back a network after a change failed or was abandoned:
+// the committed config slots in boot order except skip, then the default
+// network (DHCP on every NIC), each apply bounded by its transaction
+// deadline. It is not cut short by ctx's cancellation (a caller that went
+// away must not leave a half-rolled-back node), only by the deadlines. It
+// returns the config that applied (nil: the default network), where it came
+// from ("A", "B" or "default") and a note for each step that failed or came
+// up partly.
+func (m *Manager) restore(ctx context.Context, skip string) (*config.MachineConfig, string, []string) {
+	ctx = context.WithoutCancel(ctx)
+	var notes []string
+	for _, s := range m.goodSlots(skip) {
+		_, data, err := m.Store.Read(s.Name)
+		if err != nil {
+			notes = append(notes, fmt.Sprintf("slot %s unreadable: %v", s.Name, err))
+			continue
 		}
-		return "default"
+		cfg, _, err := config.Parse(data)
+		if err != nil {
+			m.Log.Error("restore: slot config invalid", "slot", s.Name, "err", err)
+			notes = append(notes, fmt.Sprintf("slot %s invalid: %s", s.Name, firstLine(err)))
+			continue
+		}
+		note, err := m.applyWithin(ctx, cfg, "rollback to slot "+s.Name)
+		if err == nil {
+			msg := fmt.Sprintf("restored slot %s generation %d", s.Name, s.Header.Generation)
+			if note != "" {
+				msg += ": " + note
+			}
+			return cfg, s.Name, append(notes, msg)
+		}
+		m.Log.Error("restore: committed config did not apply", "slot", s.Name, "generation", s.Header.Generation, "err", err)
+		notes = append(notes, fmt.Sprintf("slot %s generation %d did not apply: %v", s.Name, s.Header.Generation, err))
 	}
-	cfg, _, err := config.Parse(data)
+	m.Log.Error("restoring the default network (DHCP on every NIC)")
+	note, err := m.applyWithin(ctx, nil, "rollback to the default network")
+	switch {
+	case err != nil:
+		// Whatever came up stays; the DHCP clients keep trying.
+		m.Log.Error("default network did not settle, going on with what came up", "err", err)
+		notes = append(notes, "default network (DHCP on every NIC) came up partly: "+err.Error())
+	case note != "":
+		notes = append(notes, "default network (DHCP on every NIC): "+note)
+	default:
+		notes = append(notes, "running the default network (DHCP on every NIC)")
+	}
+	return nil, "default", notes
+}
+
+// goodSlots lists the committed slots other than skip, best first.
+func (m *Manager) goodSlots(skip string) []slot.Slot {
+	slots, err := m.Store.Slots()
 	if err != nil {
-		m.Log.Error("rollback: slot config invalid", "slot", s.Name, "err", err)
-		return ""
+		m.Log.Error("restore: config slots", "err", err)
+		return nil
 	}
-	if err := m.Network.Apply(ctx, cfg, "rollback to slot "+s.Name); err != nil {
-		m.Log.Error("rollback apply", "slot", s.Name, "err", err)
+	var good []slot.Slot
+	for _, s := range slots {
+		if s.Name != skip && s.Selector.Successful && s.Selector.Priority > 0 {
+			good = append(good, s)
+		}
 	}
-	return s.Name
+	if len(good) == 2 && (good[1].Selector.Priority > good[0].Selector.Priority ||
+		good[1].Selector.Priority == good[0].Selector.Priority && good[1].Header.Generation > good[0].Header.Generation) {
+		good[0], good[1] = good[1], good[0]
+	}
+	return good
 }
 
 // baseline keeps the before-results of probes that are still asked for and
