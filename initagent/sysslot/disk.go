@@ -299,3 +299,152 @@ func ext4Size(dev string) (blockSize int64, blocks uint64, err error) {
 	}
 	return blockSize, blocks, nil
 }
+
+// sectorSize is the logical sector size of f: BLKSSZGET for a block
+// device, 512 for an image file.
+func sectorSize(f *os.File) (int64, error) {
+	if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		n, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKSSZGET)
+		if err != nil {
+			return 0, fmt.Errorf("sector size of %s: %w", f.Name(), err)
+		}
+		return int64(n), nil
+	}
+	return 512, nil
+}
+
+// readPrimaryGPT reads and verifies the primary GPT header and its entries.
+func readPrimaryGPT(f *os.File, lss int64) (hdr, entries []byte, err error) {
+	hdr = make([]byte, lss)
+	if _, err := f.ReadAt(hdr, lss); err != nil {
+		return nil, nil, fmt.Errorf("read GPT of %s: %w", f.Name(), err)
+	}
+	if string(hdr[:8]) != "EFI PART" {
+		return nil, nil, fmt.Errorf("%s has no GPT", f.Name())
+	}
+	hs := binary.LittleEndian.Uint32(hdr[12:])
+	if hs < 92 || int64(hs) > lss || gptHeaderCRC(hdr[:hs]) != binary.LittleEndian.Uint32(hdr[hdrCRC:]) {
+		return nil, nil, fmt.Errorf("primary GPT header of %s does not verify", f.Name())
+	}
+	num, esz := binary.LittleEndian.Uint32(hdr[hdrNumEntries:]), binary.LittleEndian.Uint32(hdr[hdrEntrySize:])
+	if esz < 128 || uint64(num)*uint64(esz) > 1<<20 {
+		return nil, nil, fmt.Errorf("GPT of %s: unusable entry array", f.Name())
+	}
+	entries = make([]byte, int(num)*int(esz))
+	if _, err := f.ReadAt(entries, int64(binary.LittleEndian.Uint64(hdr[hdrEntriesLBA:]))*lss); err != nil {
+		return nil, nil, err
+	}
+	if crc32.ChecksumIEEE(entries) != binary.LittleEndian.Uint32(hdr[hdrEntriesCRC:]) {
+		return nil, nil, fmt.Errorf("GPT entries of %s do not verify", f.Name())
+	}
+	return hdr, entries, nil
+}
+
+// extent is a partition's place on its disk, in bytes.
+type extent struct{ off, size int64 }
+
+// gptPartitions maps the GPT partition names of f to their extents.
+func gptPartitions(f *os.File) (map[string]extent, error) {
+	lss, err := sectorSize(f)
+	if err != nil {
+		return nil, err
+	}
+	hdr, entries, err := readPrimaryGPT(f, lss)
+	if err != nil {
+		return nil, err
+	}
+	esz := int(binary.LittleEndian.Uint32(hdr[hdrEntrySize:]))
+	parts := map[string]extent{}
+	for i := 0; i+esz <= len(entries); i += esz {
+		e := entries[i : i+esz]
+		if bytes.Equal(e[:16], make([]byte, 16)) {
+			continue
+		}
+		first, last := int64(binary.LittleEndian.Uint64(e[32:])), int64(binary.LittleEndian.Uint64(e[40:]))
+		parts[entryName(e)] = extent{first * lss, (last - first + 1) * lss}
+	}
+	return parts, nil
+}
+
+// RelabelGPT gives the disk at path and each of its partitions a new
+// random unique GUID (as sgdisk -G does), in both GPT copies with fresh
+// CRCs, the backup first. Images carry GUIDs fixed at build time; an
+// installed disk gets its own, and config slot records are bound to them,
+// so a record an earlier installation left reads as empty.
+func RelabelGPT(path string, rnd io.Reader) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	lss, err := sectorSize(f)
+	if err != nil {
+		return err
+	}
+	hdr, entries, err := readPrimaryGPT(f, lss)
+	if err != nil {
+		return err
+	}
+	newGUID := func(b []byte) error {
+		if _, err := io.ReadFull(rnd, b[:16]); err != nil {
+			return fmt.Errorf("random GUID: %w", err)
+		}
+		b[7] = b[7]&0x0f | 0x40 // version 4 (time_hi is little-endian on disk)
+		b[8] = b[8]&0x3f | 0x80 // RFC 9562 variant
+		return nil
+	}
+	esz := int(binary.LittleEndian.Uint32(hdr[hdrEntrySize:]))
+	for i := 0; i+esz <= len(entries); i += esz {
+		if e := entries[i : i+esz]; !bytes.Equal(e[:16], make([]byte, 16)) {
+			if err := newGUID(e[16:32]); err != nil {
+				return err
+			}
+		}
+	}
+	hs := binary.LittleEndian.Uint32(hdr[12:])
+	primary := bytes.Clone(hdr)
+	if err := newGUID(primary[56:72]); err != nil {
+		return err
+	}
+	binary.LittleEndian.PutUint32(primary[hdrEntriesCRC:], crc32.ChecksumIEEE(entries))
+	setHeaderCRC(primary[:hs])
+
+	alt := binary.LittleEndian.Uint64(hdr[hdrAltLBA:])
+	arraySectors := (uint64(len(entries)) + uint64(lss) - 1) / uint64(lss)
+	backupEntries := alt - arraySectors
+	old := make([]byte, lss)
+	if _, err := f.ReadAt(old, int64(alt)*lss); err == nil && string(old[:8]) == "EFI PART" &&
+		binary.LittleEndian.Uint64(old[hdrMyLBA:]) == alt {
+		backupEntries = binary.LittleEndian.Uint64(old[hdrEntriesLBA:])
+	}
+	if backupEntries <= binary.LittleEndian.Uint64(hdr[hdrLastUsable:]) || backupEntries+arraySectors > alt {
+		return fmt.Errorf("backup GPT of %s at LBA %d overlaps its partitions", path, alt)
+	}
+	backup := bytes.Clone(primary)
+	binary.LittleEndian.PutUint64(backup[hdrMyLBA:], alt)
+	binary.LittleEndian.PutUint64(backup[hdrAltLBA:], 1)
+	binary.LittleEndian.PutUint64(backup[hdrEntriesLBA:], backupEntries)
+	setHeaderCRC(backup[:hs])
+	for _, w := range []struct {
+		b   []byte
+		off int64
+	}{
+		{entries, int64(backupEntries) * lss},
+		{backup, int64(alt) * lss},
+		{nil, 0},
+		{entries, int64(binary.LittleEndian.Uint64(hdr[hdrEntriesLBA:])) * lss},
+		{primary, lss},
+		{nil, 0},
+	} {
+		if w.b == nil {
+			if err := f.Sync(); err != nil {
+				return err
+			}
+			continue
+		}
+		if _, err := f.WriteAt(w.b, w.off); err != nil {
+			return fmt.Errorf("rewrite GPT of %s: %w", path, err)
+		}
+	}
+	return nil
+}

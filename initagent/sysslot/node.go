@@ -15,6 +15,8 @@ const (
 	ESPMount    = "run/ballast/esp"
 	SystemMount = "run/ballast/system"
 	StateMount  = "var"
+	// UpgradeSpool holds an upgrade image while it is checked (on STATE).
+	UpgradeSpool = "var/lib/ballast/upgrade"
 )
 
 // Node is the system-slot view of a booted node.
@@ -44,7 +46,7 @@ func (n Node) Open(running string) (*Manager, *Layout, error) {
 	if err := mountOnce(l.Parts[PartESP], esp, "vfat", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
 		return nil, nil, fmt.Errorf("mount ESP %s: %w (is the vfat module in the recipe?)", l.Parts[PartESP], err)
 	}
-	m := &Manager{Log: n.Log, ESP: esp, Running: running, Systems: map[string]string{
+	m := &Manager{Log: n.Log, ESP: esp, Running: running, Spool: filepath.Join(n.Root, UpgradeSpool), Systems: map[string]string{
 		"a": l.Parts[PartSystemA], "b": l.Parts[PartSystemB],
 	}}
 	return m, l, nil

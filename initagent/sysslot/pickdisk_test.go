@@ -66,7 +66,7 @@ func TestPickDisk(t *testing.T) {
 	fakeDisk(t, root, "sda", 8192, nil, true)
 	fakeDisk(t, root, "sdc", 1024, nil, false)
 	_, err = Installer{Root: root}.PickDisk(need)
-	if err == nil || !strings.Contains(err.Error(), "no empty disk (sda holds partitions; sdc is too small (1024 MiB, need 2048))") {
+	if err == nil || !strings.Contains(err.Error(), "no empty disk (sda holds a partition table (GPT partition table header at byte 512); sdc is too small (1024 MiB, need 2048))") {
 		t.Errorf("no candidate: %v", err)
 	}
 }

@@ -66,6 +66,10 @@ type Manager struct {
 	Systems map[string]string
 	// Running is the slot this boot came from ("a" or "b").
 	Running string
+	// Spool is where Upgrade keeps an image while it checks it, before
+	// anything is written (an unlinked file; it needs room for the whole
+	// image). Empty means os.TempDir().
+	Spool string
 
 	mu sync.Mutex
 }

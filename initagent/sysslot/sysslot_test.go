@@ -66,7 +66,7 @@ func testNode(t *testing.T, running string) *Manager {
 	t.Helper()
 	dir := t.TempDir()
 	esp := filepath.Join(dir, "esp")
-	m := &Manager{ESP: esp, Running: running, Systems: map[string]string{}}
+	m := &Manager{ESP: esp, Running: running, Spool: filepath.Join(dir, "spool"), Systems: map[string]string{}}
 	for _, s := range []string{"a", "b"} {
 		p := filepath.Join(dir, "system-"+s)
 		if err := os.WriteFile(p, make([]byte, 1<<20), 0o600); err != nil {

@@ -69,17 +69,26 @@ func (u *UpgradeInfo) validate() error {
 	return nil
 }
 
-// Upgrade writes the image read from r into the slot that is not running:
-// its entry is removed first (a crash from here on leaves only the running
-// slot bootable), the system image goes to its SYSTEM partition, kernel and
-// initramfs to the ESP, each checked against the manifest, and the whole
-// stream against sum. Only then is the entry written, with DefaultTries and
-// the highest version, so the next boot tries it. It returns the slot name.
+// Upgrade writes the image read from r into the slot that is not running,
+// in two phases. First the whole stream is read into a spool file (an
+// unlinked file in m.Spool) while every file is checked against the
+// manifest and the whole stream against sum: until all of that passed,
+// nothing on the ESP or the inactive SYSTEM partition changes, so a
+// garbage, truncated or mismatching upload leaves the other slot (the
+// rollback target) exactly as it was. Then the other slot's entry is
+// removed (a crash from here on leaves only the running slot bootable),
+// the system image goes to its SYSTEM partition and kernel and initramfs
+// to the ESP, each read back and checked, and only then is the entry
+// written, with DefaultTries and the highest version, so the next boot
+// tries it. It returns the slot name.
 func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	sum = strings.ToLower(sum)
 	if len(sum) != 64 {
+		return "", fmt.Errorf("upgrade: sha256 must be 64 hex digits, got %q", sum)
+	}
+	if _, err := hex.DecodeString(sum); err != nil {
 		return "", fmt.Errorf("upgrade: sha256 must be 64 hex digits, got %q", sum)
 	}
 	target := Other(m.Running)
@@ -94,57 +103,25 @@ func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string,
 		// Overwriting the other slot now would leave nothing known-good to fall back to.
 		return "", fmt.Errorf("upgrade: the running slot %s is still on trial (entry %s): wait until it is marked good", m.Running, e.File)
 	}
-	if err := removeEntries(m.ESP, target); err != nil {
-		return "", fmt.Errorf("upgrade: retire slot %s entry: %w", target, err)
-	}
-	log.Info("system upgrade: writing the inactive slot", "partition", dev)
-
-	whole := sha256.New()
-	src := io.TeeReader(ctxReader{ctx, r}, whole)
-	tr := tar.NewReader(src)
-	info, err := readUpgradeManifest(tr)
+	sp, err := m.spool(ctx, r, sum, dev)
 	if err != nil {
 		return "", err
 	}
-	slotDir := filepath.Join(m.ESP, "ballast", target)
-	if err := os.MkdirAll(slotDir, 0o755); err != nil {
-		return "", fmt.Errorf("upgrade: %w", err)
+	defer sp.f.Close()
+	log.Info("system upgrade: image received and verified; writing the inactive slot", "partition", dev, "sha256", sum)
+
+	// Verified: from here on the inactive slot changes.
+	if err := removeEntries(m.ESP, target); err != nil {
+		return "", fmt.Errorf("upgrade: retire slot %s entry: %w", target, err)
 	}
-	for _, f := range info.Files {
-		hdr, err := tr.Next()
-		if err != nil {
-			return "", fmt.Errorf("upgrade image: reading %s: %w", f.Name, err)
-		}
-		if hdr.Name != f.Name || hdr.Size != f.Size {
-			return "", fmt.Errorf("upgrade image: found %s (%d bytes) where the manifest says %s (%d bytes)", hdr.Name, hdr.Size, f.Name, f.Size)
-		}
-		switch f.Name {
-		case UpgradeSystem:
-			err = writePartition(dev, tr, f)
-		default:
-			err = writeVerified(filepath.Join(slotDir, f.Name+".new"), tr, f)
-		}
-		if err != nil {
-			return "", fmt.Errorf("upgrade: %w", err)
-		}
-		log.Info("system upgrade: written and verified", "file", f.Name, "bytes", f.Size)
-	}
-	// The rest of the stream (tar padding and trailer) counts for the sum.
-	if _, err := io.Copy(io.Discard, src); err != nil {
-		return "", fmt.Errorf("upgrade image: %w", err)
-	}
-	if got := hex.EncodeToString(whole.Sum(nil)); got != sum {
-		return "", fmt.Errorf("upgrade image sha256 is %s, the request said %s: nothing was activated, upload it again", got, sum)
-	}
-	for _, name := range []string{UpgradeKernel, UpgradeInitrd} {
-		if err := os.Rename(filepath.Join(slotDir, name+".new"), filepath.Join(slotDir, name)); err != nil {
-			return "", fmt.Errorf("upgrade: %w", err)
-		}
+	if err := m.writeSlot(sp, target, dev); err != nil {
+		return "", fmt.Errorf("upgrade: %w (slot %s has no boot entry now; the running slot is unchanged)", err, target)
 	}
 	entries, err := ReadEntries(m.ESP)
 	if err != nil {
 		return "", fmt.Errorf("upgrade: %w", err)
 	}
+	info := sp.info
 	title := info.Title
 	if title == "" {
 		title = "ballast " + info.Recipe
@@ -156,6 +133,145 @@ func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string,
 	}
 	log.Info("system upgrade: slot is the default for the next boot, on trial", "entry", e.FileName(), "version", e.Version)
 	return target, nil
+}
+
+// spooled is an upgrade image read whole and verified: its files lie in f
+// (an unlinked file, gone when closed or after a crash) at off.
+type spooled struct {
+	info *UpgradeInfo
+	f    *os.File
+	off  map[string]int64
+}
+
+func (s *spooled) file(f UpgradeFile) io.Reader {
+	return io.NewSectionReader(s.f, s.off[f.Name], f.Size)
+}
+
+// spool reads the upgrade stream into a spool file, checking every file
+// against the manifest and the stream against sum. It writes nothing else.
+func (m *Manager) spool(ctx context.Context, r io.Reader, sum, dev string) (_ *spooled, err error) {
+	whole := sha256.New()
+	src := io.TeeReader(ctxReader{ctx, r}, whole)
+	tr := tar.NewReader(src)
+	info, err := readUpgradeManifest(tr)
+	if err != nil {
+		return nil, err
+	}
+	var need int64
+	for _, f := range info.Files {
+		need += f.Size
+	}
+	sys := info.Files[2]
+	if size, err := partitionSize(dev); err != nil {
+		return nil, fmt.Errorf("upgrade: %w", err)
+	} else if sys.Size > size {
+		return nil, fmt.Errorf("upgrade: %s has %d bytes, larger than the %d-byte partition %s: give the recipe's disk.systemMiB more room", sys.Name, sys.Size, size, dev)
+	}
+	dir := m.Spool
+	if dir == "" {
+		dir = os.TempDir()
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("upgrade: spool directory: %w", err)
+	}
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err == nil {
+		if free := int64(st.Bavail) * int64(st.Bsize); free < need+(1<<20) {
+			return nil, fmt.Errorf("upgrade: %s has %d MiB free, the image needs %d MiB there to be checked before it is written: free space on it (STATE, /var)",
+				dir, free>>20, need>>20+1)
+		}
+	}
+	f, err := os.CreateTemp(dir, ".upgrade-*")
+	if err != nil {
+		return nil, fmt.Errorf("upgrade: spool file: %w", err)
+	}
+	// Unlinked at once: nothing is left behind, whatever happens next.
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("upgrade: spool file: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	sp := &spooled{info: info, f: f, off: map[string]int64{}}
+	var off int64
+	for _, uf := range info.Files {
+		hdr, err := tr.Next()
+		if err != nil {
+			return nil, fmt.Errorf("upgrade image: reading %s: %w (truncated upload? nothing was changed)", uf.Name, err)
+		}
+		if hdr.Name != uf.Name || hdr.Size != uf.Size {
+			return nil, fmt.Errorf("upgrade image: found %s (%d bytes) where the manifest says %s (%d bytes)", hdr.Name, hdr.Size, uf.Name, uf.Size)
+		}
+		h := sha256.New()
+		if _, err := io.CopyN(io.MultiWriter(io.NewOffsetWriter(f, off), h), tr, uf.Size); err != nil {
+			return nil, fmt.Errorf("upgrade image: reading %s: %w (truncated upload? nothing was changed)", uf.Name, err)
+		}
+		if err := checkSum(uf, h); err != nil {
+			return nil, fmt.Errorf("upgrade: %w", err)
+		}
+		sp.off[uf.Name] = off
+		off += uf.Size
+	}
+	// The rest of the stream (tar padding and trailer) counts for the sum.
+	if _, err := io.Copy(io.Discard, src); err != nil {
+		return nil, fmt.Errorf("upgrade image: %w", err)
+	}
+	if got := hex.EncodeToString(whole.Sum(nil)); got != sum {
+		return nil, fmt.Errorf("upgrade image sha256 is %s, the request said %s: nothing was changed, upload it again", got, sum)
+	}
+	return sp, nil
+}
+
+// writeSlot writes a verified image to the slot's partition and ESP
+// directory, reading each back. Kernel and initramfs go to temporary names
+// first and are removed again when anything fails.
+func (m *Manager) writeSlot(sp *spooled, target, dev string) (err error) {
+	slotDir := filepath.Join(m.ESP, "ballast", target)
+	if err := os.MkdirAll(slotDir, 0o755); err != nil {
+		return err
+	}
+	var temps []string
+	defer func() {
+		if err != nil {
+			for _, t := range temps {
+				_ = os.Remove(t)
+			}
+			_ = syncDir(m.ESP)
+		}
+	}()
+	for _, f := range sp.info.Files {
+		switch f.Name {
+		case UpgradeSystem:
+			err = writePartition(dev, sp.file(f), f)
+		default:
+			tmp := filepath.Join(slotDir, f.Name+".new")
+			temps = append(temps, tmp)
+			err = writeVerified(tmp, sp.file(f), f)
+		}
+		if err != nil {
+			return err
+		}
+		m.log().Info("system upgrade: written and verified", "slot", target, "file", f.Name, "bytes", f.Size)
+	}
+	for _, name := range []string{UpgradeKernel, UpgradeInitrd} {
+		if err := os.Rename(filepath.Join(slotDir, name+".new"), filepath.Join(slotDir, name)); err != nil {
+			return err
+		}
+	}
+	return syncDir(m.ESP)
+}
+
+// partitionSize is the size of a block device or image file.
+func partitionSize(dev string) (int64, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return deviceSize(f)
 }
 
 func readUpgradeManifest(tr *tar.Reader) (*UpgradeInfo, error) {

@@ -133,7 +133,7 @@ func (d *Dir) Write(name string, h Header, data []byte) error {
 	if _, err := index(name); err != nil {
 		return err
 	}
-	b, err := encodeSlot(h, data)
+	b, err := encodeSlot(h, Binding{}, data)
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,15 @@ import (
 //	24  32  payload sha256
 //	56  4   CRC-32 (IEEE) of bytes [0, 64+j) with this field zero
 //	60  4   zero
-//	64  j   header JSON: {"generation":…,"sha256":"<hex>","time":"<RFC 3339>"}
+//	64  j   header JSON: {"generation":…,"sha256":"<hex>","time":"<RFC 3339>",
+//	        "disk":"<GUID>","partition":"<GUID>"}
+//
+// "disk" and "partition" (the GPT store writes them; the Dir store leaves
+// them out) bind the record to the disk GUID and the partition's unique GUID
+// it was written for: the GPT store reads a record bound to other GUIDs (a
+// previous installation's, left behind by an image written over it) as an
+// empty slot. Records written before the binding existed carry neither and
+// are read as before; readers that predate it ignore both fields.
 //
 // Result record (Header.Result, kept apart so Commit and Fail change it in
 // place without rewriting the checksummed header; two copies written in turn,
@@ -64,18 +72,33 @@ var (
 
 func resultOffset(i int) int64 { return int64(blockSize * (1 + i)) }
 
+// Binding ties a slot record to the disk it was written for: the GPT disk
+// GUID and the unique GUID of the slot's partition, in the usual text form.
+// The zero Binding binds to nothing (Dir store, records from before).
+type Binding struct {
+	Disk      string `json:"disk,omitempty"`
+	Partition string `json:"partition,omitempty"`
+}
+
+// headerJSON is what the header block's JSON holds.
+type headerJSON struct {
+	Header
+	Binding
+}
+
 // diskHeader is a decoded header block.
 type diskHeader struct {
 	Header
+	bind       Binding
 	payloadLen uint64
 	sum        [sha256.Size]byte
 	crc        uint32 // binds result records to this header
 }
 
-// encodeSlot returns the whole slot image: header block, result record 0
-// holding h.Result, an empty record 1, then data.
-func encodeSlot(h Header, data []byte) ([]byte, error) {
-	hb, crc, err := encodeHeader(h, data)
+// encodeSlot returns the whole slot image: header block (bound to bind),
+// result record 0 holding h.Result, an empty record 1, then data.
+func encodeSlot(h Header, bind Binding, data []byte) ([]byte, error) {
+	hb, crc, err := encodeHeader(h, bind, data)
 	if err != nil {
 		return nil, err
 	}
@@ -86,10 +109,10 @@ func encodeSlot(h Header, data []byte) ([]byte, error) {
 	return b, nil
 }
 
-func encodeHeader(h Header, data []byte) ([]byte, uint32, error) {
+func encodeHeader(h Header, bind Binding, data []byte) ([]byte, uint32, error) {
 	sum := sha256.Sum256(data)
 	h.SHA256 = hex.EncodeToString(sum[:])
-	j, err := json.Marshal(h)
+	j, err := json.Marshal(headerJSON{h, bind})
 	if err != nil {
 		return nil, 0, fmt.Errorf("encode slot header: %w", err)
 	}
@@ -136,9 +159,11 @@ func decodeHeader(b []byte) (diskHeader, error) {
 	if got := crc32.ChecksumIEEE(c); got != want {
 		return d, fmt.Errorf("header CRC %08x, stored %08x: %w", got, want, ErrCorrupt)
 	}
-	if err := json.Unmarshal(b[headerFixed:headerFixed+int(jl)], &d.Header); err != nil {
+	var hj headerJSON
+	if err := json.Unmarshal(b[headerFixed:headerFixed+int(jl)], &hj); err != nil {
 		return d, fmt.Errorf("header JSON: %v: %w", err, ErrCorrupt)
 	}
+	d.Header, d.bind = hj.Header, hj.Binding
 	d.payloadLen = binary.LittleEndian.Uint64(b[16:24])
 	copy(d.sum[:], b[24:56])
 	if d.SHA256 != hex.EncodeToString(d.sum[:]) {

@@ -9,7 +9,7 @@ import (
 func TestFormatRoundTrip(t *testing.T) {
 	h := Header{Generation: 7, Time: time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC), Result: "committed"}
 	data := []byte("apiVersion: ballast/v1\nkind: MachineConfig\n")
-	b, err := encodeSlot(h, data)
+	b, err := encodeSlot(h, Binding{}, data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestAttrBits(t *testing.T) {
 // FuzzDecodeHeader: no header block panics the decoder, and every rejection
 // wraps ErrEmpty or ErrCorrupt.
 func FuzzDecodeHeader(f *testing.F) {
-	b, _, _ := encodeHeader(Header{Generation: 1, Time: time.Unix(0, 0).UTC()}, []byte("x"))
+	b, _, _ := encodeHeader(Header{Generation: 1, Time: time.Unix(0, 0).UTC()}, Binding{}, []byte("x"))
 	f.Add(b)
 	f.Add(make([]byte, blockSize))
 	f.Fuzz(func(t *testing.T, in []byte) {

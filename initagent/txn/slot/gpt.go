@@ -28,6 +28,7 @@ type GPT struct {
 	lss         int
 	diskSectors uint64
 	parts       [2]gptPart // extents of CONFIG-A, CONFIG-B
+	bind        [2]Binding // what records of CONFIG-A, CONFIG-B must be bound to
 }
 
 var _ Store = (*GPT)(nil)
@@ -95,6 +96,7 @@ func (g *GPT) init() error {
 			return fmt.Errorf("config slot disk %s: partition %s has %d bytes, at least %d needed", g.path, PartitionNamePrefix+name, size, minPartition)
 		}
 		g.parts[i] = p
+		g.bind[i] = Binding{Disk: c.diskGUID(), Partition: p.guid}
 	}
 	if t.primary != nil && t.backup != nil && t.primary.altLBA == t.backup.myLBA &&
 		bytes.Equal(t.primary.entries, t.backup.entries) {
@@ -195,14 +197,33 @@ func (g *GPT) readHeader(name string) (diskHeader, error) {
 	if _, err := g.f.ReadAt(b, off); err != nil {
 		return diskHeader{}, fmt.Errorf("read config slot %q header: %w", name, err)
 	}
-	d, err := decodeHeader(b[:blockSize])
+	d, err := g.decodeBound(name, b[:blockSize])
 	if err != nil {
-		return d, fmt.Errorf("config slot %q: %w", name, err)
+		return d, err
 	}
 	if d.payloadLen > uint64(size-PayloadOffset) {
 		return d, fmt.Errorf("config slot %q: payload length %d exceeds the partition's %d: %w", name, d.payloadLen, size-PayloadOffset, ErrCorrupt)
 	}
 	d.Result, _, _ = results([2][]byte{b[resultOffset(0):], b[resultOffset(1):]}, d.crc)
+	return d, nil
+}
+
+// decodeBound decodes a slot's header block and checks its binding: a
+// record written for another disk or partition (an earlier installation
+// that a new image was written over) reads as empty.
+func (g *GPT) decodeBound(name string, b []byte) (diskHeader, error) {
+	d, err := decodeHeader(b)
+	if err != nil {
+		return d, fmt.Errorf("config slot %q: %w", name, err)
+	}
+	i, err := index(name)
+	if err != nil {
+		return d, err
+	}
+	if want := g.bind[i]; d.bind != (Binding{}) && d.bind != want {
+		return diskHeader{}, fmt.Errorf("config slot %q holds generation %d written for disk %s partition %s, this is disk %s partition %s "+
+			"(left by an earlier installation): %w", name, d.Generation, d.bind.Disk, d.bind.Partition, want.Disk, want.Partition, ErrEmpty)
+	}
 	return d, nil
 }
 
@@ -239,7 +260,8 @@ func (g *GPT) Write(name string, h Header, data []byte) error {
 		return fmt.Errorf("config of %d bytes does not fit slot %q: at most %d bytes, make partition %s larger",
 			len(data), name, size-PayloadOffset, PartitionNamePrefix+name)
 	}
-	b, err := encodeSlot(h, data)
+	i, _ := index(name)
+	b, err := encodeSlot(h, g.bind[i], data)
 	if err != nil {
 		return err
 	}
@@ -299,9 +321,9 @@ func (g *GPT) SetResult(name, result string) error {
 	if _, err := g.f.ReadAt(b, off); err != nil {
 		return fmt.Errorf("read config slot %q header: %w", name, err)
 	}
-	d, err := decodeHeader(b[:blockSize])
+	d, err := g.decodeBound(name, b[:blockSize])
 	if err != nil {
-		return fmt.Errorf("config slot %q: %w", name, err)
+		return err
 	}
 	_, next, seq := results([2][]byte{b[resultOffset(0):], b[resultOffset(1):]}, d.crc)
 	if _, err := g.f.WriteAt(encodeResult(seq, d.crc, result), off+resultOffset(next)); err != nil {

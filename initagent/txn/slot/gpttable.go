@@ -24,12 +24,14 @@ const (
 	gptAltLBA     = 32
 	gptFirstUsed  = 40
 	gptLastUsed   = 48
+	gptDiskGUID   = 56
 	gptEntriesLBA = 72
 	gptNumEntries = 80
 	gptEntrySize  = 84
 	gptEntriesCRC = 88
 
 	// Offsets in a partition entry.
+	gptEntryGUID  = 16 // unique partition GUID
 	gptEntryFirst = 32
 	gptEntryLast  = 40
 	gptEntryAttrs = 48
@@ -186,6 +188,16 @@ type gptPart struct {
 	index       int // 0-based entry index
 	first, last uint64
 	attrs       uint64
+	guid        string // unique partition GUID
+}
+
+// diskGUID is the copy's disk GUID in text form.
+func (c *gptCopy) diskGUID() string { return guidString(c.sector[gptDiskGUID : gptDiskGUID+16]) }
+
+// guidString renders a GPT GUID (first three fields little-endian) as text.
+func guidString(b []byte) string {
+	return fmt.Sprintf("%08X-%04X-%04X-%X-%X", binary.LittleEndian.Uint32(b[0:4]),
+		binary.LittleEndian.Uint16(b[4:6]), binary.LittleEndian.Uint16(b[6:8]), b[8:10], b[10:16])
 }
 
 var errNoPartition = errors.New("no partition")
@@ -206,6 +218,7 @@ func (c *gptCopy) find(name string) (gptPart, error) {
 			first: binary.LittleEndian.Uint64(e[gptEntryFirst:]),
 			last:  binary.LittleEndian.Uint64(e[gptEntryLast:]),
 			attrs: binary.LittleEndian.Uint64(e[gptEntryAttrs:]),
+			guid:  guidString(e[gptEntryGUID : gptEntryGUID+16]),
 		})
 	}
 	switch len(found) {
