@@ -141,17 +141,23 @@ func family(a netip.Addr) string {
 
 func ifPath(i int) string { return fmt.Sprintf("network.interfaces[%d]", i) }
 
+// masterMembers returns a bond's or bridge's members and the field that
+// lists them ("bond" or "bridge"); field is empty for other interfaces.
+func masterMembers(ifc *Interface) (members []string, field string) {
+	switch {
+	case ifc.Type == TypeBond && ifc.Bond != nil:
+		return ifc.Bond.Members, "bond"
+	case ifc.Type == TypeBridge && ifc.Bridge != nil:
+		return ifc.Bridge.Members, "bridge"
+	}
+	return nil, ""
+}
+
 func (x *cross) collect() {
 	for i := range x.ifs {
 		ifc := &x.ifs[i]
-		var members []string
-		var field string
-		switch {
-		case ifc.Type == TypeBond && ifc.Bond != nil:
-			members, field = ifc.Bond.Members, "bond"
-		case ifc.Type == TypeBridge && ifc.Bridge != nil:
-			members, field = ifc.Bridge.Members, "bridge"
-		default:
+		members, field := masterMembers(ifc)
+		if field == "" {
 			continue
 		}
 		for j, m := range members {
@@ -283,14 +289,8 @@ func (x *cross) dynamic(v4 bool) bool {
 func (x *cross) members() {
 	for i := range x.ifs {
 		ifc := &x.ifs[i]
-		var members []string
-		var field string
-		switch {
-		case ifc.Type == TypeBond && ifc.Bond != nil:
-			members, field = ifc.Bond.Members, "bond"
-		case ifc.Type == TypeBridge && ifc.Bridge != nil:
-			members, field = ifc.Bridge.Members, "bridge"
-		default:
+		members, field := masterMembers(ifc)
+		if field == "" {
 			continue
 		}
 		for j, m := range members {
