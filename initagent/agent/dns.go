@@ -40,16 +40,77 @@ type resolver struct {
 	a    *Agent
 
 	mu       sync.Mutex
+	addrsMu  sync.Mutex // orders refreshNodeAddrs's read and set
 	server   *dns.Server
 	upstream []netip.Addr
 	search   []string
 }
 
+// update is called after every network apply (network.Manager.OnDNS),
+// including those a DHCP lease change causes: the upstreams and the node's
+// own addresses may have changed.
 func (r *resolver) update(servers []netip.Addr, search []string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.upstream, r.search = servers, search
 	r.apply()
+	if r.server != nil {
+		r.refreshNodeAddrs(r.server)
+	}
+}
+
+// refreshNodeAddrs tells the server the node's current addresses: queries
+// from them may recurse and are not rate limited, as loopback's.
+func (r *resolver) refreshNodeAddrs(srv *dns.Server) {
+	r.addrsMu.Lock()
+	defer r.addrsMu.Unlock()
+	addrs, err := dns.HostAddrs()
+	if err != nil {
+		r.a.Log.Error("dns: node addresses", "err", err)
+		return
+	}
+	srv.SetNodeAddrs(addrs)
+}
+
+// watchAddrs refreshes the node's addresses in the server whenever the
+// kernel adds or removes one, including those no network apply makes (SLAAC,
+// VIPs, CNI bridges); update refreshes them after every apply as well.
+func (r *resolver) watchAddrs(ctx context.Context, srv *dns.Server) {
+	ch := make(chan netlink.AddrUpdate, 64)
+	done := make(chan struct{})
+	err := netlink.AddrSubscribeWithOptions(ch, done, netlink.AddrSubscribeOptions{
+		ErrorCallback: func(err error) { r.a.Log.Debug("dns: address updates", "err", err) }})
+	if err != nil {
+		r.a.Log.Error("dns: cannot watch node addresses; refreshed after network applies only", "err", err)
+		return
+	}
+	defer func() {
+		close(done)
+		go func() {
+			for range ch { // until the subscription's reader has gone
+			}
+		}()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case _, ok := <-ch:
+			if !ok {
+				r.a.Log.Error("dns: node address updates ended; refreshed after network applies only")
+				return
+			}
+			// One refresh for a burst of changes.
+			for more := true; more; {
+				select {
+				case _, more = <-ch:
+				default:
+					more = false
+				}
+			}
+			r.refreshNodeAddrs(srv)
+		}
+	}
 }
 
 func (r *resolver) apply() {
@@ -104,9 +165,6 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 		allowed = append(allowed, netip.PrefixFrom(podDNS.Addr(), 32))
 		allowed = append(allowed, prefixes(cfg.Cluster.PodCIDRs, defaultPodCIDR)...)
 		allowed = append(allowed, prefixes(cfg.Cluster.ServiceCIDRs, defaultServiceCIDR)...)
-		for _, a := range nodeAddrs {
-			allowed = append(allowed, netip.PrefixFrom(a, a.BitLen()))
-		}
 		search := cfg.Network.DNS.Search
 		if content, err := dns.PodResolvConf(podDNS.Addr(), search); err != nil {
 			r.a.Log.Error("pod resolv.conf", "err", err)
@@ -116,12 +174,24 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 			}
 		}
 	}
-	srv, err := dns.New(dns.Config{Listen: listen, AllowedNets: allowed, Records: rec, Log: r.a.Log.With("part", "dns")})
+	// The node's own addresses are never rate limited and may recurse;
+	// update and watchAddrs keep them current.
+	own, err := dns.HostAddrs()
+	if err != nil {
+		r.a.Log.Error("dns: node addresses", "err", err)
+	}
+	own = append(own, nodeAddrs...)
+	srv, err := dns.New(dns.Config{Listen: listen, AllowedNets: allowed, NodeAddrs: own, Records: rec, Log: r.a.Log.With("part", "dns")})
 	if err != nil {
 		r.a.Log.Error("local dns", "err", err)
 		return
 	}
-	r.a.sup.Start(ctx, pid1.Daemon{Name: "dns", Run: srv.Run})
+	r.a.sup.Start(ctx, pid1.Daemon{Name: "dns", Run: func(ctx context.Context) error {
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go r.watchAddrs(wctx, srv)
+		return srv.Run(ctx)
+	}})
 	r.mu.Lock()
 	r.server = srv
 	r.apply()

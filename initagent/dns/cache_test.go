@@ -1,15 +1,33 @@
 package dns
 
 import (
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-type fakeClock struct{ t time.Time }
+// fakeClock is a clock that moves only when told; safe for concurrent use,
+// so a running server's cache and rate limiter can use it (Config.now).
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
 
-func (c *fakeClock) now() time.Time { return c.t }
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Unix(1e9, 0)} }
+
+func (c *fakeClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
 
 func msgFor(t *testing.T, qname string, qtype uint16, rcode int, answer, ns []string) *dns.Msg {
 	r := new(dns.Msg)
@@ -45,7 +63,7 @@ func TestTTLOf(t *testing.T) {
 }
 
 func TestCacheAgeStaleEvict(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	clk := newFakeClock()
 	c := newCache(2, clk.now)
 	r := new(dns.Msg)
 	r.SetQuestion("A.test.", dns.TypeA)
@@ -53,12 +71,12 @@ func TestCacheAgeStaleEvict(t *testing.T) {
 	k := keyOf(r)
 	c.set(k, msgFor(t, "a.test.", dns.TypeA, 0, []string{"a.test. 10 IN A 192.0.2.1"}, nil))
 
-	clk.t = clk.t.Add(4 * time.Second)
+	clk.add(4 * time.Second)
 	m := c.get(k, r, false)
 	if m == nil || m.Answer[0].Header().Ttl != 6 || m.Question[0].Name != "A.test." || m.Id != r.Id {
 		t.Fatalf("get after 4s = %v, want TTL 6 with the client's question and id", m)
 	}
-	clk.t = clk.t.Add(7 * time.Second)
+	clk.add(7 * time.Second)
 	if m := c.get(k, r, false); m != nil {
 		t.Fatalf("get after expiry = %v, want nil", m)
 	}
@@ -69,7 +87,7 @@ func TestCacheAgeStaleEvict(t *testing.T) {
 	if o := m.IsEdns0(); o == nil || len(o.Option) != 1 || o.Option[0].(*dns.EDNS0_EDE).InfoCode != dns.ExtendedErrorCodeStaleAnswer {
 		t.Errorf("stale answer lacks EDE Stale Answer: %v", m.IsEdns0())
 	}
-	clk.t = clk.t.Add(maxStale + time.Second)
+	clk.add(maxStale + time.Second)
 	if m := c.get(k, r, true); m != nil {
 		t.Errorf("stale get after maxStale = %v, want nil", m)
 	}
@@ -85,7 +103,7 @@ func TestCacheAgeStaleEvict(t *testing.T) {
 }
 
 func TestLimiter(t *testing.T) {
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
+	clk := newFakeClock()
 	l := newLimiter(10, 5, clk.now)
 	a := netipAddr("192.0.2.1")
 	n := 0
@@ -100,7 +118,7 @@ func TestLimiter(t *testing.T) {
 	if !l.allow(netipAddr("192.0.2.2")) {
 		t.Error("another client is limited too, want a bucket per client")
 	}
-	clk.t = clk.t.Add(300 * time.Millisecond)
+	clk.add(300 * time.Millisecond)
 	n = 0
 	for range 20 {
 		if l.allow(a) {
@@ -110,7 +128,7 @@ func TestLimiter(t *testing.T) {
 	if n != 3 {
 		t.Errorf("allowed %d after 300ms at 10 qps, want 3", n)
 	}
-	clk.t = clk.t.Add(time.Minute)
+	clk.add(time.Minute)
 	l.gc()
 	if len(l.buckets) != 0 {
 		t.Errorf("%d buckets after gc, want 0", len(l.buckets))

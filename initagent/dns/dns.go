@@ -13,11 +13,13 @@
 //		Listen:  []string{"127.0.0.53:53", "169.254.20.10:53"},
 //		Records: dns.Records{Cluster: "prod", Domain: "example.com", APIVIPs: vips},
 //		Upstreams: upstreams,
-//		AllowedNets: nodeAndPodNets,
+//		AllowedNets: podAndServiceNets,
+//		NodeAddrs: addrs, // e.g. from HostAddrs
 //	})
 //	if err != nil { ... }
 //	go srv.Run(ctx)
 //	srv.SetUpstreams(fromDHCP) // no restart, no cache flush
+//	srv.SetNodeAddrs(newAddrs) // when the node's addresses change
 package dns
 
 import (
@@ -28,6 +30,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -51,12 +54,19 @@ type Config struct {
 	// AllowedNets are the clients allowed to resolve non-local names
 	// (forwarding and cache). Others only get the cluster's own names and
 	// REFUSED for the rest, so the node is never an open resolver.
-	// Default: loopback only (127.0.0.0/8, ::1/128).
+	// Default: loopback only (127.0.0.0/8, ::1/128). The NodeAddrs are
+	// allowed too.
 	AllowedNets []netip.Prefix
+	// NodeAddrs are the node's own addresses. The node itself (these,
+	// loopback and the listen addresses) may recurse and is never rate
+	// limited: only pods and other clients are. Keep them current with
+	// SetNodeAddrs.
+	NodeAddrs []netip.Addr
 	// MaxCacheEntries bounds the cache. Default: 10000. Negative disables
 	// the cache (and serve-stale).
 	MaxCacheEntries int
-	// RateLimit limits queries per client address.
+	// RateLimit limits queries per client address, except the node's own
+	// (loopback, NodeAddrs, the listen addresses).
 	// Default: 1000 qps with a burst of 2000.
 	RateLimit RateLimit
 	// UpstreamTimeout is the time one upstream gets to answer one query.
@@ -67,6 +77,10 @@ type Config struct {
 	HealthInterval time.Duration
 	// Log receives the server's logs. Default: discard.
 	Log *slog.Logger
+
+	// now is the clock of the cache (TTLs, serve-stale) and the rate
+	// limiter; tests set it. Default: time.Now.
+	now func() time.Time
 }
 
 // RateLimit is a per-client token bucket.
@@ -95,6 +109,9 @@ type Server struct {
 	// so they are atomic pointers rather than behind a lock.
 	rec     atomic.Pointer[recordSet]
 	allowed atomic.Pointer[[]netip.Prefix]
+	// own holds the node's addresses (NodeAddrs and the listen
+	// addresses), never rate limited and allowed to recurse.
+	own atomic.Pointer[map[netip.Addr]struct{}]
 
 	cache   *cache
 	fwd     *forwarder
@@ -163,6 +180,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
+	if cfg.now == nil {
+		cfg.now = time.Now
+	}
 	rs, err := buildRecords(cfg.Records)
 	if err != nil {
 		return nil, err
@@ -174,12 +194,13 @@ func New(cfg Config) (*Server, error) {
 	s.rec.Store(rs)
 	allowed := normPrefixes(cfg.AllowedNets)
 	s.allowed.Store(&allowed)
+	s.setOwn(cfg.NodeAddrs)
 	s.fwd = newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.Log)
 	if cfg.MaxCacheEntries > 0 {
-		s.cache = newCache(cfg.MaxCacheEntries, time.Now)
+		s.cache = newCache(cfg.MaxCacheEntries, cfg.now)
 	}
 	if cfg.RateLimit.QPS > 0 {
-		s.limiter = newLimiter(cfg.RateLimit.QPS, cfg.RateLimit.Burst, time.Now)
+		s.limiter = newLimiter(cfg.RateLimit.QPS, cfg.RateLimit.Burst, cfg.now)
 	}
 	plugins := []Plugin{
 		func(next Handler) Handler { return &rateLimitHandler{s: s, next: next} },
@@ -248,9 +269,91 @@ func (s *Server) SetAllowedNets(ps []netip.Prefix) {
 	s.allowed.Store(&n)
 }
 
+// SetNodeAddrs replaces the node's own addresses (Config.NodeAddrs), e.g.
+// when DHCP or an applied config changed them: queries from them are never
+// rate limited and may recurse. It reports whether the set changed.
+func (s *Server) SetNodeAddrs(addrs []netip.Addr) bool {
+	old := *s.own.Load()
+	s.setOwn(addrs)
+	now := *s.own.Load()
+	// Logged as a difference: a node may hold many addresses (kube-proxy's
+	// IPVS mode puts every service address on kube-ipvs0).
+	var added, removed []netip.Addr
+	for a := range now {
+		if _, ok := old[a]; !ok {
+			added = append(added, a)
+		}
+	}
+	for a := range old {
+		if _, ok := now[a]; !ok {
+			removed = append(removed, a)
+		}
+	}
+	if len(added) == 0 && len(removed) == 0 {
+		return false
+	}
+	slices.SortFunc(added, netip.Addr.Compare)
+	slices.SortFunc(removed, netip.Addr.Compare)
+	s.log.Info("dns: node addresses changed", "added", added, "removed", removed, "count", len(now))
+	return true
+}
+
+func (s *Server) setOwn(addrs []netip.Addr) {
+	own := make(map[netip.Addr]struct{}, len(addrs)+len(s.cfg.Listen))
+	for _, a := range addrs {
+		if a.IsValid() && !a.IsUnspecified() {
+			own[a.Unmap().WithZone("")] = struct{}{}
+		}
+	}
+	for _, l := range s.cfg.Listen {
+		if a := netip.MustParseAddrPort(l).Addr().Unmap().WithZone(""); !a.IsUnspecified() {
+			own[a] = struct{}{}
+		}
+	}
+	s.own.Store(&own)
+}
+
+// HostAddrs returns every address on this host's (network namespace's)
+// interfaces, IPv4-mapped ones as IPv4, without zones: the node's own
+// addresses for Config.NodeAddrs and SetNodeAddrs.
+func HostAddrs() ([]netip.Addr, error) {
+	ifas, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("dns: node addresses: %w", err)
+	}
+	out := make([]netip.Addr, 0, len(ifas))
+	for _, ifa := range ifas {
+		if n, ok := ifa.(*net.IPNet); ok {
+			if a, ok := netip.AddrFromSlice(n.IP); ok {
+				out = append(out, a.Unmap())
+			}
+		}
+	}
+	return out, nil
+}
+
 func (s *Server) records() *recordSet { return s.rec.Load() }
 
+// node reports whether a is the node itself: loopback or one of its own
+// addresses. a is unmapped and has no zone (clientAddr, the UDP reader).
+func (s *Server) node(a netip.Addr) bool {
+	if a.IsLoopback() {
+		return true
+	}
+	_, ok := (*s.own.Load())[a]
+	return ok
+}
+
+// limited reports whether a query from a is over its client's rate; the
+// node itself is never limited.
+func (s *Server) limited(a netip.Addr) bool {
+	return s.limiter != nil && !s.node(a) && !s.limiter.allow(a)
+}
+
 func (s *Server) allowedClient(a netip.Addr) bool {
+	if _, ok := (*s.own.Load())[a]; ok {
+		return true
+	}
 	for _, p := range *s.allowed.Load() {
 		if p.Contains(a) {
 			return true

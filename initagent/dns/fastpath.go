@@ -235,7 +235,7 @@ func (s *Server) fastUDP(b []byte, client netip.Addr, fb *fastBuf) ([]byte, bool
 	}
 
 	s.stats.queries.Add(1)
-	if s.limiter != nil && !s.limiter.allow(client) {
+	if s.limited(client) {
 		s.stats.rateLimited.Add(1)
 		// As ServeDNS's SetRcode reply: the question, RD and CD, RA.
 		out := append(fb.out[:0], b[:q.qend]...)

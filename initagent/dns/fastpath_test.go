@@ -34,12 +34,11 @@ func (w *rawWriter) Write(b []byte) (int, error) {
 // fastPathServer is a server with local records and a warm cache whose
 // clock is 5 s past the stores, so cached TTLs are aged.
 func fastPathServer(t testing.TB, rl RateLimit) *Server {
-	s, err := New(Config{Records: testRecords(), RateLimit: rl})
+	clk := newFakeClock()
+	s, err := New(Config{Records: testRecords(), RateLimit: rl, now: clk.now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	clk := &fakeClock{t: time.Unix(1e9, 0)}
-	s.cache.now = clk.now
 	for _, tc := range []struct {
 		m      *dns.Msg
 		do, cd bool
@@ -62,7 +61,7 @@ func fastPathServer(t testing.TB, rl RateLimit) *Server {
 		tc.m.RecursionAvailable = true
 		s.cache.set(keyOf(r), tc.m)
 	}
-	clk.t = clk.t.Add(5 * time.Second)
+	clk.add(5 * time.Second)
 	return s
 }
 
@@ -158,13 +157,24 @@ func TestFastPathMatchesChain(t *testing.T) {
 
 	// Rate limited: the same REFUSED as the chain's.
 	s = fastPathServer(t, RateLimit{QPS: 1, Burst: 1})
-	s.fastUDP(b, client, fb)
-	got, ok := s.fastUDP(b, client, fb)
-	if want := slowReply(t, s, b, client); !ok || !bytes.Equal(got, want) {
+	pod := netip.MustParseAddr("10.244.0.5")
+	s.fastUDP(b, pod, fb)
+	got, ok := s.fastUDP(b, pod, fb)
+	if want := slowReply(t, s, b, pod); !ok || !bytes.Equal(got, want) {
 		t.Errorf("rate limited: fast path %x (%v), chain %x", got, ok, want)
 	}
 	if st := s.Status(); st.RateLimited != 2 || st.Queries != 3 {
 		t.Errorf("Status = %+v, want 3 queries, 2 rate limited", st)
+	}
+	// The node itself (loopback, its own addresses) is not limited.
+	s.SetNodeAddrs([]netip.Addr{netip.MustParseAddr("192.0.2.1")})
+	for _, c := range []string{"127.0.0.1", "127.0.0.9", "192.0.2.1"} {
+		for i := range 5 {
+			out, ok := s.fastUDP(b, netip.MustParseAddr(c), fb)
+			if m := new(dns.Msg); !ok || m.Unpack(out) != nil || m.Rcode != dns.RcodeSuccess {
+				t.Fatalf("query %d from the node's %s at 1 qps: %v (fast path %v), want NOERROR", i, c, m, ok)
+			}
+		}
 	}
 }
 

@@ -147,14 +147,14 @@ func FuzzUpstreamReply(f *testing.F) {
 		if up.Unpack(b) != nil {
 			return
 		}
-		clk := &fakeClock{t: time.Unix(1e9, 0)}
+		clk := newFakeClock()
 		c := newCache(4, clk.now)
 		req := r.Copy()
 		req.SetEdns0(1232, len(b)%2 == 0)
 		k := keyOf(req)
 		c.set(k, up)
 		for _, d := range []time.Duration{0, time.Hour, 2 * time.Hour} {
-			clk.t = clk.t.Add(d)
+			clk.add(d)
 			for _, stale := range []bool{false, true} {
 				if m := c.get(k, req, stale); m != nil {
 					if _, err := m.Pack(); err != nil {

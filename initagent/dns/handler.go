@@ -119,7 +119,8 @@ func clientAddr(w dns.ResponseWriter) netip.Addr {
 	return addr.Unmap()
 }
 
-// rateLimitHandler refuses queries from a client over its rate.
+// rateLimitHandler refuses queries from a client over its rate; the node
+// itself (loopback, its own addresses) is never limited.
 type rateLimitHandler struct {
 	s    *Server
 	next Handler
@@ -128,7 +129,7 @@ type rateLimitHandler struct {
 func (h *rateLimitHandler) Name() string { return "ratelimit" }
 
 func (h *rateLimitHandler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	if h.s.limiter != nil && !h.s.limiter.allow(clientAddr(w)) {
+	if h.s.limited(clientAddr(w)) {
 		h.s.stats.rateLimited.Add(1)
 		return dns.RcodeRefused, nil
 	}

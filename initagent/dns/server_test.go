@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -14,14 +15,17 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/internal/nstest"
 	"github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
 )
 
 // These tests run inside the namespace nstest.Main made: every server
 // listens on its own 127.0.0.x:53.
 
 type dnsmasq struct {
-	cmd *exec.Cmd
-	log string
+	cmd   *exec.Cmd
+	addr  string
+	log   string
+	marks int
 }
 
 // startDnsmasq runs a dnsmasq upstream on addr:53 that logs every query.
@@ -30,7 +34,7 @@ func startDnsmasq(t *testing.T, addr string, args ...string) *dnsmasq {
 	if _, err := exec.LookPath("dnsmasq"); err != nil {
 		t.Skip("dnsmasq not installed (apt-get install dnsmasq-base)")
 	}
-	d := &dnsmasq{log: t.TempDir() + "/dnsmasq.log"}
+	d := &dnsmasq{addr: addr, log: t.TempDir() + "/dnsmasq.log"}
 	d.cmd = exec.Command("dnsmasq", append([]string{"--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
 		"--listen-address=" + addr, "--bind-interfaces", "--port=53", "--log-queries", "--log-facility=" + d.log,
 		"--pid-file=", "--user=root", "--group=root"}, args...)...)
@@ -56,15 +60,51 @@ func (d *dnsmasq) stop() {
 	}
 }
 
-// queries counts the queries dnsmasq received for name and type.
+// queries counts the queries dnsmasq received for name and type. dnsmasq
+// writes its log after answering, in order: a marker query asked now and
+// found in the log means every query before it is there too.
 func (d *dnsmasq) queries(t *testing.T, qtype, name string) int {
 	t.Helper()
-	time.Sleep(100 * time.Millisecond) // dnsmasq logs after answering
-	b, err := os.ReadFile(d.log)
+	d.marks++
+	marker := fmt.Sprintf("mark-%d.sync.test", d.marks)
+	m := new(dns.Msg)
+	m.SetQuestion(marker+".", dns.TypeTXT)
+	if _, _, err := (&dns.Client{Timeout: 2 * time.Second}).Exchange(m, d.addr+":53"); err != nil {
+		t.Fatalf("marker query to dnsmasq: %v", err)
+	}
+	var log string
+	waitFor(t, 5*time.Second, "dnsmasq to log "+marker, func() bool {
+		b, err := os.ReadFile(d.log)
+		log = string(b)
+		return err == nil && strings.Contains(log, "query[TXT] "+marker+" from")
+	})
+	return strings.Count(log, "query["+qtype+"] "+name+" from")
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+	}
+}
+
+// addLoopbackAddr puts addr on lo in the tests' namespace, so queries can
+// come from it: a pod's or a node's address.
+func addLoopbackAddr(t *testing.T, h *netlink.Handle, addr string) {
+	t.Helper()
+	lo, err := h.LinkByName("lo")
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.Count(string(b), "query["+qtype+"] "+name+" from")
+	a := netip.MustParseAddr(addr)
+	nl := &netlink.Addr{IPNet: &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}}
+	if err := h.AddrReplace(lo, nl); err != nil {
+		t.Fatalf("add %s to lo: %v", addr, err)
+	}
+	t.Cleanup(func() { _ = h.AddrDel(lo, nl) })
 }
 
 // waitDNS waits until something answers on addr.
@@ -237,14 +277,15 @@ func TestUpstreamOutageServesStale(t *testing.T) {
 	nstest.Handle(t)
 	up := startDnsmasq(t, "127.0.0.3", "--address=/example.test/192.0.2.7", "--local-ttl=1")
 	srv := "127.0.0.54:53"
+	clk := newFakeClock()
 	s := startServer(t, Config{Listen: []string{srv}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.3:53")},
-		HealthInterval: 100 * time.Millisecond})
+		HealthInterval: 100 * time.Millisecond, now: clk.now})
 
 	if a, _ := firstA(query(t, nil, srv, "old.example.test.", dns.TypeA)); a != "192.0.2.7" {
 		t.Fatalf("old.example.test = %q, want 192.0.2.7", a)
 	}
 	up.stop()
-	time.Sleep(1100 * time.Millisecond) // the 1 s TTL has expired
+	clk.add(1100 * time.Millisecond) // the 1 s TTL has expired
 
 	m := query(t, nil, srv, "old.example.test.", dns.TypeA)
 	if a, ttl := firstA(m); a != "192.0.2.7" || ttl != staleTTL || m.Rcode != dns.RcodeSuccess {
@@ -262,17 +303,16 @@ func TestUpstreamOutageServesStale(t *testing.T) {
 	}
 
 	// The upstream comes back with new data: fresh answers again.
+	// The stale answer stops at maxStale past expiry.
+	clk.add(maxStale)
+	if m := query(t, nil, srv, "old.example.test.", dns.TypeA); m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("%s past expiry with the upstream down, old.example.test = %v, want SERVFAIL", maxStale, m)
+	}
 	startDnsmasq(t, "127.0.0.3", "--address=/example.test/192.0.2.8", "--local-ttl=1")
-	deadline := time.Now().Add(3 * time.Second)
-	for {
-		a, ttl := firstA(query(t, nil, srv, "old.example.test.", dns.TypeA))
-		if a == "192.0.2.8" && ttl <= 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the upstream came back, old.example.test = %s TTL %d, want fresh 192.0.2.8", a, ttl)
-		}
-		time.Sleep(50 * time.Millisecond)
+	// The cache holds nothing fresh, so the next query goes upstream even
+	// though the upstream is still marked down (all down: all are tried).
+	if a, ttl := firstA(query(t, nil, srv, "old.example.test.", dns.TypeA)); a != "192.0.2.8" || ttl != 1 {
+		t.Fatalf("after the upstream came back, old.example.test = %s TTL %d, want fresh 192.0.2.8 TTL 1", a, ttl)
 	}
 	if !s.Status().Upstreams[0].Healthy {
 		t.Error("upstream still marked down after it answered")
@@ -297,7 +337,8 @@ func TestTTLAndNegativeCaching(t *testing.T) {
 		w.WriteMsg(m)
 	})
 	srv := "127.0.0.55:53"
-	startServer(t, Config{Listen: []string{srv}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.4:53")}})
+	clk := newFakeClock()
+	startServer(t, Config{Listen: []string{srv}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.4:53")}, now: clk.now})
 
 	for range 3 {
 		query(t, nil, srv, "short.test.", dns.TypeA)
@@ -311,7 +352,15 @@ func TestTTLAndNegativeCaching(t *testing.T) {
 			t.Errorf("upstream saw %d queries for %s, want %d", n, name, want)
 		}
 	}
-	time.Sleep(1100 * time.Millisecond) // both 1 s TTLs expire
+	clk.add(900 * time.Millisecond) // not yet expired
+	query(t, nil, srv, "short.test.", dns.TypeA)
+	query(t, nil, srv, "nx.test.", dns.TypeA)
+	for _, name := range []string{"short.test.", "nx.test."} {
+		if n := up.count("udp", name); n != 1 {
+			t.Errorf("0.9 s after caching, upstream saw %d queries for %s, want 1", n, name)
+		}
+	}
+	clk.add(200 * time.Millisecond) // both 1 s TTLs expire
 	query(t, nil, srv, "short.test.", dns.TypeA)
 	query(t, nil, srv, "nx.test.", dns.TypeA)
 	for _, name := range []string{"short.test.", "nx.test."} {
@@ -392,29 +441,104 @@ func TestNoOpenResolver(t *testing.T) {
 	}
 }
 
-func TestRateLimit(t *testing.T) {
-	nstest.Handle(t)
-	srv := "127.0.0.58:53"
-	s := startServer(t, Config{Listen: []string{srv}, RateLimit: RateLimit{QPS: 1, Burst: 5}})
-	// startServer's readiness probe spent one token of 127.0.0.1.
-	c := fromClient("127.0.0.7")
-	ok, refused := 0, 0
-	for range 10 {
-		switch query(t, c, srv, "api.prod.example.com.", dns.TypeA).Rcode {
+// answered sends n queries for name from src over netw and counts the
+// NOERROR and REFUSED replies.
+func answered(t *testing.T, netw, src, srv, name string, n int) (ok, refused int) {
+	t.Helper()
+	c := fromClient(src)
+	c.Net = netw
+	if netw == "tcp" {
+		c.Dialer.LocalAddr = &net.TCPAddr{IP: net.ParseIP(src)}
+	}
+	for range n {
+		switch query(t, c, srv, name, dns.TypeA).Rcode {
 		case dns.RcodeSuccess:
 			ok++
 		case dns.RcodeRefused:
 			refused++
 		}
 	}
-	if ok != 5 || refused != 5 {
+	return ok, refused
+}
+
+func TestRateLimit(t *testing.T) {
+	h := nstest.Handle(t)
+	addLoopbackAddr(t, h, "10.244.0.7")
+	addLoopbackAddr(t, h, "10.244.0.8")
+	srv := "127.0.0.58:53"
+	clk := newFakeClock() // stands still: no token comes back during the test
+	s := startServer(t, Config{Listen: []string{srv}, RateLimit: RateLimit{QPS: 1, Burst: 5}, now: clk.now})
+	if ok, refused := answered(t, "udp", "10.244.0.7", srv, "api.prod.example.com.", 10); ok != 5 || refused != 5 {
 		t.Errorf("10 queries at once with burst 5: %d answered, %d refused; want 5 and 5", ok, refused)
 	}
-	if m := query(t, fromClient("127.0.0.8"), srv, "api.prod.example.com.", dns.TypeA); m.Rcode != dns.RcodeSuccess {
-		t.Errorf("another client got %s, want NOERROR", dns.RcodeToString[m.Rcode])
+	if ok, _ := answered(t, "udp", "10.244.0.8", srv, "api.prod.example.com.", 1); ok != 1 {
+		t.Error("another client was refused, want NOERROR")
 	}
-	if s.Status().RateLimited != 5 {
-		t.Errorf("RateLimited = %d, want 5", s.Status().RateLimited)
+	clk.add(2 * time.Second) // two tokens back
+	if ok, refused := answered(t, "tcp", "10.244.0.7", srv, "api.prod.example.com.", 3); ok != 2 || refused != 1 {
+		t.Errorf("2 s later at 1 qps: %d answered, %d refused; want 2 and 1", ok, refused)
+	}
+	if s.Status().RateLimited != 6 {
+		t.Errorf("RateLimited = %d, want 6", s.Status().RateLimited)
+	}
+}
+
+// TestRateLimitSparesTheNode: the per-client limit is for pods and other
+// clients; the node's own processes (loopback, its addresses, even one that
+// appears after the start) are never refused, and a new node address may
+// recurse once SetNodeAddrs has it.
+func TestRateLimitSparesTheNode(t *testing.T) {
+	h := nstest.Handle(t)
+	startUpstream(t, "127.0.0.12", func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Answer = []dns.RR{&dns.A{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 12)}}
+		w.WriteMsg(m)
+	})
+	srv := "127.0.0.71:53"
+	addrs, err := HostAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addLoopbackAddr(t, h, "10.244.0.9") // a pod: on lo here, but not among the node's addresses
+	s := startServer(t, Config{Listen: []string{srv}, RateLimit: RateLimit{QPS: 1, Burst: 5}, now: newFakeClock().now,
+		Upstreams:   []netip.AddrPort{netip.MustParseAddrPort("127.0.0.12:53")},
+		AllowedNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("10.244.0.0/16")},
+		NodeAddrs:   addrs})
+
+	for _, netw := range []string{"udp", "tcp"} {
+		for _, name := range []string{"api.prod.example.com.", "fwd.test."} {
+			if ok, _ := answered(t, netw, "127.0.0.1", srv, name, 20); ok != 20 {
+				t.Errorf("node process on loopback, %s %s at 1 qps: %d of 20 answered, want all", netw, name, ok)
+			}
+		}
+	}
+	if ok, refused := answered(t, "udp", "10.244.0.9", srv, "api.prod.example.com.", 20); ok != 5 || refused != 15 {
+		t.Errorf("pod at 1 qps, burst 5: %d answered, %d refused; want 5 and 15", ok, refused)
+	}
+
+	// DHCP gives the node a new address: the agent passes it on.
+	addLoopbackAddr(t, h, "10.99.0.1")
+	if ok, _ := answered(t, "udp", "10.99.0.1", srv, "fwd.test.", 1); ok != 0 {
+		t.Error("an address the server does not know as the node's may recurse")
+	}
+	addrs, err = HostAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.SetNodeAddrs(addrs) {
+		t.Errorf("SetNodeAddrs(%v) = no change, want the new 10.99.0.1", addrs)
+	}
+	if s.SetNodeAddrs(addrs) {
+		t.Error("SetNodeAddrs with the same addresses again = changed")
+	}
+	for _, name := range []string{"api.prod.example.com.", "fwd.test."} {
+		if ok, _ := answered(t, "udp", "10.99.0.1", srv, name, 20); ok != 20 {
+			t.Errorf("node process on its new address, %s at 1 qps: %d of 20 answered, want all", name, ok)
+		}
+	}
+	if st := s.Status(); st.RateLimited != 15 || st.Refused != 1 {
+		t.Errorf("RateLimited = %d, Refused = %d; want the pod's 15 and the unknown address's 1", st.RateLimited, st.Refused)
 	}
 }
 
