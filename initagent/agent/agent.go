@@ -19,6 +19,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 	"github.com/ballast-os/ballast/initagent/runtime"
+	"github.com/ballast-os/ballast/initagent/sysslot"
 	"github.com/ballast-os/ballast/initagent/txn"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
@@ -42,8 +43,12 @@ type Agent struct {
 	resolver *resolver
 	api      apiState
 	ha       haServices
-	reaper   *pid1.Reaper  // external programs are started through it
-	kube     *runtime.Kube // nil unless the system image carries Kubernetes
+	reaper   *pid1.Reaper     // external programs are started through it
+	kube     *runtime.Kube    // nil unless the system image carries Kubernetes
+	system   *sysslot.Manager // the system slots this boot came from; nil on netboot and live media
+	bless    *blessing        // judges a boot of a system slot that is not good yet; nil otherwise
+	// localAPIServer: the API proxy fronts this control-plane node's own kube-apiserver too.
+	localAPIServer bool
 
 	outputsMu sync.Mutex
 	outputs   map[string]io.Writer // per external service: log ring + rotated file
@@ -96,9 +101,16 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
 	}
 
+	// Power requests are served from here on, also while the node comes up
+	// (a boot on trial that hangs reboots through them, see blessing).
+	requests := make(chan pid1.Request, 1)
+	go pid1.WatchSignals(ctx, requests)
+	go pid1.WatchPowerButton(ctx, a.Log, requests)
+
 	if err := a.prepareSystem(ctx, cmdline); err != nil {
 		a.Log.Error("system slots", "err", err)
 	}
+	a.armBlessing(ctx, cmdline, requests)
 
 	hostname := info.Hostname
 	if v, ok := cmdline.Get("ballast.hostname"); ok && v != "" {
@@ -117,14 +129,52 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	if err := boot.LoopbackUp(); err != nil {
 		a.Log.Error("loopback", "err", err)
 	}
-	requests := make(chan pid1.Request, 1)
-	go pid1.WatchSignals(ctx, requests)
-	go pid1.WatchPowerButton(ctx, a.Log, requests)
 
+	up := make(chan struct{})
+	go func() {
+		defer close(up)
+		a.bringUp(ctx, cmdline, info, hostname, bootStart, requests)
+	}()
+	var req pid1.Request
+wait:
+	for {
+		select {
+		case <-up:
+			up = nil
+			if shutdownAfterReady != "" {
+				req = pid1.Request{Action: shutdownAfterReady, Reason: "ballast.shutdown on the kernel cmdline"}
+				break wait
+			}
+		case req = <-requests:
+			break wait
+		case <-ctx.Done():
+			req = pid1.Request{Action: pid1.Poweroff, Reason: "context cancelled"}
+			break wait
+		}
+	}
+	if up != nil {
+		a.Log.Warn("power request before the node was ready", "action", req.Action)
+	}
+	a.Log.Info("shutting down", "action", req.Action, "reason", req.Reason)
+	if stuck := a.sup.StopAll(a.StopTimeout); len(stuck) > 0 {
+		a.Log.Error("daemons did not stop", "daemons", fmt.Sprint(stuck))
+	}
+	return req, nil
+}
+
+// bringUp brings the network, the services and the API up, reports
+// ready and starts judging the boot (afterReady).
+func (a *Agent) bringUp(ctx context.Context, cmdline boot.Cmdline, info *boot.ImageInfo, hostname string, bootStart time.Time, requests chan<- pid1.Request) {
 	a.resolver = &resolver{root: a.Root, a: a}
+	since := time.Now()
 	net, cfg := a.startNetwork(ctx, cmdline, hostname)
-	if err := a.waitNetwork(ctx, net, cmdline, a.Log); err != nil {
-		a.Log.Error("network degraded", "err", err)
+	settled := a.waitNetwork(ctx, net, cmdline, a.Log)
+	if settled != nil {
+		a.Log.Error("network degraded", "err", settled)
+	}
+	bn := bootNetwork{Running: cfg, Records: bootRecords(a.txn.History(), since), Settled: settled}
+	if cfg == nil {
+		_, _, bn.Slots = slot.Active(a.txn.Store)
 	}
 	d, err := a.decideNodeIP(cfg)
 	if err != nil {
@@ -142,6 +192,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 	kube := cfg != nil && a.systemPayload()
 	if kube && role == "control-plane" {
+		a.localAPIServer = true
 		cfg = withLocalAPIServer(cfg, nodeAddrs)
 	}
 	a.startServices(ctx, cfg, role)
@@ -155,23 +206,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
 		Uptime: time.Since(bootStart), Addresses: st.Addresses})
 	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
-	a.afterReady(ctx, cmdline)
-
-	var req pid1.Request
-	if shutdownAfterReady != "" {
-		req = pid1.Request{Action: shutdownAfterReady, Reason: "ballast.shutdown on the kernel cmdline"}
-	} else {
-		select {
-		case req = <-requests:
-		case <-ctx.Done():
-			req = pid1.Request{Action: pid1.Poweroff, Reason: "context cancelled"}
-		}
-	}
-	a.Log.Info("shutting down", "action", req.Action, "reason", req.Reason)
-	if stuck := a.sup.StopAll(a.StopTimeout); len(stuck) > 0 {
-		a.Log.Error("daemons did not stop", "daemons", fmt.Sprint(stuck))
-	}
-	return req, nil
+	a.afterReady(ctx, cmdline, bn)
 }
 
 // currentConfig is the config in the active slot, if any.
@@ -191,17 +226,43 @@ func (a *Agent) currentConfig() *config.MachineConfig {
 }
 
 // networkApplied decides the nodeIP again after the network changed (once
-// the first decision exists): sticky while the chosen address stays.
+// the first decision exists): sticky while the chosen address stays. What
+// follows the committed config instead is taken in configCommitted.
 func (a *Agent) networkApplied() {
-	a.reloadAPI()
-	if cfg := a.currentConfig(); cfg != nil && a.ha.proxy != nil {
-		// Backends follow the committed config; learned ones are added by the runtime.
-		a.ha.proxy.SetBackends(cfg.Cluster.APIServers)
-	}
 	if a.nodeIP.get() == nil {
 		return
 	}
 	if _, err := a.decideNodeIP(a.currentConfig()); err != nil {
 		a.Log.Error("nodeip", "err", err)
+	}
+}
+
+// configCommitted takes from the committed config what applies without a
+// network change: the node API's TLS settings (certificates, client CAs,
+// CRL, api.listen; none when api.tls was removed) and the API proxy's
+// backends. It runs after every transaction the API asked for, so a change
+// counts once it is committed or confirmed, never while it is tried.
+func (a *Agent) configCommitted() {
+	if a.txn == nil {
+		return
+	}
+	_, data, err := slot.Active(a.txn.Store)
+	if err != nil {
+		a.Log.Error("committed config unreadable: the node API's TLS settings and the proxy's backends stay", "err", err)
+		return
+	}
+	cfg, _, err := config.Parse(data)
+	if err != nil {
+		a.Log.Error("committed config invalid: the node API's TLS settings and the proxy's backends stay", "err", err)
+		return
+	}
+	a.configureTLS(cfg)
+	if a.ha.proxy != nil {
+		if a.localAPIServer {
+			if d := a.nodeIP.get(); d != nil {
+				cfg = withLocalAPIServer(cfg, d.Addrs())
+			}
+		}
+		a.ha.proxy.SetBackends(cfg.Cluster.APIServers)
 	}
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
 	"path/filepath"
 	"sync"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/nodeip"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/sysslot"
+	"github.com/ballast-os/ballast/initagent/txn"
 )
 
 // ConsoleAccessParam on the kernel cmdline, set to "rw", lets the local
@@ -20,14 +22,45 @@ import (
 // Whoever sets the cmdline owns the machine anyway (labs, tests, rescue).
 const ConsoleAccessParam = "ballast.api.console"
 
-// apiState is the node API: the server and, when api.tls is configured,
-// the mutual-TLS listener whose settings follow the committed config.
+// apiState is the node API: the server and the mutual-TLS endpoint whose
+// settings follow the committed config's api section.
 type apiState struct {
 	mu      sync.Mutex
 	ctx     context.Context
 	srv     *api.Server
-	tls     api.TLSListener
-	serving string // address the mTLS listener serves, "" before it starts
+	tls     *api.TLSEndpoint
+	started bool // the endpoint's daemon runs (it stays, idle while api.tls is absent)
+	enabled bool // mutual TLS is on
+	// listen opens the mTLS listener; nil: net.Listen (tests pass theirs).
+	listen func(addr string) (net.Listener, error)
+}
+
+// committedTxn is the transaction manager as the API serves it: after
+// every call that may have committed a config (apply, confirm, rollback),
+// the agent takes the committed config's settings (configCommitted).
+type committedTxn struct {
+	*txn.Manager
+	committed func()
+}
+
+func (c committedTxn) Apply(ctx context.Context, data []byte, o txn.Options) (txn.Record, error) {
+	rec, err := c.Manager.Apply(ctx, data, o)
+	if !o.DryRun {
+		c.committed()
+	}
+	return rec, err
+}
+
+func (c committedTxn) Confirm(generation uint64) (txn.Record, error) {
+	rec, err := c.Manager.Confirm(generation)
+	c.committed()
+	return rec, err
+}
+
+func (c committedTxn) Rollback(ctx context.Context) (txn.Record, error) {
+	rec, err := c.Manager.Rollback(ctx)
+	c.committed()
+	return rec, err
 }
 
 // startAPI serves the local API on its unix socket, on the
@@ -35,7 +68,7 @@ type apiState struct {
 // and with mutual TLS on the network when the config has api.tls.
 func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Manager, cfg *config.MachineConfig,
 	cmdline boot.Cmdline, requests chan<- pid1.Request) {
-	srv := &api.Server{Log: a.Log.With("part", "api"), Txn: a.txn, Hostname: hostname, Logs: a.Logs,
+	srv := &api.Server{Log: a.Log.With("part", "api"), Txn: committedTxn{a.txn, a.configCommitted}, Hostname: hostname, Logs: a.Logs,
 		NetworkStatus: func() any { return net.Status() },
 		NodeIP:        func() *nodeip.Decision { return a.nodeIP.get() },
 		Sections: map[string]func() any{
@@ -77,24 +110,28 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 	}
 	a.api.mu.Lock()
 	a.api.ctx, a.api.srv = ctx, srv
+	a.api.tls = &api.TLSEndpoint{Server: srv, Listen: a.api.listen}
 	a.api.mu.Unlock()
 	a.configureTLS(cfg)
 }
 
-// reloadAPI takes the API's TLS settings from the committed config.
-func (a *Agent) reloadAPI() {
-	if cfg := a.currentConfig(); cfg != nil {
-		a.configureTLS(cfg)
-	}
-}
-
-// configureTLS starts the mTLS listener the first time cfg has api.tls and
-// swaps its certificates on later changes; new connections use them.
+// configureTLS makes the mTLS endpoint follow cfg's api section: started the
+// first time api.tls is there, new settings used from the next request on
+// (connections of clients they refuse are closed), a new api.listen moved
+// to, and mutual TLS stopped when api.tls is gone.
 func (a *Agent) configureTLS(cfg *config.MachineConfig) {
 	s := &a.api
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.srv == nil || cfg == nil || !cfg.API.Enabled() {
+	if s.tls == nil {
+		return
+	}
+	if cfg == nil || !cfg.API.Enabled() {
+		if s.enabled {
+			a.Log.Info("node api: api.tls removed from the committed config, mutual TLS stopped")
+			s.tls.Set("", nil)
+			s.enabled = false
+		}
 		return
 	}
 	conf, err := api.TLSConfig(cfg.API.TLS)
@@ -102,13 +139,10 @@ func (a *Agent) configureTLS(cfg *config.MachineConfig) {
 		a.Log.Error("node api: keeping the previous TLS settings", "err", err)
 		return
 	}
-	s.tls.Set(conf)
-	addr := cfg.API.Address()
-	switch {
-	case s.serving == "":
-		s.serving = addr
-		a.sup.Start(s.ctx, pid1.Daemon{Name: "api-tls", Run: func(ctx context.Context) error { return s.srv.ServeTLS(ctx, addr, &s.tls) }})
-	case s.serving != addr:
-		a.Log.Warn("node api: api.listen changed; the new address is used after the next boot", "serving", s.serving, "configured", addr)
+	s.tls.Set(cfg.API.Address(), conf)
+	s.enabled = true
+	if !s.started {
+		s.started = true
+		a.sup.Start(s.ctx, pid1.Daemon{Name: "api-tls", Run: s.tls.Run})
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/sysslot"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
@@ -32,16 +33,29 @@ func runningSlot(cmdline boot.Cmdline) string {
 // systemUpgrader returns what serves upgrades and system-slot rollbacks,
 // or nil on nodes without system slots (netboot, live media).
 func (a *Agent) systemUpgrader(cmdline boot.Cmdline) api.Upgrader {
+	if m := a.systemSlots(cmdline); m != nil {
+		return upgrader{m}
+	}
+	return nil
+}
+
+// systemSlots is the manager of the system slots this boot came from, nil
+// on nodes without them.
+func (a *Agent) systemSlots(cmdline boot.Cmdline) *sysslot.Manager {
+	if a.system != nil {
+		return a.system
+	}
 	s := runningSlot(cmdline)
 	if s == "" {
 		return nil
 	}
 	m, _, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.Open(s)
 	if err != nil {
-		a.Log.Error("system slots unavailable: upgrades disabled", "err", err)
+		a.Log.Error("system slots unavailable: upgrades disabled, the running slot is not marked good", "slot", s, "err", err)
 		return nil
 	}
-	return upgrader{m}
+	a.system = m
+	return m
 }
 
 // upgrader adapts sysslot.Manager to the API.
@@ -56,25 +70,58 @@ func (u upgrader) Rollback(ctx context.Context) (string, error) { return u.m.Rol
 // Status reports both system slots (for the API's status sections).
 func (u upgrader) Status() sysslot.Status { return u.m.Status() }
 
-// afterReady runs once the node is healthy (network committed, daemons
-// up): it marks the running system slot good, or, on live media booted with
-// ballast.install=, installs to disk and reboots into it.
-func (a *Agent) afterReady(ctx context.Context, cmdline boot.Cmdline) {
+// armBlessing runs early at boot on a node booted from a system slot: a
+// slot on trial gets its deadline (see blessing), a good one is reported.
+func (a *Agent) armBlessing(ctx context.Context, cmdline boot.Cmdline, requests chan<- pid1.Request) {
+	m := a.systemSlots(cmdline)
+	if m == nil {
+		return
+	}
+	b := &blessing{
+		Log: a.Log.With("part", "sysslot"), Slots: m, Daemons: a.sup.Status, Clock: wallClock{},
+		Settle:   durationParam(cmdline, BlessSettleParam, defaultBlessSettle, a.Log),
+		Deadline: durationParam(cmdline, BlessDeadlineParam, defaultBlessDeadline, a.Log),
+		Reboot: func(reason string) {
+			select {
+			case requests <- pid1.Request{Action: pid1.Reboot, Reason: reason}:
+			default:
+				a.Log.Warn("a power request is already pending; not asking for the reboot", "reason", reason)
+			}
+		},
+	}
+	if running, _, _ := b.slots(); running.State == "good" {
+		return // nothing to judge: the slots are reported once ready
+	}
+	if onTrial, desc := b.trial(); onTrial {
+		a.Log.Info("system slot on trial", "slots", desc, "settle", b.Settle, "deadline", b.Deadline)
+		go b.watch(ctx)
+	} else {
+		a.Log.Info("system slot not good and nothing to fall back to: judged, but not rebooted when unhealthy", "slots", desc)
+	}
+	a.bless = b
+}
+
+// afterReady runs once the node reported ready: on a system slot that is
+// not yet good it starts judging the boot (network committed, probes,
+// daemons steady; see blessing), on a good one it reports the slots; on live
+// media booted with ballast.install= it installs to disk and reboots into it.
+func (a *Agent) afterReady(ctx context.Context, cmdline boot.Cmdline, net bootNetwork) {
 	if target, ok := cmdline.Get(installParam); ok {
 		a.install(ctx, cmdline, target)
 		return
 	}
-	s := runningSlot(cmdline)
-	if s == "" {
+	m := a.systemSlots(cmdline)
+	if m == nil {
 		return
 	}
-	m, _, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.Open(s)
-	if err != nil {
-		a.Log.Error("system slot not marked good", "slot", s, "err", err)
+	if b := a.bless; b != nil {
+		b.Network = net.verdict
+		if cfg := net.Running; cfg != nil && a.txn != nil {
+			probes := a.txn.Probes
+			b.Probe = func(ctx context.Context) error { return probeConfig(ctx, probes, cfg) }
+		}
+		go b.judge(ctx)
 		return
-	}
-	if _, err := m.Bless(); err != nil {
-		a.Log.Error("system slot not marked good", "slot", s, "err", err)
 	}
 	st := m.Status()
 	a.Log.Info("system slots", "running", st.Running, "default", st.Default, "message", st.Message)
@@ -125,6 +172,9 @@ func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
 		a.Log.Info("system image mounted", "source", source, "device", dev, "at", "/"+sysslot.SystemMount)
 		return nil
 	}
-	_, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.Prepare(s)
+	m, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.Prepare(s)
+	if err == nil {
+		a.system = m
+	}
 	return err
 }

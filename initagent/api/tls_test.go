@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -17,6 +19,7 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/api/pki"
 	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/txn"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
@@ -217,5 +220,86 @@ func TestConsoleIsReadOnlyByDefault(t *testing.T) {
 		if rw.code != http.StatusOK {
 			t.Errorf("status with access %d: %d", access, rw.code)
 		}
+	}
+}
+
+// New settings that refuse a client end what it has open: an idle
+// keep-alive connection at once, a `logs -f` stream after the grace.
+func TestNewSettingsCloseRefusedConnections(t *testing.T) {
+	p := newPKI(t)
+	later := time.Now().Add(time.Hour)
+	alice, bob := p.client(t, p.ca, "alice", later), p.client(t, p.ca, "bob", later)
+	srv := newServer(t, slog.New(slog.DiscardHandler))
+	srv.Logs = logring.New(100)
+	srv.Logs.Add("agent", "hello")
+	settings := config.APITLS{Certificate: string(p.node.CertPEM), Key: string(p.node.KeyPEM), ClientCA: string(p.caPEM)}
+	conf, err := TLSConfig(settings)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl := &TLSListener{grace: 10 * time.Millisecond}
+	tl.Set(conf)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.ServeTLSListener(ctx, ln, tl) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	base := "https://" + ln.Addr().String()
+
+	bobc, alicec := clientFor(p, bob), clientFor(p, alice)
+	stream, err := bobc.Get(base + "/v1/logs?follow=true&lines=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Body.Close()
+	lines := bufio.NewReader(stream.Body)
+	if l, err := lines.ReadString('\n'); err != nil || !strings.Contains(l, "hello") {
+		t.Fatalf("first streamed line %q: %v", l, err)
+	}
+	for _, c := range []*http.Client{bobc, alicec} {
+		resp, err := c.Get(base + "/v1/status")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}
+
+	bobCert, _ := x509.ParseCertificate(bob.Certificate[0])
+	crl, _, err := p.ca.Revoke(nil, bobCert, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	settings.CRL = string(crl)
+	if conf, err = TLSConfig(settings); err != nil {
+		t.Fatal(err)
+	}
+	tl.Set(conf)
+	// Ended by the server, not by the client's timeout.
+	var ne net.Error
+	if l, err := lines.ReadString('\n'); err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Errorf("bob's stream goes on after his revocation: %q %v", l, err)
+	}
+	if resp, err := bobc.Get(base + "/v1/status"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Error("bob's keep-alive connection still served after his revocation")
+		}
+	}
+	resp, err := alicec.Get(base + "/v1/status")
+	if err != nil {
+		t.Fatalf("alice after bob's revocation: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("alice after bob's revocation: %s", resp.Status)
 	}
 }

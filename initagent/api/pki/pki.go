@@ -137,6 +137,37 @@ func (a *Authority) RevocationList(certs []*x509.Certificate, number int64, vali
 	return pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), nil
 }
 
+// Revoke returns a new revocation list, signed by a, that revokes cert
+// and everything crlPEM (a's previous list; empty: none) revoked, numbered
+// one higher than crlPEM and valid for validity, and how many certificates
+// it revokes. `nodectl pki revoke` writes it for api.tls.crl.
+func (a *Authority) Revoke(crlPEM []byte, cert *x509.Certificate, validity time.Duration) ([]byte, int, error) {
+	if err := cert.CheckSignatureFrom(a.Cert); err != nil {
+		return nil, 0, fmt.Errorf("certificate %q was not issued by %q: %w", cert.Subject, a.Cert.Subject, err)
+	}
+	revoked := []*x509.Certificate{cert}
+	number := int64(1)
+	if len(crlPEM) > 0 {
+		crl, err := ParseRevocationList(crlPEM)
+		if err != nil {
+			return nil, 0, fmt.Errorf("previous revocation list: %w", err)
+		}
+		if err := crl.CheckSignatureFrom(a.Cert); err != nil {
+			return nil, 0, fmt.Errorf("previous revocation list was not signed by %q: %w", a.Cert.Subject, err)
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			if e.SerialNumber.Cmp(cert.SerialNumber) != 0 {
+				revoked = append(revoked, &x509.Certificate{SerialNumber: new(big.Int).Set(e.SerialNumber)})
+			}
+		}
+		if crl.Number != nil {
+			number = crl.Number.Int64() + 1
+		}
+	}
+	out, err := a.RevocationList(revoked, number, validity)
+	return out, len(revoked), err
+}
+
 // ParseCertificate reads the first certificate of a PEM document.
 func ParseCertificate(data []byte) (*x509.Certificate, error) {
 	certs, err := ParseCertificates(data)

@@ -1,12 +1,10 @@
 package main
 
 import (
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -175,34 +173,19 @@ func revoke(out io.Writer, ca *pki.Authority, dir, certFile string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", certFile, err)
 	}
-	if err := cert.CheckSignatureFrom(ca.Cert); err != nil {
-		return fmt.Errorf("%s was not issued by %s: %w", certFile, ca.Cert.Subject, err)
-	}
 	crlPath := filepath.Join(dir, "crl.pem")
-	revoked := []*x509.Certificate{cert}
-	number := int64(1)
-	if old, err := os.ReadFile(crlPath); err == nil {
-		crl, err := pki.ParseRevocationList(old)
-		if err != nil {
-			return fmt.Errorf("%s: %w", crlPath, err)
-		}
-		for _, e := range crl.RevokedCertificateEntries {
-			if e.SerialNumber.Cmp(cert.SerialNumber) != 0 {
-				revoked = append(revoked, &x509.Certificate{SerialNumber: new(big.Int).Set(e.SerialNumber)})
-			}
-		}
-		if crl.Number != nil {
-			number = crl.Number.Int64() + 1
-		}
-	}
-	pemCRL, err := ca.RevocationList(revoked, number, 365*24*time.Hour)
-	if err != nil {
+	old, err := os.ReadFile(crlPath)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
+	}
+	pemCRL, n, err := ca.Revoke(old, cert, 365*24*time.Hour)
+	if err != nil {
+		return fmt.Errorf("revoke %s (revocation list %s): %w", certFile, crlPath, err)
 	}
 	if err := os.WriteFile(crlPath, pemCRL, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "wrote %s revoking %d certificate(s); put it in each node's api.tls.crl and apply\n", crlPath, len(revoked))
+	fmt.Fprintf(out, "wrote %s revoking %d certificate(s); put it in each node's api.tls.crl and apply\n", crlPath, n)
 	return nil
 }
 
