@@ -109,7 +109,9 @@ type Config struct {
 	// KeepAlive is the TCP keepalive idle time and probe interval on both
 	// sides; UserTimeout ends a connection whose probes go unanswered (3
 	// probes when UserTimeout is negative). Default: 15s. Negative disables
-	// keepalives.
+	// keepalives. Client sockets inherit both options from the listening
+	// socket; backend sockets get them once the connection has lasted 1–2s,
+	// which spares the many short connections four system calls.
 	KeepAlive time.Duration
 	// MaxConns bounds the open client connections over all frontends;
 	// connections beyond it are closed at once and counted as refused.
@@ -149,11 +151,17 @@ type Proxy struct {
 	healthy atomic.Bool
 	rr      atomic.Uint64
 
-	pipes  pipePool
-	active atomic.Int64 // open client connections
-	connMu sync.Mutex
-	conns  map[*proxyConn]struct{}
-	connWG sync.WaitGroup
+	pipes    pipePool
+	active   atomic.Int64 // open client connections
+	connMu   sync.Mutex
+	conns    map[*proxyConn]struct{}
+	fresh    []*proxyConn // registered in the last second, for lateSockopts
+	lateOpts bool         // KeepAlive or UserTimeout set
+
+	jobs        chan job // to idle workers
+	idleWorkers atomic.Int64
+	workers     sync.WaitGroup
+	connWG      sync.WaitGroup
 
 	subMu sync.Mutex
 	subs  []*subscriber
@@ -274,6 +282,8 @@ func New(cfg Config) (*Proxy, error) {
 		conns:     map[*proxyConn]struct{}{},
 		wake:      make(chan struct{}, 1),
 		pipes:     make(pipePool, 128),
+		lateOpts:  cfg.KeepAlive > 0 || cfg.UserTimeout > 0,
+		jobs:      make(chan job),
 	}
 	p.roots.Store(cfg.RootCAs)
 	for _, f := range cfg.Frontends {

@@ -780,3 +780,65 @@ func TestRunBindError(t *testing.T) {
 		t.Errorf("second Run = %v", err)
 	}
 }
+
+// TestBackendSocketOptions checks that a backend connection that lasts
+// gets keepalive and TCP_USER_TIMEOUT (lateSockopts), over the raw dial
+// path (an IP backend) and the net.Dialer one (a host name).
+func TestBackendSocketOptions(t *testing.T) {
+	pki := newPKI(t)
+	b1 := startBackend(t, "b1", pki)
+	_, port, _ := net.SplitHostPort(b1.addr)
+	for _, addr := range []string{b1.addr, net.JoinHostPort("localhost", port)} {
+		t.Run(addr, func(t *testing.T) {
+			cfg := fastChecks(Config{Backends: []string{addr}, PinnedSPKI: []string{pki.pin}, CheckServerName: "127.0.0.1"})
+			cfg.KeepAlive, cfg.UserTimeout = 3*time.Second, 7*time.Second
+			p, front := startProxy(t, cfg)
+			waitFor(t, "backend up", func() bool { return p.Healthy() })
+			c, err := net.Dial("tcp", front)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+			buf := make([]byte, 5)
+			if _, err := io.WriteString(c, "Ehello"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "hello" {
+				t.Fatalf("echo: %q, %v", buf, err)
+			}
+			opts := []struct {
+				name       string
+				level, opt int
+				want       int
+			}{
+				{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
+				{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 3},
+				{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 3},
+				{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 7000},
+				{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
+			}
+			var got string
+			waitFor(t, "backend socket options", func() bool {
+				p.connMu.Lock()
+				defer p.connMu.Unlock()
+				for pc := range p.conns {
+					rc, err := pc.server.SyscallConn()
+					if err != nil {
+						return false
+					}
+					got = ""
+					_ = rc.Control(func(fd uintptr) {
+						for _, o := range opts {
+							if v, err := unix.GetsockoptInt(int(fd), o.level, o.opt); err != nil || v != o.want {
+								got += fmt.Sprintf(" %s=%d (%v, want %d)", o.name, v, err, o.want)
+							}
+						}
+					})
+					return got == ""
+				}
+				return false
+			})
+		})
+	}
+}

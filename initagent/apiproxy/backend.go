@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"sync/atomic"
 	"time"
 )
@@ -17,6 +18,7 @@ import (
 type backend struct {
 	addr string
 	host string
+	ap   netip.AddrPort // addr when it is an IP address without a zone
 
 	// Guarded by Proxy.mu.
 	up         bool
@@ -34,7 +36,11 @@ type backend struct {
 
 func newBackend(addr string) *backend {
 	host, _, _ := net.SplitHostPort(addr)
-	return &backend{addr: addr, host: host, idle: make(chan struct{}, 1)}
+	b := &backend{addr: addr, host: host, idle: make(chan struct{}, 1)}
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Zone() == "" {
+		b.ap = ap
+	}
+	return b
 }
 
 // startCheckLocked starts b's health checks if Run is running; Run starts

@@ -50,6 +50,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for _, b := range p.backends {
 		p.startCheckLocked(b)
 	}
+	if p.lateOpts {
+		p.wg.Go(func() { p.lateSockopts(runCtx) })
+	}
 	p.mu.Unlock()
 	p.log.Info("api proxy running", "frontends", p.cfg.Frontends, "backends", len(*p.all.Load()))
 
@@ -95,6 +98,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 		<-open
 	}
 	grace.Stop()
+	close(p.jobs) // nothing sends any more: the idle workers end
+	p.workers.Wait()
 	p.wg.Wait()
 	p.pipes.close()
 	stopDispatch()
@@ -191,14 +196,59 @@ func (p *Proxy) acceptLoop(ctx context.Context, f *frontend, ln *net.TCPListener
 		}
 		f.accepted.Add(1)
 		p.connWG.Add(1)
-		go p.serve(ctx, f, c)
+		p.spawn(ctx, job{f: f, c: c})
+	}
+}
+
+// maxIdleWorkers is how many goroutines wait for the next connection
+// after theirs ended. A new goroutine grows its stack for the dial path and
+// again for the relay, which cost 7% of the CPU time per connection.
+const maxIdleWorkers = 128
+
+// job is a new client connection c on f to serve, or with pc, the client
+// to server direction of pc to relay.
+type job struct {
+	f  *frontend
+	c  *net.TCPConn
+	pc *proxyConn
+}
+
+// spawn runs j on an idle worker goroutine, or a new one.
+func (p *Proxy) spawn(ctx context.Context, j job) {
+	select {
+	case p.jobs <- j:
+	default:
+		p.workers.Add(1)
+		go p.work(ctx, j)
+	}
+}
+
+func (p *Proxy) work(ctx context.Context, j job) {
+	defer p.workers.Done()
+	for {
+		if j.pc != nil {
+			p.relayToServer(j.pc)
+		} else {
+			p.serve(ctx, j.f, j.c)
+		}
+		if p.idleWorkers.Add(1) > maxIdleWorkers {
+			p.idleWorkers.Add(-1)
+			return
+		}
+		var ok bool
+		j, ok = <-p.jobs
+		p.idleWorkers.Add(-1)
+		if !ok {
+			return
+		}
 	}
 }
 
 type proxyConn struct {
-	client, server *net.TCPConn
-	b              *backend
-	halves         atomic.Int32 // directions still copying
+	client *net.TCPConn
+	server conn
+	b      *backend
+	halves atomic.Int32 // directions still copying
 }
 
 // connDone ends the accounting of one accepted connection.
@@ -236,7 +286,7 @@ func (p *Proxy) serve(ctx context.Context, f *frontend, c *net.TCPConn) {
 			s.Close()
 			continue
 		}
-		p.pipe(pc)
+		p.pipe(ctx, pc)
 		return
 	}
 }
@@ -280,21 +330,6 @@ func isTried(tried []*backend, b *backend) bool {
 	return false
 }
 
-func (p *Proxy) dial(ctx context.Context, b *backend) (*net.TCPConn, error) {
-	d := net.Dialer{
-		Timeout:   p.cfg.DialTimeout,
-		KeepAlive: -1, // set in Control, before connect
-		Control: func(network, _ string, rc syscall.RawConn) error {
-			return p.sockopts(rc, network, false)
-		},
-	}
-	c, err := d.DialContext(ctx, "tcp", b.addr)
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
-}
-
 func (p *Proxy) register(pc *proxyConn) bool {
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
@@ -302,6 +337,9 @@ func (p *Proxy) register(pc *proxyConn) bool {
 		return false
 	}
 	p.conns[pc] = struct{}{}
+	if p.lateOpts {
+		p.fresh = append(p.fresh, pc)
+	}
 	pc.b.active.Add(1)
 	pc.b.total.Add(1)
 	return true
@@ -335,31 +373,71 @@ func (p *Proxy) closeConns(match func(*proxyConn) bool) int {
 	return n
 }
 
-// pipe copies both directions with splice(2): no bytes pass through Go. An
-// EOF is passed on as a half-close (shutdown SHUT_WR); an error closes both.
-func (p *Proxy) pipe(pc *proxyConn) {
-	pc.halves.Store(2)
-	go func() {
-		n, err := p.pipes.splice(pc.server, pc.client)
-		pc.b.bytesOut.Add(uint64(n))
-		if err != nil || pc.server.CloseWrite() != nil {
-			pc.client.Close()
-			pc.server.Close()
+// lateSockopts sets keepalive and TCP_USER_TIMEOUT on the backend side of
+// the connections that are still open one to two seconds after they were
+// made. Most connections end sooner and never need them (keepalive probes
+// start after KeepAlive of silence, 15s, and the user timeout counts from
+// the first unacknowledged retransmission whenever it is set), which saves
+// four system calls per connection. The client side inherits them from the
+// listening socket.
+func (p *Proxy) lateSockopts(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	var prev, spare []*proxyConn
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
 		}
-		p.halfDone(pc)
-	}()
-	n, err := p.pipes.splice(pc.client, pc.server)
+		p.connMu.Lock()
+		due := prev
+		prev, p.fresh = p.fresh, spare[:0]
+		p.connMu.Unlock()
+		for i, pc := range due {
+			if pc.halves.Load() > 0 {
+				if rc, err := pc.server.SyscallConn(); err == nil {
+					// Fails only when the connection was closed meanwhile.
+					_ = p.sockopts(rc, "", false)
+				}
+			}
+			due[i] = nil
+		}
+		spare = due
+	}
+}
+
+// pipe copies both directions (relay: splice(2) for bulk data). An EOF is
+// passed on as a half-close (shutdown SHUT_WR); an error closes both.
+func (p *Proxy) pipe(ctx context.Context, pc *proxyConn) {
+	pc.halves.Store(2)
+	n, done, err := p.pipes.relayFirst(pc.server, pc.client)
+	pc.b.bytesOut.Add(uint64(n))
+	if done {
+		p.halfDone(pc, pc.server, err)
+	} else {
+		p.spawn(ctx, job{pc: pc})
+	}
+	n, err = p.pipes.relay(pc.client, pc.server)
 	pc.b.bytesIn.Add(uint64(n))
-	if err != nil || pc.client.CloseWrite() != nil {
+	p.halfDone(pc, pc.client, err)
+}
+
+func (p *Proxy) relayToServer(pc *proxyConn) {
+	n, err := p.pipes.relay(pc.server, pc.client)
+	pc.b.bytesOut.Add(uint64(n))
+	p.halfDone(pc, pc.server, err)
+}
+
+// halfDone is called when the direction towards dst ended, with err nil
+// at EOF; the last one closes the connection, so neither goroutine waits
+// for the other. An EOF is passed on with shutdown(SHUT_WR) while the other
+// direction still runs; after it, close sends the FIN.
+func (p *Proxy) halfDone(pc *proxyConn, dst conn, err error) {
+	if err != nil || (pc.halves.Load() > 1 && dst.CloseWrite() != nil) {
 		pc.client.Close()
 		pc.server.Close()
 	}
-	p.halfDone(pc)
-}
-
-// halfDone is called when one direction ended; the last one closes the
-// connection, so neither goroutine waits for the other.
-func (p *Proxy) halfDone(pc *proxyConn) {
 	if pc.halves.Add(-1) > 0 {
 		return
 	}

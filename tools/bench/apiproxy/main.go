@@ -5,10 +5,17 @@
 // Every party is its own process: three backends (this binary re-executed
 // as an "apiserver": HTTPS GET /readyz on the same port as a raw data
 // service), ballast's proxy (this binary re-executed, ballast's defaults:
-// checks every 1s, fall 2, rise 1), and HAProxy twice: configured like
-// on-prem production (check inter 5s fall 3 rise 1) and tuned (inter 1s
-// fall 2 rise 1), both with `option httpchk GET /readyz`, `check-ssl
-// verify none`, `option redispatch`, `retries 1`.
+// checks every 1s, fall 2, rise 1), and HAProxy, all with `option httpchk
+// GET /readyz`, `check-ssl verify none`, `option redispatch`:
+//   - "equiv": with the equivalents of what ballast does by default:
+//     `option splice-auto` (ballast splices bulk data and copies small
+//     messages), `observe layer4 error-limit 1 on-error mark-down` (a failed
+//     connect marks the server down at once), `retries 2` (every other
+//     server is tried), `timeout connect 2s`; checks as ballast's (inter 1s
+//     fall 2 rise 1) and as on-prem production often has them (inter 5s
+//     fall 3 rise 1);
+//   - "plain" (-plain): the earlier configuration without splicing or
+//     passive checks, `retries 1`, inter 1s fall 2 rise 1.
 //
 // It measures, alternating the proxies for -rounds rounds:
 //   - throughput: MB/s received over -streams concurrent download streams;
@@ -31,7 +38,11 @@
 // Client connections that fail (or get no answer within 3s) after the
 // kill are counted too.
 //
-//	go run ./tools/bench/apiproxy -duration 5s -rounds 3
+// The CPU columns are the proxy process's CPU time over the run; CPU µs per
+// connection is that over the connections made. -cpuprofile writes CPU
+// profiles of ballast's proxy during the connection-rate runs.
+//
+//	go run ./tools/bench/apiproxy -duration 3s -rounds 5 -failover 10s
 package main
 
 import (
@@ -74,8 +85,9 @@ import (
 )
 
 const (
-	roleEnv  = "BALLAST_BENCH_APIPROXY_ROLE"
-	netnsEnv = "BALLAST_BENCH_NETNS"
+	roleEnv    = "BALLAST_BENCH_APIPROXY_ROLE"
+	netnsEnv   = "BALLAST_BENCH_NETNS"
+	profileEnv = "BALLAST_BENCH_CPUPROFILE"
 )
 
 var backendAddrs = []string{"127.0.0.1:9001", "127.0.0.1:9002", "127.0.0.1:9003"}
@@ -104,6 +116,9 @@ type options struct {
 	workers  int
 	rounds   int
 	failover time.Duration
+	plain    bool
+
+	cpuprofile string
 }
 
 func run(ctx context.Context, args []string, stdout io.Writer) error {
@@ -114,6 +129,8 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.IntVar(&o.workers, "workers", 32, "concurrent connect loops for the connection rate")
 	fs.IntVar(&o.rounds, "rounds", 3, "runs per proxy and measurement, alternating proxies; the table shows the median")
 	fs.DurationVar(&o.failover, "failover", 20*time.Second, "how long to watch traffic after a backend dies; 0 skips the failover runs")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write CPU profiles of ballast's proxy during the connection-rate runs to `file`.1, .2, …")
+	fs.BoolVar(&o.plain, "plain", true, "also run HAProxy without splice-auto and observe layer4 (the earlier, not equivalent configuration)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -164,8 +181,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 	proxies := []*proxy{
 		{name: "ballast (defaults: 1s, fall 2)", addr: "127.0.0.1:7001"},
-		{name: "haproxy inter 5s fall 3", addr: "127.0.0.1:7002", inter: "5s", fall: 3},
-		{name: "haproxy inter 1s fall 2", addr: "127.0.0.1:7003", inter: "1s", fall: 2},
+		{name: "haproxy equiv inter 1s fall 2", addr: "127.0.0.1:7002", inter: "1s", fall: 2, equiv: true},
+		{name: "haproxy equiv inter 5s fall 3", addr: "127.0.0.1:7003", inter: "5s", fall: 3, equiv: true},
+	}
+	if o.plain {
+		proxies = append(proxies, &proxy{name: "haproxy plain inter 1s fall 2", addr: "127.0.0.1:7004", inter: "1s", fall: 2})
 	}
 	for _, p := range proxies {
 		if err := b.start(ctx, p); err != nil {
@@ -196,8 +216,11 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 			}
 			p.cps = append(p.cps, r.value)
 			p.cpsCPU = append(p.cpsCPU, r.cpu)
+			if r.value > 0 && r.cpu > 0 {
+				p.usPerConn = append(p.usPerConn, 1e6*r.cpu/r.value)
+			}
 			p.connErrs += r.errors
-			fmt.Fprintf(os.Stderr, "round %d %-36s %8.0f MB/s %8.0f conn/s\n", round+1, p.name, p.mbps[round], p.cps[round])
+			fmt.Fprintf(os.Stderr, "round %d %-36s %8.0f MB/s %8.0f conn/s %6.0f µs CPU/conn\n", round+1, p.name, p.mbps[round], p.cps[round], 1e6*r.cpu/max(r.value, 1))
 		}
 	}
 	for _, p := range proxies {
@@ -224,15 +247,16 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintf(stdout, "%d rounds of %v; %d download streams; %d connect loops; medians [min–max]; CPU = proxy process CPU%% (200%% = both cores)\n",
 		o.rounds, o.duration, o.streams, o.workers)
-	fmt.Fprintln(tw, "proxy\tthroughput MB/s\tCPU\tnew conn/s\tCPU\tconn errors\t")
+	fmt.Fprintln(tw, "proxy\tthroughput MB/s\tCPU\tnew conn/s\tCPU\tCPU µs/conn\tconn errors\t")
 	for _, p := range all {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t\n", p.name, spread(p.mbps), cpuPct(p.mbCPU), spread(p.cps), cpuPct(p.cpsCPU), p.connErrs)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", p.name, spread(p.mbps), cpuPct(p.mbCPU), spread(p.cps), cpuPct(p.cpsCPU), spread(p.usPerConn), p.connErrs)
 	}
 	tw.Flush()
 	fmt.Fprintln(stdout)
-	base := proxies[1]
-	for _, p := range []*proxy{proxies[0]} {
-		fmt.Fprintf(stdout, "ballast / %s: throughput %.2f×, connection rate %.2f×\n", base.name, median(p.mbps)/median(base.mbps), median(p.cps)/median(base.cps))
+	ballast := proxies[0]
+	for _, base := range proxies[1:] {
+		fmt.Fprintf(stdout, "ballast / %s: throughput %.2f×, connection rate %.2f×, CPU per connection %.2f×\n", base.name,
+			median(ballast.mbps)/median(base.mbps), median(ballast.cps)/median(base.cps), median(ballast.usPerConn)/median(base.usPerConn))
 	}
 	fmt.Fprintln(stdout)
 	fmt.Fprintf(stdout, "dead backend, client connecting every 2ms, watched for %v after the failure:\n", o.failover)
@@ -254,11 +278,12 @@ type proxy struct {
 	addr  string
 	inter string // HAProxy's; empty for ballast
 	fall  int
+	equiv bool // HAProxy with ballast's equivalents: splice, mark down on a failed connect
 	cmd   *exec.Cmd
 
-	mbps, cps, mbCPU, cpsCPU []float64
-	connErrs                 int
-	failovers                []failoverResult
+	mbps, cps, mbCPU, cpsCPU, usPerConn []float64
+	connErrs                            int
+	failovers                           []failoverResult
 }
 
 type bench struct {
@@ -302,6 +327,13 @@ func (b *bench) reapBackend(addr string) {
 func (b *bench) start(ctx context.Context, p *proxy) error {
 	if p.inter == "" {
 		p.cmd = self(ctx, "proxy", "-front", p.addr, "-backends", strings.Join(backendAddrs, ","), "-pin", b.pin)
+		if b.o.cpuprofile != "" {
+			prof, err := filepath.Abs(b.o.cpuprofile)
+			if err != nil {
+				return err
+			}
+			p.cmd.Env = append(p.cmd.Env, profileEnv+"="+prof)
+		}
 	} else {
 		cfg := filepath.Join(b.dir, strings.ReplaceAll(p.addr, ":", "_")+".cfg")
 		if err := os.WriteFile(cfg, []byte(haproxyConfig(p)), 0o644); err != nil {
@@ -343,26 +375,42 @@ func (b *bench) stopAll() {
 	}
 }
 
+// haproxyConfig is HAProxy in mode tcp with the health checks ballast
+// runs. With equiv it also gets ballast's other defaults: splice(2) both
+// ways (option splice-auto), a failed connect marks the server down at once
+// (observe layer4, on-error mark-down) and the client is retried on another
+// server (option redispatch, retries as many as the other servers), connect
+// timeout 2s. Both have option redispatch.
 func haproxyConfig(p *proxy) string {
 	var s strings.Builder
+	connect, retries, globalOpts, backendOpts, serverOpts := "5s", 1, "", "", ""
+	if p.equiv {
+		connect, retries = "2s", len(backendAddrs)-1
+		// HAProxy takes pipes from a pool only while data waits in one;
+		// its default, maxconn/4, needs more descriptors than the
+		// machine's limit (20000) allows besides maxconn.
+		globalOpts = "    maxpipes 512\n"
+		backendOpts = "    option splice-auto\n"
+		serverOpts = " observe layer4 error-limit 1 on-error mark-down"
+	}
 	fmt.Fprintf(&s, `global
     maxconn 9000
-defaults
+%sdefaults
     mode tcp
-    timeout connect 5s
+    timeout connect %s
     timeout client 1h
     timeout server 1h
     option redispatch
-    retries 1
+    retries %d
 frontend api
     bind %s
     default_backend apiservers
 backend apiservers
     balance roundrobin
-    option httpchk GET /readyz
+%s    option httpchk GET /readyz
     http-check expect status 200
-    default-server check check-ssl verify none inter %s fall %d rise 1
-`, p.addr, p.inter, p.fall)
+    default-server check check-ssl verify none inter %s fall %d rise 1%s
+`, globalOpts, connect, retries, p.addr, backendOpts, p.inter, p.fall, serverOpts)
 	for i, a := range backendAddrs {
 		fmt.Fprintf(&s, "    server b%d %s\n", i+1, a)
 	}
@@ -505,6 +553,10 @@ func (b *bench) throughput(ctx context.Context, p *proxy) (result, error) {
 func (b *bench) connRate(ctx context.Context, p *proxy) (result, error) {
 	var ok, failed atomic.Int64
 	var wg sync.WaitGroup
+	if b.o.cpuprofile != "" && p.inter == "" && p.cmd != nil {
+		_ = p.cmd.Process.Signal(syscall.SIGUSR1)
+		defer p.cmd.Process.Signal(syscall.SIGUSR2)
+	}
 	cpu0 := cpuSeconds(p)
 	start := time.Now()
 	stop := start.Add(b.o.duration)
@@ -805,16 +857,29 @@ func runProxy(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if f := os.Getenv("BALLAST_BENCH_CPUPROFILE"); f != "" {
-		out, err := os.Create(f)
-		if err != nil {
-			return err
-		}
-		defer out.Close()
-		if err := pprof.StartCPUProfile(out); err != nil {
-			return err
-		}
-		defer pprof.StopCPUProfile()
+	if f := os.Getenv(profileEnv); f != "" {
+		// SIGUSR1 starts a CPU profile into f.N, SIGUSR2 stops it: the
+		// bench profiles the connection-rate runs only.
+		sig := make(chan os.Signal, 2)
+		signal.Notify(sig, syscall.SIGUSR1, syscall.SIGUSR2)
+		go func() {
+			var out *os.File
+			n := 0
+			for s := range sig {
+				switch {
+				case s == syscall.SIGUSR1 && out == nil:
+					n++
+					o, err := os.Create(fmt.Sprintf("%s.%d", f, n))
+					if err == nil && pprof.StartCPUProfile(o) == nil {
+						out = o
+					}
+				case s == syscall.SIGUSR2 && out != nil:
+					pprof.StopCPUProfile()
+					out.Close()
+					out = nil
+				}
+			}
+		}()
 	}
 	return p.Run(ctx)
 }
