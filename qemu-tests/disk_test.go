@@ -61,7 +61,8 @@ func buildDiskRecipe(t *testing.T) string {
 			diskArtifacts.err = err
 			return
 		}
-		r.Cmdline = append(r.Cmdline, agent.ConsoleAccessParam+"=rw")
+		// A 10 s settle instead of 2 min: the upgrade test waits for the blessing.
+		r.Cmdline = append(r.Cmdline, agent.ConsoleAccessParam+"=rw", agent.BlessSettleParam+"=10s")
 		src, err := image.FindSourceDir(".")
 		if err != nil {
 			diskArtifacts.err = err
