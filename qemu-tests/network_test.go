@@ -125,7 +125,7 @@ func TestNetworkStaticConfigFromURL(t *testing.T) {
 	defer cancel()
 	_, next, err := vm.Expect(ctx, regexp.MustCompile(`msg="machine config accepted" source=cmdline:http://192.0.2.1:8080/node.yaml sha256=`+hex.EncodeToString(sum[:])), 0)
 	must(t, err)
-	_, next, err = vm.Expect(ctx, regexp.MustCompile(`msg="ignition applied" files=1`), 0)
+	_, next, err = vm.Expect(ctx, regexp.MustCompile(`msg="ignition applied" mode="first boot" files=1`), 0)
 	must(t, err)
 	m, _, err := vm.Expect(ctx, readiness.Pattern, next)
 	must(t, err)
