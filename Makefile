@@ -35,6 +35,7 @@ FUZZTIME ?= 10s
 # before the tests, so its cold build does not count against a test binary's timeout.
 payload:
 	$(GO) run ./image/payload/cmd/buildpayload -role control-plane
+	$(GO) run ./image/payload/cmd/buildpayload kubectl
 
 test: deps check payload
 	$(GO) test $(TESTFLAGS) ./...

@@ -40,6 +40,10 @@ const (
 	// Ctr is containerd's ctr: the node imports the preloaded images with
 	// it. Built from the same pinned containerd; not in Components().
 	Ctr = "ctr"
+	// Kubectl is kubectl of the pinned Kubernetes, for operators and the
+	// cluster tests on the build machine; not in Components() (nodes do not
+	// ship it).
+	Kubectl = "kubectl"
 )
 
 // Components lists every component in build order (cheapest first).
@@ -222,7 +226,7 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			files:    map[string][]byte{"main.go": []byte(etcdMain)},
 			binaries: []binary{{name: "etcd", pkg: "."}},
 		}, nil
-	case Kubernetes:
+	case Kubernetes, Kubectl:
 		info, err := b.download(ctx, "k8s.io/kubernetes", v.Kubernetes)
 		if err != nil {
 			return nil, err
@@ -239,6 +243,14 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 		if err != nil {
 			return nil, err
 		}
+		if name == Kubectl {
+			const pkg = "k8s.io/kubernetes/cmd/kubectl"
+			return &unit{
+				name: Kubectl, version: v.Kubernetes,
+				requires: [][2]string{{"k8s.io/kubernetes", v.Kubernetes}}, replaces: replaces, tools: []string{pkg},
+				binaries: []binary{{name: Kubectl, pkg: pkg, ldflags: ld}},
+			}, nil
+		}
 		return &unit{
 			name: Kubernetes, version: v.Kubernetes,
 			requires: [][2]string{{"k8s.io/kubernetes", v.Kubernetes}}, replaces: replaces,
@@ -247,7 +259,7 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			links:    KubeCommands(),
 		}, nil
 	}
-	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr), ", "))
+	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr, Kubectl), ", "))
 }
 
 // kubeVersionLdflags sets what `kubelet --version` etc. print, as
