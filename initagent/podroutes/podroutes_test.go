@@ -51,6 +51,16 @@ func newNode(t *testing.T, addrs ...string) node {
 	return node{ns: ns, h: h}
 }
 
+// ownRoutes lists the daemon's routes to p (any metric).
+func ownRoutes(t *testing.T, h *netlink.Handle, p string) []netlink.Route {
+	rs, err := h.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Dst: mustIPNet(p), Protocol: Protocol},
+		netlink.RT_FILTER_DST|netlink.RT_FILTER_PROTOCOL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rs
+}
+
 func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }
 
 func mustIPNet(s string) *net.IPNet {
@@ -150,15 +160,18 @@ func TestFollowsNodes(t *testing.T) {
 func TestRestart(t *testing.T) {
 	n := newNode(t, "10.0.0.1/24")
 	eth0, _ := n.h.LinkByName("eth0")
-	add := func(p, gw string, proto netlink.RouteProtocol) {
-		r := netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: mustIPNet(p), Gw: net.ParseIP(gw), Protocol: proto}
+	add := func(p, gw string, proto netlink.RouteProtocol, metric int) {
+		r := netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: mustIPNet(p), Gw: net.ParseIP(gw), Protocol: proto, Priority: metric}
 		if err := n.h.RouteAdd(&r); err != nil {
 			t.Fatalf("add route %s via %s: %v", p, gw, err)
 		}
 	}
-	add("10.244.99.0/24", "10.0.0.9", Protocol)          // a node that left while no daemon ran
-	add("10.244.1.0/24", "10.0.0.8", Protocol)           // b, before its address changed
-	add("10.244.3.0/24", "10.0.0.7", unix.RTPROT_STATIC) // the operator's, for e's pod CIDR
+	add("10.244.99.0/24", "10.0.0.9", Protocol, 0) // a node that left while no daemon ran
+	add("10.244.1.0/24", "10.0.0.8", Protocol, 0)  // b, before its address changed
+	// The operator's, for e's pod CIDR; with a metric of its own, so only
+	// the daemon's restraint (not the kernel's EEXIST) keeps a second
+	// route to the prefix from shadowing it.
+	add("10.244.3.0/24", "10.0.0.7", unix.RTPROT_STATIC, 100)
 
 	api := newAPIServer(t)
 	api.set("a", []string{"10.0.0.1"}, "10.244.0.0/24")
@@ -178,6 +191,9 @@ func TestRestart(t *testing.T) {
 	})
 	if ok, state := hasRoute(t, n.h, "10.244.3.0/24", "10.0.0.7", unix.RTPROT_STATIC)(); !ok {
 		t.Errorf("the static route for e's pod CIDR was touched:\n%s", state)
+	}
+	if all := ownRoutes(t, n.h, "10.244.3.0/24"); len(all) != 0 {
+		t.Errorf("the daemon routes e's pod CIDR beside the static route: %v", all)
 	}
 	api.remove("e")
 	waitFor(t, "e gone from the status", func() (bool, string) { st := d.Status(); return st.Nodes == 2, formatStatus(st) })
