@@ -68,6 +68,11 @@ func plan(self string, nodes []runtime.Node, subnets []subnet) ([]route, []skip)
 	cidr:
 		for _, c := range cidrs {
 			sk := skip{Node: name, PodCIDR: c.String(), warn: true}
+			if c.Bits() == 0 {
+				sk.Reason = "a podCIDR of every address would be a default route"
+				skips = append(skips, sk)
+				continue
+			}
 			for _, o := range own {
 				if o.Overlaps(c) {
 					sk.Reason = fmt.Sprintf("overlaps this node's own podCIDR %s", o)
