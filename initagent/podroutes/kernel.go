@@ -90,8 +90,9 @@ func (d *Daemon) reconcile(ctx context.Context) {
 		for _, s := range skips {
 			st.Skipped = append(st.Skipped, SkipStatus{Node: s.Node, PodCIDR: s.PodCIDR, Reason: s.Reason})
 		}
+		st.RouteError = ""
 		if err != nil {
-			st.LastError = err.Error()
+			st.RouteError = err.Error()
 		}
 	})
 }

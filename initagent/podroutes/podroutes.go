@@ -91,9 +91,13 @@ type Status struct {
 	// Nodes is how many Node objects the last list and watch events left.
 	Nodes int `json:"nodes"`
 	// Listed is when the nodes were last listed; zero until the first list.
-	Listed    time.Time `json:"listed,omitzero"`
-	Watching  bool      `json:"watching"`
-	LastError string    `json:"lastError,omitempty"`
+	Listed   time.Time `json:"listed,omitzero"`
+	Watching bool      `json:"watching"`
+	// LastError is the last failure to list or watch the nodes, cleared by
+	// the next list.
+	LastError string `json:"lastError,omitempty"`
+	// RouteError is what the last pass over the kernel's routes failed at.
+	RouteError string `json:"routeError,omitempty"`
 }
 
 // RouteStatus is one pod route in the kernel.
@@ -224,9 +228,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			var ae *runtime.APIError
 			switch {
 			case errors.As(r.err, &ae) && ae.Code == 410:
-				// Too old a version (the server compacted): list again at once.
-				d.Log.Info("pod routes: node watch expired; listing again", "err", r.err)
-				retry.Reset(0)
+				// Too old a version (the server compacted): list again.
+				wait := backoff()
+				d.Log.Info("pod routes: node watch expired; listing again", "err", r.err, "retryIn", wait.Round(time.Millisecond))
+				retry.Reset(wait)
 			case r.ran >= resync/2:
 				fails = 0
 				retry.Reset(0)

@@ -152,6 +152,9 @@ func TestFollowsNodes(t *testing.T) {
 	if !slices.ContainsFunc(st.Skipped, func(s SkipStatus) bool { return s.Node == "d" && strings.Contains(s.Reason, "not on-link") }) {
 		t.Errorf("status does not show d skipped as off-link: %+v", st.Skipped)
 	}
+	if st.LastError != "" || st.RouteError != "" || !st.Watching || st.Nodes != 3 {
+		t.Errorf("status: %s", formatStatus(st))
+	}
 }
 
 // TestRestart: a daemon started over routes a previous run left removes the
