@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -251,4 +252,81 @@ func (c *KubeClient) GetNode(ctx context.Context, name string) (*Node, error) {
 		return nil, err
 	}
 	return &n, nil
+}
+
+// NodeList is every Node object and the resourceVersion to watch from.
+type NodeList struct {
+	Metadata struct {
+		ResourceVersion string `json:"resourceVersion"`
+	} `json:"metadata"`
+	Items []Node `json:"items"`
+}
+
+// ListNodes reads every Node object.
+func (c *KubeClient) ListNodes(ctx context.Context) (*NodeList, error) {
+	var l NodeList
+	if err := c.Do(ctx, http.MethodGet, "/api/v1/nodes", nil, &l); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// NodeEvent is one change seen by WatchNodes: Type is ADDED, MODIFIED or
+// DELETED (bookmarks are not passed on).
+type NodeEvent struct {
+	Type string
+	Node Node
+}
+
+// WatchNodes follows the Node objects from resourceVersion (a NodeList's),
+// calling fn for each change, until ctx ends, the server ends the stream
+// (nil) or fn fails. An ERROR event ends it with an *APIError; 410 means the
+// version is too old: list again.
+func (c *KubeClient) WatchNodes(ctx context.Context, resourceVersion string, fn func(NodeEvent) error) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet,
+		c.Server+"/api/v1/nodes?watch=true&resourceVersion="+url.QueryEscape(resourceVersion), nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Accept", "application/json")
+	// A watch lasts longer than any request timeout: only ctx ends it.
+	resp, err := (&http.Client{Transport: c.HTTP.Transport}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		return &APIError{Code: resp.StatusCode, Message: strings.TrimSpace(string(data))}
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev struct {
+			Type   string          `json:"type"`
+			Object json.RawMessage `json:"object"`
+		}
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return fmt.Errorf("node watch: %w", err)
+		}
+		switch ev.Type {
+		case "ADDED", "MODIFIED", "DELETED":
+			var n Node
+			if err := json.Unmarshal(ev.Object, &n); err != nil {
+				return fmt.Errorf("node watch: %s event: %w", ev.Type, err)
+			}
+			if err := fn(NodeEvent{Type: ev.Type, Node: n}); err != nil {
+				return err
+			}
+		case "ERROR":
+			var status struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			}
+			_ = json.Unmarshal(ev.Object, &status)
+			return &APIError{Code: status.Code, Message: status.Message}
+		}
+	}
 }
