@@ -64,7 +64,11 @@ func TestKubeadmAcceptsItsConfig(t *testing.T) {
 		}
 		bin = m[len(m)-1]
 	}
-	data, err := KubeadmConfig(testControlPlane())
+	cp := testControlPlane()
+	// A joiner's config, with everything this package may set.
+	cp.BootstrapToken = "abcdef.0123456789abcdef"
+	cp.EtcdExtraArgs = map[string]string{"initial-cluster": "cp-1=https://10.0.0.5:2380,cp-2=https://10.0.0.6:2380", "initial-cluster-state": "existing"}
+	data, err := KubeadmConfig(cp)
 	if err != nil {
 		t.Fatal(err)
 	}
