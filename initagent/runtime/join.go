@@ -116,6 +116,7 @@ type BootstrapResult struct {
 // *ClusterExistsError) when this node joined a cluster or a peer's etcd
 // answers with members. The decision is on STATE before etcd exists.
 func (k *Kube) Bootstrap(ctx context.Context) (BootstrapResult, error) {
+	k.init()
 	if k.Role != "control-plane" {
 		return BootstrapResult{}, ErrNoEtcd
 	}

@@ -115,6 +115,9 @@ type Kube struct {
 	StartDaemon func(pid1.Daemon)
 	// Since is when the boot started; the status reports times from it.
 	Since time.Time
+	// APIServers, if set, gets the apiservers registered in the cluster
+	// (host:port) whenever they change: the API proxy's backends.
+	APIServers func([]string)
 	// EtcdClientPort is where the peers' etcd answers; 0 means 2379.
 	EtcdClientPort int
 
@@ -705,7 +708,17 @@ func (k *Kube) writeCNI(p Paths, n *Node) error {
 // addresses are checked against the nodeIP decision.
 func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 	wasReady, first := false, true
-	for {
+	var apiservers []string
+	var admin *KubeClient
+	defer func() {
+		if admin != nil {
+			admin.HTTP.CloseIdleConnections()
+		}
+	}()
+	for i := 0; ; i++ {
+		if i%5 == 0 {
+			apiservers = k.reportAPIServers(ctx, c, &admin, apiservers)
+		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		n, err := c.GetNode(rctx, k.NodeName)
 		cancel()
