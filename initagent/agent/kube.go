@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -84,6 +85,10 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 		Output:      a.serviceOutput,
 	}
 	if a.ha.proxy != nil {
+		// The cluster CA from the config: the health checks verify the apiservers from the start.
+		if pool := x509.NewCertPool(); pool.AppendCertsFromPEM(c.CACert) {
+			a.ha.proxy.SetRootCAs(pool)
+		}
 		k.APIServers = a.apiServersDiscovered
 		k.ProxyPort = cfg.Cluster.APIProxy.Port
 		if k.ProxyPort == 0 {
