@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -244,5 +245,25 @@ func TestBootstrap(t *testing.T) {
 	worker.Role = "worker"
 	if _, err := worker.Bootstrap(ctx); !errors.Is(err, ErrNoEtcd) {
 		t.Errorf("bootstrap on a worker: %v", err)
+	}
+}
+
+// TestFinishPhases: the bootstrapping control plane (alone, or the one an
+// operator bootstrapped) uploads the cluster config and creates the
+// token; a joiner only marks itself.
+func TestFinishPhases(t *testing.T) {
+	k := testKube(t)
+	if got := fmt.Sprint(k.finishPhases()); got != "[[upload-config all] [mark-control-plane] [bootstrap-token]]" {
+		t.Errorf("lone control plane: %s", got)
+	}
+	k.Cluster.Peers = []netip.Addr{netip.MustParseAddr("10.0.0.6")}
+	if got := fmt.Sprint(k.finishPhases()); got != "[[mark-control-plane]]" {
+		t.Errorf("joiner: %s", got)
+	}
+	if err := k.writeMark(etcdBootstrapMark, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(k.finishPhases()); !strings.Contains(got, "bootstrap-token") {
+		t.Errorf("bootstrapped node with peers: %s", got)
 	}
 }

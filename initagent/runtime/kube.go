@@ -285,7 +285,7 @@ func (k *Kube) Run(ctx context.Context) error {
 		return k.fail("node %s: %v", k.NodeName, err)
 	}
 	if controlPlane {
-		if err := k.finishControlPlane(ctx, kind); err != nil {
+		if err := k.finishControlPlane(ctx); err != nil {
 			return k.fail("control plane: %v", err)
 		}
 	}
@@ -544,7 +544,7 @@ func (k *Kube) noteEtcd(kind controlPlaneKind, learner uint64) {
 		switch {
 		case learner != 0:
 			s.Etcd, s.EtcdMemberID = "learner", fmt.Sprintf("%x", learner)
-		case kind == bootstraps:
+		case kind == bootstraps || k.exists(etcdBootstrapMark):
 			s.Etcd = "bootstrapped"
 		default:
 			s.Etcd = "member"
@@ -555,16 +555,11 @@ func (k *Kube) noteEtcd(kind controlPlaneKind, learner uint64) {
 // finishControlPlane runs the phases that need the API (once per cluster
 // node): the cluster's kubeadm and kubelet config, the control-plane label
 // and taint, and bootstrap tokens' RBAC so workers can join.
-func (k *Kube) finishControlPlane(ctx context.Context, kind controlPlaneKind) error {
+func (k *Kube) finishControlPlane(ctx context.Context) error {
 	if _, err := os.Stat(k.path(bootstrappedMark)); err == nil {
 		return nil
 	}
-	phases := [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}}
-	if kind != bootstraps || k.exists(etcdJoinedMark) {
-		// The cluster's config and tokens are the bootstrapping node's.
-		phases = [][]string{{"mark-control-plane"}}
-	}
-	for _, phase := range phases {
+	for _, phase := range k.finishPhases() {
 		t := time.Now()
 		args := append(append([]string{"init", "phase"}, phase...), "--config", k.path(kubeadmConfigFile))
 		if err := k.run(ctx, "kubeadm", filepath.Join(k.System, "usr/bin/kubeadm"), args...); err != nil {
@@ -573,6 +568,15 @@ func (k *Kube) finishControlPlane(ctx context.Context, kind controlPlaneKind) er
 		k.Log.Info("kubeadm phase done", "phase", strings.Join(phase, " "), "took", time.Since(t).Round(10*time.Millisecond))
 	}
 	return os.WriteFile(k.path(bootstrappedMark), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}
+
+// finishPhases are the kubeadm phases a control plane runs once the API
+// answers: the cluster's config and tokens are the bootstrapping node's.
+func (k *Kube) finishPhases() [][]string {
+	if k.hasPeers() && !k.exists(etcdBootstrapMark) {
+		return [][]string{{"mark-control-plane"}}
+	}
+	return [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}}
 }
 
 // writeKubeletFiles writes kubelet's config and its kubeconfig, which
