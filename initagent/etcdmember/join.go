@@ -62,10 +62,14 @@ func (j *Joiner) Join(ctx context.Context) (Member, string, error) {
 			}
 		}
 		// etcd refuses changes until every voter has been connected a
-		// while (strict reconfig check), e.g. just after a promotion, and
-		// answers "member not found" while a removal is being applied.
+		// while (strict reconfig check), e.g. just after a promotion,
+		// answers "member not found" while a removal is being applied, and
+		// takes one learner at a time (--max-learners 1): control planes
+		// that join together enter one after the other.
+		// A timeout is ambiguous (two changes proposed at once: raft takes
+		// one): retried, and the list above finds the learner if it was added.
 		var ae *APIError
-		if !errors.As(err, &ae) || !strings.Contains(err.Error(), "unhealthy cluster") && !strings.Contains(err.Error(), "member not found") {
+		if errors.As(err, &ae) && !retryableAdd(err) {
 			break
 		}
 		j.Log.Debug("etcd refuses a new member for now", "attempt", attempt, "err", err)
@@ -149,6 +153,15 @@ func (j *Joiner) Promote(ctx context.Context, memberID uint64) error {
 		}
 		wait = min(2*wait, 10*time.Second)
 	}
+}
+
+func retryableAdd(err error) bool {
+	for _, m := range []string{"unhealthy cluster", "member not found", "too many learner"} {
+		if strings.Contains(err.Error(), m) {
+			return true
+		}
+	}
+	return false
 }
 
 func (j *Joiner) backoff() time.Duration {

@@ -145,3 +145,44 @@ func TestCanRemoveKeepsQuorum(t *testing.T) {
 		t.Errorf("removing the down member: %v", err)
 	}
 }
+
+// TestConcurrentJoins: two members join at once; etcd takes one learner
+// at a time, so the second waits until the first is promoted, and both end
+// as voters.
+func TestConcurrentJoins(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ca := etcdtest.NewCA(t)
+	log := slog.New(slog.DiscardHandler)
+	a := etcdtest.NewMember(t, "a")
+	a.Bootstrap(t, ca)
+	type joined struct {
+		m       *etcdtest.Member
+		j       *etcdmember.Joiner
+		self    etcdmember.Member
+		initial string
+		err     error
+	}
+	results := make(chan joined, 2)
+	for _, m := range []*etcdtest.Member{etcdtest.NewMember(t, "b"), etcdtest.NewMember(t, "c")} {
+		j := &etcdmember.Joiner{Client: ca.Client(t, a.ClientURL()), Name: m.Name, PeerURL: m.PeerURL(), Log: log, Backoff: 100 * time.Millisecond}
+		go func() {
+			self, initial, err := j.Join(ctx)
+			results <- joined{m, j, self, initial, err}
+		}()
+	}
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("%s: %v", r.m.Name, r.err)
+		}
+		r.m.Start(t, ca, r.initial, "existing")
+		if err := r.j.Promote(ctx, r.self.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := started(t, ctx, ca.Client(t, a.ClientURL()))
+	if len(got) != 3 || got["b"].IsLearner || got["c"].IsLearner {
+		t.Fatalf("members %+v, want a, b, c as voters", got)
+	}
+}
