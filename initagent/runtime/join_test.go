@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
@@ -13,6 +14,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -265,5 +267,77 @@ func TestFinishPhases(t *testing.T) {
 	}
 	if got := fmt.Sprint(k.finishPhases()); !strings.Contains(got, "bootstrap-token") {
 		t.Errorf("bootstrapped node with peers: %s", got)
+	}
+}
+
+// TestKubeadmReusesSharedPKI: on a joiner's temporary root, the real
+// kubeadm's certs phase keeps the shared CAs and service-account key the
+// runtime wrote (ECDSA CAs as nodectl gen cluster-secrets makes them) and
+// signs this node's certificates with them.
+func TestKubeadmReusesSharedPKI(t *testing.T) {
+	bin := os.Getenv("BALLAST_KUBEADM")
+	if bin == "" {
+		home, _ := os.UserHomeDir()
+		m, _ := filepath.Glob(filepath.Join(home, ".cache/ballast/payload/*/kubeadm"))
+		if len(m) == 0 {
+			t.Fatal("no kubeadm binary: build the payload (make payload) or set BALLAST_KUBEADM")
+		}
+		bin = m[len(m)-1]
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("kubeadm --rootfs chroots: run as root, as CI does")
+	}
+	k := testKube(t)
+	_, ca, _ := pki.NewAuthority("kubernetes", time.Hour)
+	_, etcdCA, _ := pki.NewAuthority("etcd-ca", time.Hour)
+	_, fp, _ := pki.NewAuthority("front-proxy-ca", time.Hour)
+	key, _ := rsa.GenerateKey(rand.Reader, 2048)
+	k.Cluster.CACert, k.Cluster.CAKey = ca.CertPEM, ca.KeyPEM
+	k.Cluster.EtcdCACert, k.Cluster.EtcdCAKey = etcdCA.CertPEM, etcdCA.KeyPEM
+	k.Cluster.FrontProxyCACert, k.Cluster.FrontProxyCAKey = fp.CertPEM, fp.KeyPEM
+	k.Cluster.ServiceAccountKey = pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)})
+	// The runtime's /etc/kubernetes is a link onto /var; relative here, so it resolves inside and outside the chroot.
+	if err := os.MkdirAll(k.path("etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(k.path(kubernetesState), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../"+kubernetesState, k.path("etc/kubernetes")); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.writeSharedPKI(); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := KubeadmConfig(k.controlPlaneConfig("v1.37.2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(k.path("kubeadm.yaml"), cfg, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, "init", "phase", "certs", "all", "--config", "/kubeadm.yaml", "--rootfs", k.Root).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubeadm: %v\n%s", err, out)
+	}
+	dir := k.path(kubernetesState + "/pki")
+	for name, want := range map[string][]byte{"ca.crt": ca.CertPEM, "etcd/ca.crt": etcdCA.CertPEM, "front-proxy-ca.crt": fp.CertPEM,
+		"sa.key": k.Cluster.ServiceAccountKey} {
+		if got, _ := os.ReadFile(filepath.Join(dir, name)); !bytes.Equal(got, want) {
+			t.Errorf("kubeadm replaced %s", name)
+		}
+	}
+	for leaf, issuer := range map[string][]byte{"apiserver.crt": ca.CertPEM, "etcd/server.crt": etcdCA.CertPEM, "etcd/peer.crt": etcdCA.CertPEM,
+		"apiserver-etcd-client.crt": etcdCA.CertPEM, "front-proxy-client.crt": fp.CertPEM} {
+		data, err := os.ReadFile(filepath.Join(dir, leaf))
+		if err != nil {
+			t.Errorf("%s: %v", leaf, err)
+			continue
+		}
+		c, _ := pki.ParseCertificate(data)
+		i, _ := pki.ParseCertificate(issuer)
+		if c == nil || c.CheckSignatureFrom(i) != nil {
+			t.Errorf("%s is not signed by the shared CA", leaf)
+		}
 	}
 }
