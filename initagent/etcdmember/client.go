@@ -158,8 +158,9 @@ func (c *Client) callAny(ctx context.Context, path string, req, resp any) (strin
 		if err == nil {
 			return ep, nil
 		}
+		// A learner refuses member calls; another endpoint may be a voter.
 		var ae *APIError
-		if errors.As(err, &ae) {
+		if errors.As(err, &ae) && !strings.Contains(ae.Message, "not supported for learner") {
 			return ep, err
 		}
 		errs = append(errs, err)

@@ -52,6 +52,12 @@ func join(t *testing.T, ctx context.Context, ca *etcdtest.CA, c *etcdmember.Clie
 		t.Fatalf("initial-cluster %q lacks the joiner", initial)
 	}
 	m.Start(t, ca, initial, "existing")
+	// The learner first: it refuses member calls, and the client goes on to a voter.
+	viaLearner := ca.Client(t, append([]string{m.ClientURL()}, c.Endpoints...)...)
+	if _, answered, err := viaLearner.MemberList(ctx); err != nil || answered == m.ClientURL() {
+		t.Errorf("member list with the learner first: answered by %s, %v; want a voter's answer", answered, err)
+	}
+	j.Client = viaLearner
 	if err := j.Promote(ctx, self.ID); err != nil {
 		t.Fatal(err)
 	}

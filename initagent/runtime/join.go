@@ -56,14 +56,11 @@ func (k *Kube) etcdPort() int {
 	return etcdClientPort
 }
 
-// etcdClient reaches the peers' etcd (and this node's with self) with a
+// etcdClient reaches the peers' etcd with a
 // client certificate it signs from the etcd CA: the config's, else the
 // one kubeadm made on this node.
-func (k *Kube) etcdClient(self bool) (*etcdmember.Client, error) {
+func (k *Kube) etcdClient() (*etcdmember.Client, error) {
 	var eps []string
-	if self {
-		eps = append(eps, "https://"+net.JoinHostPort(k.NodeIPs[0].String(), strconv.Itoa(etcdClientPort)))
-	}
 	for _, p := range k.Cluster.Peers {
 		eps = append(eps, "https://"+net.JoinHostPort(p.String(), strconv.Itoa(k.etcdPort())))
 	}
@@ -86,7 +83,7 @@ func (k *Kube) existingCluster(ctx context.Context) (string, bool) {
 	if !k.hasPeers() {
 		return "", false
 	}
-	c, err := k.etcdClient(false)
+	c, err := k.etcdClient()
 	if err != nil {
 		k.Log.Debug("etcd client", "err", err)
 		return "", false
@@ -287,7 +284,7 @@ func (k *Kube) joinControlPlane(ctx context.Context) (uint64, error) {
 	if err := k.kubeadmPhases(ctx, cp, []string{"certs", "all"}, []string{"kubeconfig", "all"}, []string{"control-plane", "all"}); err != nil {
 		return 0, err
 	}
-	client, err := k.etcdClient(false)
+	client, err := k.etcdClient()
 	if err != nil {
 		return 0, err
 	}
@@ -322,7 +319,7 @@ func (k *Kube) unpromotedLearner(ctx context.Context) uint64 {
 	if !k.exists(etcdJoinedMark) {
 		return 0
 	}
-	c, err := k.etcdClient(false)
+	c, err := k.etcdClient()
 	if err != nil {
 		return 0
 	}
@@ -343,7 +340,8 @@ func (k *Kube) unpromotedLearner(ctx context.Context) uint64 {
 
 // promote promotes this node's learner once it has caught up.
 func (k *Kube) promote(ctx context.Context, id uint64) error {
-	client, err := k.etcdClient(true)
+	// The peers only: this node's etcd is the learner, which refuses member calls.
+	client, err := k.etcdClient()
 	if err != nil {
 		return err
 	}
