@@ -2,9 +2,14 @@ package qemutests
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/http"
@@ -15,14 +20,17 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/api/pki"
+	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 )
 
 // vipConfig is a control-plane node of the lab cluster: the API VIP
 // 192.0.2.100, the other node as its only VRRP peer, and the lab's
 // apiserver stand-in behind the local API proxy.
-func vipConfig(addr, peer string, priority int) string {
-	return fmt.Sprintf(`apiVersion: ballast.dev/v1alpha1
+// Control planes with peers share the cluster's keys (the config refuses
+// them without); these nodes never bootstrap, so the keys only validate.
+func vipConfig(addr, peer string, priority int, secrets string) string {
+	return strings.Replace(fmt.Sprintf(`apiVersion: ballast.dev/v1alpha1
 kind: MachineConfig
 network:
   interfaces:
@@ -38,7 +46,7 @@ cluster:
   apiServers: ["192.0.2.1:6443"]
   peers: [%s]
   vip: {priority: %d, advertIntervalMs: 300} # TCG is slow: keep adverts well apart
-`, addr, peer, priority)
+`, addr, peer, priority), "  role: control-plane\n", "  role: control-plane\n"+secrets, 1)
 }
 
 // TestAPIVIPMovesWhenMasterPowersOff boots two control-plane images on one
@@ -57,9 +65,10 @@ func TestAPIVIPMovesWhenMasterPowersOff(t *testing.T) {
 	go srv.Serve(tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}}))
 	t.Cleanup(func() { srv.Close() })
 
+	secrets := clusterSecrets(t)
 	configs := map[string]string{
-		"/a.yaml": vipConfig("192.0.2.10", "192.0.2.11", 150),
-		"/b.yaml": vipConfig("192.0.2.11", "192.0.2.10", 100),
+		"/a.yaml": vipConfig("192.0.2.10", "192.0.2.11", 150, secrets),
+		"/b.yaml": vipConfig("192.0.2.11", "192.0.2.10", 100, secrets),
 	}
 	must(t, lab.Serve(8080, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if c, ok := configs[r.URL.Path]; ok {
@@ -127,4 +136,37 @@ func selfSigned() (tls.Certificate, error) {
 		return tls.Certificate{}, err
 	}
 	return tls.X509KeyPair(p.CertPEM, p.KeyPEM)
+}
+
+// clusterSecrets are the cluster section's shared keys as indented YAML
+// lines (what nodectl gen cluster-secrets makes).
+func clusterSecrets(t *testing.T) string {
+	t.Helper()
+	var b strings.Builder
+	block := func(pemData []byte) string {
+		return "|\n      " + strings.ReplaceAll(strings.TrimSpace(string(pemData)), "\n", "\n      ") + "\n"
+	}
+	for _, name := range []string{"ca", "etcdCA", "frontProxyCA"} {
+		_, pair, err := pki.NewAuthority(name, 24*time.Hour)
+		must(t, err)
+		fmt.Fprintf(&b, "  %s:\n    certificate: %s    key: %s", name, block(pair.CertPEM), block(pair.KeyPEM))
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	must(t, err)
+	fmt.Fprintf(&b, "  serviceAccountKey: %s", strings.Replace(block(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), "      ", "    ", -1))
+	b.WriteString("  token: abcdef.0123456789abcdef\n")
+	return b.String()
+}
+
+// TestVIPConfigsValidate: the VIP test's configs pass the agent's
+// validation (no VM needed).
+func TestVIPConfigsValidate(t *testing.T) {
+	secrets := clusterSecrets(t)
+	for _, doc := range []string{vipConfig("192.0.2.10", "192.0.2.11", 150, secrets), vipConfig("192.0.2.11", "192.0.2.10", 100, secrets)} {
+		if _, _, err := config.Parse([]byte(doc)); err != nil {
+			t.Errorf("%v\n%s", err, doc)
+		}
+	}
 }

@@ -49,6 +49,9 @@ type Agent struct {
 	bless    *blessing        // judges a boot of a system slot that is not good yet; nil otherwise
 	// localAPIServer: the API proxy fronts this control-plane node's own kube-apiserver too.
 	localAPIServer bool
+	// discovered are the apiservers registered in the cluster (runtime.Kube.APIServers).
+	apiServersMu sync.Mutex
+	discovered   []string
 
 	outputsMu sync.Mutex
 	outputs   map[string]io.Writer // per external service: log ring + rotated file
@@ -257,12 +260,5 @@ func (a *Agent) configCommitted() {
 		return
 	}
 	a.configureTLS(cfg)
-	if a.ha.proxy != nil {
-		if a.localAPIServer {
-			if d := a.nodeIP.get(); d != nil {
-				cfg = withLocalAPIServer(cfg, d.Addrs())
-			}
-		}
-		a.ha.proxy.SetBackends(cfg.Cluster.APIServers)
-	}
+	a.setProxyBackends(cfg)
 }

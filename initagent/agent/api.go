@@ -90,6 +90,7 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 	srv.Metrics = a.haSections(srv.Sections)
 	if k := a.kube; k != nil {
 		srv.Sections["kubernetes"] = func() any { return k.Status() }
+		srv.Cluster = ClusterCalls(k)
 	}
 	if a.resolver != nil {
 		srv.Sections["dns"] = func() any { return a.resolver.status() }

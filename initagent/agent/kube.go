@@ -2,8 +2,11 @@ package agent
 
 import (
 	"context"
+	"crypto/x509"
+	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"slices"
@@ -12,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/runtime"
@@ -63,8 +67,15 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 		}
 	}
 	c.PodCIDRs, c.ServiceCIDRs = prefixes(cfg.Cluster.PodCIDRs, defaultPodCIDR), prefixes(cfg.Cluster.ServiceCIDRs, defaultServiceCIDR)
-	if ca := cfg.Cluster.CA; ca.Certificate != "" {
-		c.CACert, c.CAKey = []byte(ca.Certificate), []byte(ca.Key)
+	cc := cfg.Cluster
+	c.CACert, c.CAKey = []byte(cc.CA.Certificate), []byte(cc.CA.Key)
+	c.EtcdCACert, c.EtcdCAKey = []byte(cc.EtcdCA.Certificate), []byte(cc.EtcdCA.Key)
+	c.FrontProxyCACert, c.FrontProxyCAKey = []byte(cc.FrontProxyCA.Certificate), []byte(cc.FrontProxyCA.Key)
+	c.ServiceAccountKey, c.Token, c.APIServers = []byte(cc.ServiceAccountKey), cc.Token, cc.APIServers
+	for _, p := range cc.Peers {
+		if ip, err := netip.ParseAddr(p); err == nil {
+			c.Peers = append(c.Peers, ip.Unmap())
+		}
 	}
 	k := &runtime.Kube{
 		Root: a.Root, System: filepath.Join(a.Root, sysslot.SystemMount), Role: role, NodeName: hostname,
@@ -74,6 +85,11 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 		Output:      a.serviceOutput,
 	}
 	if a.ha.proxy != nil {
+		// The cluster CA from the config: the health checks verify the apiservers from the start.
+		if pool := x509.NewCertPool(); pool.AppendCertsFromPEM(c.CACert) {
+			a.ha.proxy.SetRootCAs(pool)
+		}
+		k.APIServers = a.apiServersDiscovered
 		k.ProxyPort = cfg.Cluster.APIProxy.Port
 		if k.ProxyPort == 0 {
 			k.ProxyPort = DefaultAPIProxyPort
@@ -85,6 +101,70 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 	}
 	a.kube = k
 	a.sup.Start(ctx, pid1.Daemon{Name: "kubernetes", Run: k.Run})
+}
+
+// apiServersDiscovered takes the apiservers registered in the cluster:
+// the proxy's backends become the config's and these.
+func (a *Agent) apiServersDiscovered(addrs []string) {
+	a.apiServersMu.Lock()
+	a.discovered = addrs
+	a.apiServersMu.Unlock()
+	if cfg := a.currentConfig(); cfg != nil {
+		a.setProxyBackends(cfg)
+	}
+}
+
+// setProxyBackends gives the API proxy the config's apiservers, this
+// control plane's own, and those registered in the cluster.
+func (a *Agent) setProxyBackends(cfg *config.MachineConfig) {
+	if a.ha.proxy == nil {
+		return
+	}
+	if a.localAPIServer {
+		if d := a.nodeIP.get(); d != nil {
+			cfg = withLocalAPIServer(cfg, d.Addrs())
+		}
+	}
+	backends := append([]string(nil), cfg.Cluster.APIServers...)
+	a.apiServersMu.Lock()
+	for _, d := range a.discovered {
+		if !slices.Contains(backends, d) {
+			backends = append(backends, d)
+		}
+	}
+	a.apiServersMu.Unlock()
+	a.ha.proxy.SetBackends(backends)
+}
+
+// ClusterCalls are the node API's cluster calls served by k.
+func ClusterCalls(k *runtime.Kube) api.ClusterCalls {
+	return api.ClusterCalls{Bootstrap: bootstrapCall(k), Kubeconfig: kubeconfigCall(k)}
+}
+
+// bootstrapCall answers POST /v1/bootstrap from the runtime.
+func bootstrapCall(k *runtime.Kube) func(context.Context) (api.BootstrapResponse, error) {
+	return func(ctx context.Context) (api.BootstrapResponse, error) {
+		r, err := k.Bootstrap(ctx)
+		var exists *runtime.ClusterExistsError
+		switch {
+		case errors.As(err, &exists), errors.Is(err, runtime.ErrNoEtcd):
+			return api.BootstrapResponse{}, &api.StatusError{Code: http.StatusConflict, Msg: err.Error()}
+		case err != nil:
+			return api.BootstrapResponse{}, err
+		}
+		return api.BootstrapResponse{Already: r.Already, Message: r.Message}, nil
+	}
+}
+
+// kubeconfigCall answers /v1/kubeconfig from the runtime.
+func kubeconfigCall(k *runtime.Kube) func(context.Context, string) ([]byte, error) {
+	return func(_ context.Context, user string) ([]byte, error) {
+		data, err := k.AdminKubeconfig(user)
+		if errors.Is(err, runtime.ErrNotControlPlane) {
+			return nil, &api.StatusError{Code: http.StatusConflict, Msg: err.Error()}
+		}
+		return data, err
+	}
 }
 
 // serviceOutput is where an external program's output goes: the log ring

@@ -78,6 +78,40 @@ type Server struct {
 	// Upgrade, if set, serves system upgrades and rollbacks of the system
 	// slot; nil on nodes without system slots (netboot).
 	Upgrade Upgrader
+	// Cluster, if set, serves bootstrap and kubeconfig (Kubernetes nodes).
+	Cluster ClusterCalls
+}
+
+// ClusterCalls are the Kubernetes cluster's calls; nil fields are not served.
+type ClusterCalls struct {
+	// Bootstrap makes this control plane create the cluster's etcd.
+	Bootstrap func(ctx context.Context) (BootstrapResponse, error)
+	// Kubeconfig returns an admin kubeconfig for user.
+	Kubeconfig func(ctx context.Context, user string) ([]byte, error)
+}
+
+// BootstrapResponse is the answer to POST /v1/bootstrap.
+type BootstrapResponse struct {
+	Already bool   `json:"already"`
+	Message string `json:"message"`
+}
+
+// StatusError is an error with the HTTP status it answers with.
+type StatusError struct {
+	Code int
+	Msg  string
+}
+
+func (e *StatusError) Error() string { return e.Msg }
+
+// writeError answers err with its StatusError code, else fallback.
+func writeError(w http.ResponseWriter, err error, fallback int) {
+	code := fallback
+	var se *StatusError
+	if errors.As(err, &se) {
+		code = se.Code
+	}
+	writeJSON(w, code, ErrorResponse{Error: err.Error()})
 }
 
 // Upgrader writes a new system image into the inactive system slot, or
@@ -138,6 +172,10 @@ func (s *Server) Handler(access Access) http.Handler {
 		"POST /v1/reboot":   s.power("reboot"),
 		"POST /v1/shutdown": s.power("poweroff"),
 		"POST /v1/upgrade":  s.upgrade,
+		// Bootstrapping creates a cluster; a kubeconfig hands out cluster-admin.
+		"POST /v1/bootstrap":  s.bootstrap,
+		"POST /v1/kubeconfig": s.kubeconfig,
+		"GET /v1/kubeconfig":  s.kubeconfig,
 	}
 	for pattern, h := range mutating {
 		if access == Full {
@@ -283,6 +321,41 @@ func (s *Server) upgrade(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"slot": slot})
+}
+
+func (s *Server) bootstrap(w http.ResponseWriter, r *http.Request) {
+	if s.Cluster.Bootstrap == nil {
+		writeJSON(w, http.StatusNotImplemented, ErrorResponse{Error: "this node runs no Kubernetes control plane: bootstrap a control-plane node"})
+		return
+	}
+	resp, err := s.Cluster.Bootstrap(r.Context())
+	if err != nil {
+		writeError(w, err, http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// kubeconfig answers an admin kubeconfig whose user is the client
+// certificate's common name.
+func (s *Server) kubeconfig(w http.ResponseWriter, r *http.Request) {
+	if s.Cluster.Kubeconfig == nil {
+		writeJSON(w, http.StatusNotImplemented, ErrorResponse{Error: "this node runs no Kubernetes control plane: ask a control-plane node"})
+		return
+	}
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 || r.TLS.PeerCertificates[0].Subject.CommonName == "" {
+		writeJSON(w, http.StatusForbidden, ErrorResponse{Error: "a kubeconfig names its user after the caller's client certificate: " +
+			"call through the mutual-TLS API (api.tls in the machine config) with a certificate that has a common name"})
+		return
+	}
+	data, err := s.Cluster.Kubeconfig(r.Context(), r.TLS.PeerCertificates[0].Subject.CommonName)
+	if err != nil {
+		writeError(w, err, http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/yaml")
+	w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	_, _ = w.Write(data)
 }
 
 func (s *Server) power(action string) http.HandlerFunc {

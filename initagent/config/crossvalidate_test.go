@@ -191,7 +191,7 @@ func TestCrossObjectChecks(t *testing.T) {
 			"cluster.apiServers[1]", []string{"listed twice (also cluster.apiServers[0])"}},
 		{"apiserver is the API VIP on a control-plane node", []edit{{lastLine, "  apiServers: [\"10.0.0.100:6443\"]\n"}},
 			"cluster.apiServers[0]", []string{"the API VIP (cluster.apiVIPs[0])", "forward to itself"}},
-		{"apiserver is the API VIP on a worker", []edit{{lastLine, "  apiServers: [\"10.0.0.100:6443\"]\n"}, {"role: control-plane", "role: worker"}}, "", nil},
+		{"apiserver is the API VIP on a worker", []edit{{lastLine, "  apiServers: [\"10.0.0.100:6443\"]\n" + workerJoin()}, {"role: control-plane", "role: worker"}}, "", nil},
 		{"apiserver is the local proxy", []edit{{lastLine, "  apiServers: [\"127.0.0.1:7445\"]\n"}},
 			"cluster.apiServers[0]", []string{"the API proxy's own frontend (cluster.apiProxy.port 7445)"}},
 		{"apiserver in the service network", []edit{{lastLine, "  apiServers: [\"10.96.0.1:443\"]\n  serviceCIDRs: [10.96.0.0/12]\n"}},

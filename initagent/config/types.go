@@ -166,9 +166,20 @@ type Cluster struct {
 	// APIProxy tunes the local API proxy in front of apiServers.
 	APIProxy APIProxy `yaml:"apiProxy"`
 	// CA is the cluster's Kubernetes CA. Control-plane nodes sign the
-	// cluster's certificates with it; without it the first control-plane
-	// node creates one.
+	// cluster's certificates with it (certificate and key); without it a
+	// lone control-plane node creates one. Workers carry the certificate
+	// only: it is how they trust the apiservers.
 	CA ClusterCA `yaml:"ca"`
+	// EtcdCA, FrontProxyCA and ServiceAccountKey (PEM) are shared by every
+	// control-plane node, each signing its own certificates with them:
+	// required on a control plane with peers, optional on a lone one.
+	EtcdCA            ClusterCA `yaml:"etcdCA"`
+	FrontProxyCA      ClusterCA `yaml:"frontProxyCA"`
+	ServiceAccountKey string    `yaml:"serviceAccountKey"`
+	// Token is a kubeadm bootstrap token ([a-z0-9]{6}.[a-z0-9]{16}) the
+	// bootstrapping control plane creates; workers join with it. Required
+	// on workers and on control planes with peers.
+	Token string `yaml:"token"`
 }
 
 // ClusterCA is a CA certificate and its key, inline PEM.

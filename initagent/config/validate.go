@@ -51,7 +51,7 @@ func (v *validator) validate() {
 	v.cluster()
 	v.kubelet()
 	v.api()
-	v.clusterCA()
+	v.clusterSecrets()
 	v.crossValidate()
 }
 

@@ -70,7 +70,10 @@ type Kubelet struct {
 	ClusterDNS    []netip.Addr
 	ResolvConf    string // the pods' resolv.conf (the node-local DNS)
 	Kubeconfig    string // reaches the API through the local proxy
-	ExtraArgs     map[string]string
+	// BootstrapKubeconfig, on a worker, holds the bootstrap token kubelet
+	// gets its client certificate with (TLS bootstrap).
+	BootstrapKubeconfig string
+	ExtraArgs           map[string]string
 }
 
 // KubeletConfiguration renders kubelet's config file (JSON is YAML).
@@ -111,6 +114,9 @@ func KubeletArgs(p Paths, k Kubelet) []string {
 	}
 	if k.NodeIP != "" {
 		args = append(args, "--node-ip="+k.NodeIP)
+	}
+	if k.BootstrapKubeconfig != "" {
+		args = append(args, "--bootstrap-kubeconfig="+k.BootstrapKubeconfig)
 	}
 	keys := make([]string, 0, len(k.ExtraArgs))
 	for key := range k.ExtraArgs {

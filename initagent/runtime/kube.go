@@ -72,6 +72,17 @@ type Cluster struct {
 	// CACert and CAKey (PEM), when set, are the cluster CA a control-plane
 	// node signs with; otherwise the first control-plane node makes one.
 	CACert, CAKey []byte
+	// Shared by every control plane of a cluster with peers (PEM).
+	EtcdCACert, EtcdCAKey             []byte
+	FrontProxyCACert, FrontProxyCAKey []byte
+	ServiceAccountKey                 []byte
+	// Token is the bootstrap token workers join with.
+	Token string
+	// Peers are the other control-plane nodes: their etcd answers when a
+	// cluster exists. Without peers a control plane bootstraps alone.
+	Peers []netip.Addr
+	// APIServers (host:port) reach the API when no proxy and no VIP does.
+	APIServers []string
 }
 
 // Kube runs Kubernetes on the node from the system image: containerd with
@@ -104,6 +115,14 @@ type Kube struct {
 	StartDaemon func(pid1.Daemon)
 	// Since is when the boot started; the status reports times from it.
 	Since time.Time
+	// APIServers, if set, gets the apiservers registered in the cluster
+	// (host:port) whenever they change: the API proxy's backends.
+	APIServers func([]string)
+	// EtcdClientPort is where the peers' etcd answers; 0 means 2379.
+	EtcdClientPort int
+
+	initOnce     sync.Once
+	bootstrapReq chan struct{}
 
 	mu      sync.Mutex
 	started map[string]bool
@@ -124,6 +143,9 @@ type KubeStatus struct {
 	NodeAddresses   []string `json:"nodeAddresses,omitempty"`
 	PodCIDRs        []string `json:"podCIDRs,omitempty"`
 	LastError       string   `json:"lastError,omitempty"`
+	// Etcd is this control plane's part in etcd: bootstrapped, learner or member.
+	Etcd         string `json:"etcd,omitempty"`
+	EtcdMemberID string `json:"etcdMemberID,omitempty"`
 }
 
 // Status returns a copy of the current status.
@@ -179,9 +201,7 @@ const (
 // ends. It can be called again after an error (the supervisor does): what
 // already runs keeps running.
 func (k *Kube) Run(ctx context.Context) error {
-	if k.started == nil {
-		k.started = map[string]bool{}
-	}
+	k.init()
 	if len(k.NodeIPs) == 0 {
 		return k.fail("no node address: the nodeIP decision found none, so kubelet cannot start (see nodectl nodeip --explain)")
 	}
@@ -208,21 +228,47 @@ func (k *Kube) Run(ctx context.Context) error {
 	k.milestone("images imported", func(s *KubeStatus) { s.ImagesImported = k.since() })
 
 	controlPlane := k.Role == "control-plane"
+	kind, learner := bootstraps, uint64(0)
 	if controlPlane {
-		if _, err := os.Stat(filepath.Join(p.ManifestDir, "kube-apiserver.yaml")); errors.Is(err, os.ErrNotExist) {
+		var err error
+		if kind, err = k.decide(ctx); err != nil {
+			return k.fail("control plane: %v", err)
+		}
+		if !k.exists("etc/kubernetes/manifests/kube-apiserver.yaml") || (kind == joins && !k.exists(etcdMemberDir)) {
 			k.update(func(s *KubeStatus) { s.Phase = "creating control plane" })
-			if err := k.createControlPlane(ctx); err != nil {
+			if kind == joins {
+				learner, err = k.joinControlPlane(ctx)
+			} else {
+				err = k.createControlPlane(ctx)
+			}
+			if err != nil {
 				return k.fail("control plane: %v", err)
 			}
 		}
+		if kind == rejoins && learner == 0 {
+			learner = k.unpromotedLearner(ctx)
+		}
+		k.noteEtcd(kind, learner)
 	}
 	if err := k.writeKubeletFiles(p); err != nil {
 		return k.fail("kubelet files: %v", err)
 	}
 	k.startOnce("kubelet", k.kubeletProcess(p).Run)
 	k.milestone("kubelet started", func(s *KubeStatus) { s.KubeletStarted = k.since() })
+	if learner != 0 {
+		k.update(func(s *KubeStatus) { s.Phase = "waiting for etcd to promote this learner" })
+		if err := k.promote(ctx, learner); err != nil {
+			return k.fail("etcd: %v", err)
+		}
+	}
 
-	node, err := LoadKubeconfig(k.path(kubeletKubeconfig), "")
+	var node *KubeClient
+	if controlPlane {
+		node, err = LoadKubeconfig(k.path(kubeletKubeconfig), "")
+	} else {
+		k.update(func(s *KubeStatus) { s.Phase = "waiting for kubelet's TLS bootstrap" })
+		node, err = k.waitKubeletKubeconfig(ctx)
+	}
 	if err != nil {
 		return k.fail("kubelet kubeconfig: %v", err)
 	}
@@ -248,6 +294,17 @@ func (k *Kube) Run(ctx context.Context) error {
 	}
 	k.update(func(s *KubeStatus) { s.Phase = "waiting for node Ready" })
 	return k.follow(ctx, p, node)
+}
+
+func (k *Kube) init() {
+	k.initOnce.Do(func() {
+		k.mu.Lock()
+		if k.started == nil {
+			k.started = map[string]bool{}
+		}
+		k.mu.Unlock()
+		k.bootstrapReq = make(chan struct{}, 1)
+	})
 }
 
 func (k *Kube) fail(format string, args ...any) error {
@@ -446,6 +503,7 @@ func (k *Kube) controlPlaneConfig(version string) ControlPlane {
 		ExtraSANs: append([]string{"127.0.0.1", "localhost"}, k.Cluster.ExtraSANs...),
 		PodCIDRs:  k.Cluster.PodCIDRs, ServiceCIDRs: k.Cluster.ServiceCIDRs,
 		CRISocket: "unix://" + k.paths().Socket(), KubeletNodeIP: k.kubeletNodeIP(),
+		BootstrapToken: k.Cluster.Token,
 	}
 }
 
@@ -464,34 +522,34 @@ func (k *Kube) createControlPlane(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := KubeadmConfig(k.controlPlaneConfig(sp.Versions.Kubernetes))
-	if err != nil {
+	if err := k.writeSharedPKI(); err != nil {
 		return err
 	}
-	if err := os.WriteFile(k.path(kubeadmConfigFile), cfg, 0o600); err != nil {
-		return err
-	}
-	if len(k.Cluster.CACert) > 0 {
-		pki := k.path("etc/kubernetes/pki")
-		if err := os.MkdirAll(pki, 0o700); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(pki, "ca.crt"), k.Cluster.CACert, 0o644); err != nil {
-			return err
-		}
-		if err := os.WriteFile(filepath.Join(pki, "ca.key"), k.Cluster.CAKey, 0o600); err != nil {
+	if !k.exists(etcdBootstrapMark) {
+		if err := k.writeMark(etcdBootstrapMark, "bootstrapped"); err != nil {
 			return err
 		}
 	}
-	for _, phase := range [][]string{{"certs", "all"}, {"kubeconfig", "all"}, {"etcd", "local"}, {"control-plane", "all"}} {
-		t := time.Now()
-		args := append(append([]string{"init", "phase"}, phase...), "--config", k.path(kubeadmConfigFile))
-		if err := k.run(ctx, "kubeadm", filepath.Join(k.System, "usr/bin/kubeadm"), args...); err != nil {
-			return err
-		}
-		k.Log.Info("kubeadm phase done", "phase", strings.Join(phase, " "), "took", time.Since(t).Round(10*time.Millisecond))
+	err = k.kubeadmPhases(ctx, k.controlPlaneConfig(sp.Versions.Kubernetes),
+		[]string{"certs", "all"}, []string{"kubeconfig", "all"}, []string{"etcd", "local"}, []string{"control-plane", "all"})
+	if err == nil {
+		k.Log.Info("cluster bootstrapped", "node", k.NodeName, "etcdPeerURL", k.peerURL())
 	}
-	return nil
+	return err
+}
+
+// noteEtcd puts the node's etcd role into the status.
+func (k *Kube) noteEtcd(kind controlPlaneKind, learner uint64) {
+	k.update(func(s *KubeStatus) {
+		switch {
+		case learner != 0:
+			s.Etcd, s.EtcdMemberID = "learner", fmt.Sprintf("%x", learner)
+		case kind == bootstraps || k.exists(etcdBootstrapMark):
+			s.Etcd = "bootstrapped"
+		default:
+			s.Etcd = "member"
+		}
+	})
 }
 
 // finishControlPlane runs the phases that need the API (once per cluster
@@ -501,7 +559,7 @@ func (k *Kube) finishControlPlane(ctx context.Context) error {
 	if _, err := os.Stat(k.path(bootstrappedMark)); err == nil {
 		return nil
 	}
-	for _, phase := range [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}} {
+	for _, phase := range k.finishPhases() {
 		t := time.Now()
 		args := append(append([]string{"init", "phase"}, phase...), "--config", k.path(kubeadmConfigFile))
 		if err := k.run(ctx, "kubeadm", filepath.Join(k.System, "usr/bin/kubeadm"), args...); err != nil {
@@ -510,6 +568,15 @@ func (k *Kube) finishControlPlane(ctx context.Context) error {
 		k.Log.Info("kubeadm phase done", "phase", strings.Join(phase, " "), "took", time.Since(t).Round(10*time.Millisecond))
 	}
 	return os.WriteFile(k.path(bootstrappedMark), []byte(time.Now().UTC().Format(time.RFC3339)+"\n"), 0o644)
+}
+
+// finishPhases are the kubeadm phases a control plane runs once the API
+// answers: the cluster's config and tokens are the bootstrapping node's.
+func (k *Kube) finishPhases() [][]string {
+	if k.hasPeers() && !k.exists(etcdBootstrapMark) {
+		return [][]string{{"mark-control-plane"}}
+	}
+	return [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}}
 }
 
 // writeKubeletFiles writes kubelet's config and its kubeconfig, which
@@ -522,9 +589,13 @@ func (k *Kube) writeKubeletFiles(p Paths) error {
 	if err := os.WriteFile(filepath.Join(p.KubeletDir, "config.yaml"), conf, 0o644); err != nil {
 		return err
 	}
+	if k.Role != "control-plane" {
+		// kubelet writes its kubeconfig itself after the TLS bootstrap.
+		return k.writeWorkerFiles()
+	}
 	src, err := os.ReadFile(k.path("etc/kubernetes/kubelet.conf"))
 	if err != nil {
-		return fmt.Errorf("%w (a worker joins with kubeadm join; not done by this node yet)", err)
+		return err
 	}
 	if k.ProxyPort != 0 {
 		if src, err = WithServer(src, "https://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(k.ProxyPort))); err != nil {
@@ -542,8 +613,12 @@ func (k *Kube) domain() string {
 }
 
 func (k *Kube) kubelet() Kubelet {
-	return Kubelet{Hostname: k.NodeName, NodeIP: k.kubeletNodeIP(), ClusterDomain: k.domain(), ClusterDNS: k.ClusterDNS,
+	kl := Kubelet{Hostname: k.NodeName, NodeIP: k.kubeletNodeIP(), ClusterDomain: k.domain(), ClusterDNS: k.ClusterDNS,
 		ResolvConf: k.ResolvConf, Kubeconfig: k.path(kubeletKubeconfig), ExtraArgs: k.KubeletExtraArgs}
+	if k.Role != "control-plane" {
+		kl.BootstrapKubeconfig = k.path(bootstrapKubelet)
+	}
+	return kl
 }
 
 func (k *Kube) kubeletProcess(p Paths) *pid1.Process {
@@ -637,7 +712,17 @@ func (k *Kube) writeCNI(p Paths, n *Node) error {
 // addresses are checked against the nodeIP decision.
 func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 	wasReady, first := false, true
-	for {
+	var apiservers []string
+	var admin *KubeClient
+	defer func() {
+		if admin != nil {
+			admin.HTTP.CloseIdleConnections()
+		}
+	}()
+	for i := 0; ; i++ {
+		if i%5 == 0 {
+			apiservers = k.reportAPIServers(ctx, c, &admin, apiservers)
+		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		n, err := c.GetNode(rctx, k.NodeName)
 		cancel()

@@ -25,6 +25,12 @@ type ControlPlane struct {
 	ServiceCIDRs      []netip.Prefix
 	CRISocket         string // unix:///run/containerd/containerd.sock
 	KubeletNodeIP     string // kubelet --node-ip (both families)
+	// BootstrapToken, when set, is created by the bootstrapping control
+	// plane (never expires) so workers can join with it.
+	BootstrapToken string
+	// EtcdExtraArgs go to the local etcd: a joining member's
+	// initial-cluster and initial-cluster-state=existing.
+	EtcdExtraArgs map[string]string
 }
 
 // apiServerPort is where kube-apiserver listens on the node address.
@@ -65,6 +71,26 @@ func KubeadmConfig(cp ControlPlane) ([]byte, error) {
 		// Under emulation or on a slow disk the first start takes minutes.
 		"timeouts": map[string]string{"controlPlaneComponentHealthCheck": "15m0s", "kubeletHealthCheck": "15m0s"},
 	}
+	if cp.BootstrapToken != "" {
+		init["bootstrapTokens"] = []map[string]any{{
+			"token": cp.BootstrapToken, "ttl": "0s", "usages": []string{"signing", "authentication"},
+			"groups":      []string{"system:bootstrappers:kubeadm:default-node-token"},
+			"description": "ballast: workers join with cluster.token",
+		}}
+	}
+	etcdLocal := map[string]any{"dataDir": "/var/lib/etcd"}
+	if len(cp.EtcdExtraArgs) > 0 {
+		var names []string
+		for n := range cp.EtcdExtraArgs {
+			names = append(names, n)
+		}
+		sortStrings(names)
+		var args []map[string]string
+		for _, n := range names {
+			args = append(args, arg(n, cp.EtcdExtraArgs[n]))
+		}
+		etcdLocal["extraArgs"] = args
+	}
 	cluster := map[string]any{
 		"apiVersion":           "kubeadm.k8s.io/v1beta4",
 		"kind":                 "ClusterConfiguration",
@@ -81,7 +107,7 @@ func KubeadmConfig(cp ControlPlane) ([]byte, error) {
 			"certSANs":  sans,
 			"extraArgs": []map[string]string{arg("bind-address", cp.NodeIP.String())},
 		},
-		"etcd": map[string]any{"local": map[string]any{"dataDir": "/var/lib/etcd"}},
+		"etcd": map[string]any{"local": etcdLocal},
 	}
 	var b strings.Builder
 	for i, doc := range []any{init, cluster} {

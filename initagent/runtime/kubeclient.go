@@ -29,6 +29,7 @@ type kubeconfig struct {
 		Cluster struct {
 			Server string `yaml:"server"`
 			CAData string `yaml:"certificate-authority-data"`
+			CAFile string `yaml:"certificate-authority"`
 		} `yaml:"cluster"`
 	} `yaml:"clusters"`
 	Users []struct {
@@ -36,6 +37,8 @@ type kubeconfig struct {
 		User struct {
 			CertData string `yaml:"client-certificate-data"`
 			KeyData  string `yaml:"client-key-data"`
+			CertFile string `yaml:"client-certificate"` // kubelet's after TLS bootstrap
+			KeyFile  string `yaml:"client-key"`
 		} `yaml:"user"`
 	} `yaml:"users"`
 }
@@ -66,7 +69,8 @@ func NewKubeClient(server string, caPEM, certPEM, keyPEM []byte) (*KubeClient, e
 }
 
 // LoadKubeconfig reads a kubeconfig with inline credentials (kubeadm's
-// admin.conf, kubelet.conf); server, if set, replaces the file's.
+// admin.conf, kubelet.conf) or files (kubelet's after TLS bootstrap);
+// server, if set, replaces the file's.
 func LoadKubeconfig(path, server string) (*KubeClient, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -80,6 +84,11 @@ func LoadKubeconfig(path, server string) (*KubeClient, error) {
 		return nil, fmt.Errorf("%s: needs a cluster and a user", path)
 	}
 	dec := func(field, s string) ([]byte, error) {
+		file := map[string]string{"certificate-authority-data": kc.Clusters[0].Cluster.CAFile,
+			"client-certificate-data": kc.Users[0].User.CertFile, "client-key-data": kc.Users[0].User.KeyFile}[field]
+		if s == "" && file != "" {
+			return os.ReadFile(file)
+		}
 		b, err := base64.StdEncoding.DecodeString(s)
 		if err != nil || len(b) == 0 {
 			return nil, fmt.Errorf("%s: %s is not inline base64 data", path, field)

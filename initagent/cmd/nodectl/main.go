@@ -10,6 +10,9 @@
 //	nodectl upgrade --image FILE|URL [--sha256 HEX]
 //	nodectl metrics
 //	nodectl pki init|issue|revoke ...
+//	nodectl bootstrap
+//	nodectl kubeconfig [-o FILE]
+//	nodectl gen cluster-secrets [--out FILE]
 //
 // Nodes and credentials come from a nodeconfig (--nodeconfig, $BALLAST_NODECONFIG
 // or ~/.config/ballast/nodeconfig.yaml); with --socket, or on a node without a
@@ -45,7 +48,7 @@ func main() {
 	}
 }
 
-const usage = "usage: nodectl [--node NAME] status|apply|confirm|rollback|nodeip|logs|reboot|shutdown|upgrade|metrics|pki [flags]"
+const usage = "usage: nodectl [--node NAME] status|apply|confirm|rollback|nodeip|logs|reboot|shutdown|upgrade|metrics|bootstrap|kubeconfig|pki|gen [flags]"
 
 // options are the flags every command accepts.
 type options struct {
@@ -83,6 +86,9 @@ func run(args []string, out io.Writer) error {
 	if args[0] == "pki" {
 		return runPKI(args[1:], out)
 	}
+	if args[0] == "gen" {
+		return runGen(args[1:], out)
+	}
 	fs := flag.NewFlagSet("nodectl "+args[0], flag.ContinueOnError)
 	addCommon(fs)
 	file := fs.String("f", "", "apply: machine config file (- for stdin)")
@@ -107,6 +113,18 @@ func run(args []string, out io.Writer) error {
 	}
 	if err := fs.Parse(cmdArgs); err != nil {
 		return err
+	}
+	if args[0] == "kubeconfig" {
+		// -o is the file to write, as with talosctl kubeconfig.
+		file := o.output
+		if file == "table" {
+			file = ""
+		}
+		t, err := o.target()
+		if err != nil {
+			return err
+		}
+		return t.kubeconfig(out, file)
 	}
 	if o.output != "table" && o.output != "json" {
 		return fmt.Errorf("-o %q: use table or json", o.output)
@@ -143,6 +161,8 @@ func run(args []string, out io.Writer) error {
 		}
 		defer f.Close()
 		return t.simple(out, "/v1/upgrade?sha256="+sum, f, "application/octet-stream")
+	case "bootstrap":
+		return t.bootstrap(out)
 	case "metrics":
 		resp, err := t.do("GET", "/metrics", nil, "")
 		if err != nil {
@@ -473,4 +493,48 @@ func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// bootstrap asks a control plane to create the cluster's etcd.
+func (t *target) bootstrap(out io.Writer) error {
+	resp, err := t.do("POST", "/v1/bootstrap", nil, "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nodeError(resp)
+	}
+	var r api.BootstrapResponse
+	if err := decode(resp, &r); err != nil {
+		return err
+	}
+	fmt.Fprintln(out, r.Message)
+	return nil
+}
+
+// kubeconfig fetches an admin kubeconfig and writes it to file (stdout
+// when file is empty or -).
+func (t *target) kubeconfig(out io.Writer, file string) error {
+	resp, err := t.do("POST", "/v1/kubeconfig", nil, "")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nodeError(resp)
+	}
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if file == "" || file == "-" {
+		_, err = out.Write(data)
+		return err
+	}
+	if err := os.WriteFile(file, data, 0o600); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "wrote %s (cluster-admin; keep it private)\n", file)
+	return nil
 }
