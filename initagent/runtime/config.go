@@ -7,9 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Paths are where the runtime's pieces live on a node.
@@ -22,6 +25,9 @@ type Paths struct {
 	KubeletDir    string // /var/lib/kubelet
 	ManifestDir   string // static pods, /etc/kubernetes/manifests
 	PKIDir        string // /etc/kubernetes/pki
+	// CgroupDir is where the cgroup hierarchies are mounted; kubelet's
+	// config follows what it finds there (see CgroupV1).
+	CgroupDir string // /sys/fs/cgroup
 }
 
 // NodePaths are the paths on a node whose system image is mounted at system.
@@ -35,6 +41,7 @@ func NodePaths(system string) Paths {
 		KubeletDir:    "/var/lib/kubelet",
 		ManifestDir:   "/etc/kubernetes/manifests",
 		PKIDir:        "/etc/kubernetes/pki",
+		CgroupDir:     "/sys/fs/cgroup",
 	}
 }
 
@@ -99,6 +106,13 @@ func KubeletConfiguration(p Paths, k Kubelet) ([]byte, error) {
 		// No systemd: kubelet must not look for its units' cgroups.
 		"cgroupsPerQOS": true,
 	}
+	if p.CgroupDir != "" && CgroupV1(p.CgroupDir) {
+		// A container node on a host with cgroup v1 hierarchies (its own
+		// subtree of each, through a cgroup namespace): kubelet 1.35+
+		// refuses v1 unless told otherwise. Nodes booted by ballast's
+		// kernel have cgroup2 and never get here.
+		c["failCgroupV1"] = false
+	}
 	return json.MarshalIndent(c, "", "  ")
 }
 
@@ -154,3 +168,18 @@ func CNIConfig(podCIDRs []netip.Prefix) ([]byte, error) {
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
+
+// CgroupV1 reports whether dir holds cgroup v1 hierarchies (a tmpfs with
+// one cgroup mount per controller) rather than the unified cgroup2 mount.
+func CgroupV1(dir string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return false
+	}
+	for _, controller := range []string{"memory", "cpu"} {
+		if err := unix.Statfs(filepath.Join(dir, controller), &st); err == nil && st.Type == unix.CGROUP_SUPER_MAGIC {
+			return true
+		}
+	}
+	return false
+}

@@ -87,3 +87,46 @@ func TestKubeletFilesAndFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestKubeletConfigFollowsCgroupVersion: kubelet is told to accept cgroup v1
+// only where the cgroup directory holds v1 hierarchies. The host's own
+// /sys/fs/cgroup is judged against its mount table, read independently.
+func TestKubeletConfigFollowsCgroupVersion(t *testing.T) {
+	failCgroupV1 := func(dir string) (any, bool) {
+		p := NodePaths("/run/ballast/system")
+		p.CgroupDir = dir
+		data, err := KubeletConfiguration(p, Kubelet{Hostname: "n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]any
+		if err := json.Unmarshal(data, &c); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := c["failCgroupV1"]
+		return v, ok
+	}
+	if v, ok := failCgroupV1(t.TempDir()); ok {
+		t.Errorf("a directory without cgroup hierarchies got failCgroupV1=%v", v)
+	}
+	if v, ok := failCgroupV1(""); ok {
+		t.Errorf("no cgroup directory got failCgroupV1=%v", v)
+	}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostV1 := false
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		// mount point is field 5; the fs type follows the " - " separator.
+		f := strings.Fields(line)
+		_, after, _ := strings.Cut(line, " - ")
+		if len(f) > 4 && f[4] == "/sys/fs/cgroup/memory" && strings.HasPrefix(after, "cgroup ") {
+			hostV1 = true
+		}
+	}
+	v, ok := failCgroupV1("/sys/fs/cgroup")
+	if hostV1 != ok || (ok && v != false) {
+		t.Errorf("host has cgroup v1 hierarchies: %v; kubelet config failCgroupV1=%v (present %v)", hostV1, v, ok)
+	}
+}
