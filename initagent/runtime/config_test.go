@@ -28,6 +28,7 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 	bin := containerdBinary(t)
 	p := NodePaths("/run/ballast/system")
 	p.BinDir, p.StateDir = "/opt/test/bin", "/run/test-containerd"
+	p.RestrictOOMScoreAdj = true // a container node without CAP_SYS_RESOURCE
 	conf := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(conf, []byte(ContainerdConfig(p, "registry.k8s.io/pause:3.10.2")), 0o644); err != nil {
 		t.Fatal(err)
@@ -48,6 +49,7 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 		"NoPivotRoot = true",
 		"address = '/run/test-containerd/containerd.sock'",
 		"address = '/run/test-containerd/containerd.sock.ttrpc'",
+		"restrict_oom_score_adj = true",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("effective config lacks %s", want)

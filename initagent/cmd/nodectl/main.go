@@ -10,6 +10,7 @@
 //	nodectl upgrade --image FILE|URL [--sha256 HEX]
 //	nodectl metrics
 //	nodectl pki init|issue|revoke ...
+//	nodectl lab up|status|down ...
 //
 // Nodes and credentials come from a nodeconfig (--nodeconfig, $BALLAST_NODECONFIG
 // or ~/.config/ballast/nodeconfig.yaml); with --socket, or on a node without a
@@ -45,7 +46,7 @@ func main() {
 	}
 }
 
-const usage = "usage: nodectl [--node NAME] status|apply|confirm|rollback|nodeip|logs|reboot|shutdown|upgrade|metrics|pki [flags]"
+const usage = "usage: nodectl [--node NAME] status|apply|confirm|rollback|nodeip|logs|reboot|shutdown|upgrade|metrics|pki|lab [flags]"
 
 // options are the flags every command accepts.
 type options struct {
@@ -82,6 +83,9 @@ func run(args []string, out io.Writer) error {
 	}
 	if args[0] == "pki" {
 		return runPKI(args[1:], out)
+	}
+	if args[0] == "lab" {
+		return runLab(args[1:], out)
 	}
 	fs := flag.NewFlagSet("nodectl "+args[0], flag.ContinueOnError)
 	addCommon(fs)
