@@ -272,13 +272,12 @@ func (s *State) Start(n Node) error {
 	}
 	defer console.Close()
 	fmt.Fprintf(console, "--- lab: starting %s at %s\n", n.Container, time.Now().UTC().Format(time.RFC3339))
-	// Detached, runc hands the files it was given to the agent as its stdio.
+	// Detached, runc hands the files it was given to the agent as its
+	// stdio: they must be the file itself, not a pipe this process waits on.
 	cmd := exec.Command(s.Runc, "--root", s.runcRoot(), "run", "--detach", "--bundle", s.bundle(n), n.Container)
-	cmd.Stdin, cmd.Stdout = nil, console
-	var stderr bytes.Buffer
-	cmd.Stderr = io.MultiWriter(console, &stderr)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, console, console
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("runc run %s: %w: %s", n.Container, err, strings.TrimSpace(stderr.String()))
+		return fmt.Errorf("runc run %s: %w: %s", n.Container, err, tail(s.ConsoleLog(n), 3))
 	}
 	return nil
 }
@@ -333,14 +332,44 @@ func (s *State) containerState(n Node) (status string, pid int) {
 
 // Stop kills a node's container (a power cut) and deletes it.
 func (s *State) Stop(n Node) error {
-	if st, _ := s.containerState(n); st == "" {
+	st, pid := s.containerState(n)
+	if st == "" {
 		return nil
 	}
 	// delete --force kills the agent; every process of the node's PID namespace dies with it.
 	if err := run(s.Runc, "--root", s.runcRoot(), "delete", "--force", n.Container); err != nil {
 		return err
 	}
+	if pid > 0 && !waitExited(pid, 30*time.Second) {
+		return fmt.Errorf("container %s: its init (pid %d) still runs after SIGKILL", n.Container, pid)
+	}
 	return nil
+}
+
+// waitExited waits until pid has exited (gone, or a zombie its parent has
+// not reaped yet).
+func waitExited(pid int, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if !Running(pid) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Running reports whether pid is a live process (not gone, not a zombie).
+func Running(pid int) bool {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses, which may hold spaces.
+	i := bytes.LastIndexByte(data, ')')
+	return i < 0 || i+2 >= len(data) || data[i+2] != 'Z'
 }
 
 // Down removes the lab: containers, cgroups, namespaces, veths, bridge,
@@ -463,6 +492,16 @@ func isMountPoint(dir string) bool {
 		}
 	}
 	return false
+}
+
+// tail is the last n lines of a file.
+func tail(path string, n int) string {
+	data, _ := os.ReadFile(path)
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 func appendErr(errs []error, err error) []error {
