@@ -248,6 +248,16 @@ func (s *State) makeNode(log *slog.Logger, n Node, sec Secrets, cred NodeCredent
 // is rebuilt every boot too), then runc runs the agent detached with its
 // console going to the node's console log.
 func (s *State) Start(n Node) error {
+	switch st, _ := s.containerState(n); st {
+	case "":
+	case "stopped":
+		// The node powered off or rebooted (reboot(2) ends its PID namespace).
+		if err := run(s.Runc, "--root", s.runcRoot(), "delete", n.Container); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("node %s is %s already", n.Name, st)
+	}
 	rootfs := bundleRootfs(s.bundle(n))
 	if err := os.RemoveAll(rootfs); err != nil {
 		return err
@@ -328,6 +338,18 @@ func (s *State) containerState(n Node) (status string, pid int) {
 		return "", 0
 	}
 	return st.Status, st.Pid
+}
+
+// Node returns the lab's node called name.
+func (s *State) Node(name string) (Node, error) {
+	var names []string
+	for _, n := range s.Nodes {
+		if n.Name == name {
+			return n, nil
+		}
+		names = append(names, n.Name)
+	}
+	return Node{}, fmt.Errorf("no node %q in lab %s: it has %s", name, s.Name, strings.Join(names, ", "))
 }
 
 // Stop kills a node's container (a power cut) and deletes it.

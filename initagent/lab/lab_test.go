@@ -92,9 +92,10 @@ func TestContainerLabReadyAndDown(t *testing.T) {
 	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory", s.CgroupParent, "cp-1/kubepods")); err != nil {
 		t.Errorf("kubelet's pods are not under the node's cgroup: %v", err)
 	}
-	mem := readInt(filepath.Join("/sys/fs/cgroup/memory", s.CgroupParent, "cp-1/memory.usage_in_bytes"))
-	t.Logf("figures: lab up → Ready %v (milestones %s); node memory (cgroup usage incl. page cache) %d MiB",
-		toReady.Round(100*time.Millisecond), strings.Join(milestones, ", "), mem>>20)
+	memDir := filepath.Join("/sys/fs/cgroup/memory", s.CgroupParent, "cp-1")
+	t.Logf("figures: lab up → Ready %v (milestones %s); node memory: cgroup usage %d MiB (page cache included), rss %d MiB",
+		toReady.Round(100*time.Millisecond), strings.Join(milestones, ", "),
+		readInt(filepath.Join(memDir, "memory.usage_in_bytes"))>>20, memStat(filepath.Join(memDir, "memory.stat"), "total_rss")>>20)
 
 	_, pid := s.containerState(s.Nodes[0])
 	if err := Down(dir, false, log); err != nil {
@@ -191,6 +192,17 @@ func readInt(path string) int64 {
 	data, _ := os.ReadFile(path)
 	v, _ := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64)
 	return v
+}
+
+func memStat(path, key string) int64 {
+	data, _ := os.ReadFile(path)
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, key+" "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 type testWriter struct{ t *testing.T }

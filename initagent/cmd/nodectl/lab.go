@@ -24,6 +24,7 @@ import (
 //	nodectl lab up [--control-planes 1] [--workers 0] [--provisioner container] [--artifacts out/control-plane] [--wait 15m]
 //	nodectl lab status [-o json]
 //	nodectl lab down [--keep]
+//	nodectl lab stop|start --node NAME   (a power cut; a boot, also after the node rebooted)
 //
 // Every command takes --name (default lab) and --dir (default
 // ~/.cache/ballast/lab/NAME).
@@ -45,6 +46,7 @@ func runLab(args []string, out io.Writer) error {
 	wait := fs.Duration("wait", 15*time.Minute, "up: wait this long for every node to be Ready (0: do not wait)")
 	keep := fs.Bool("keep", false, "down: keep the lab directory (nodes' STATE, console logs, credentials)")
 	output := fs.String("o", "table", "status: table or json")
+	node := fs.String("node", "", "stop, start: the node")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -114,6 +116,19 @@ func runLab(args []string, out io.Writer) error {
 		return tw.Flush()
 	case "down":
 		return lab.Down(*dir, *keep, log)
+	case "stop", "start":
+		s, err := lab.Load(*dir)
+		if err != nil {
+			return err
+		}
+		n, err := s.Node(*node)
+		if err != nil {
+			return err
+		}
+		if args[0] == "stop" {
+			return s.Stop(n)
+		}
+		return s.Start(n)
 	}
-	return fmt.Errorf("unknown lab command %q: use up, status or down", args[0])
+	return fmt.Errorf("unknown lab command %q: use up, status, stop, start or down", args[0])
 }
