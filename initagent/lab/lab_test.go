@@ -26,7 +26,8 @@ func TestMain(m *testing.M) { os.Exit(nstest.Main(m)) }
 // control-plane image (initramfs with this tree's agent, the payload's
 // system image), commits its network, starts kubelet and becomes Ready, as
 // its node API reports and as the kube API says through the API VIP with
-// the admin kubeconfig from the node's STATE. Then Down must leave no
+// the admin kubeconfig from the node's STATE. A reboot ends the container;
+// started again it is Ready from its config slot. Then Down must leave no
 // container, process, cgroup, netns, veth, bridge, mount or directory.
 func TestContainerLabReadyAndDown(t *testing.T) {
 	if testing.Short() {
@@ -97,7 +98,38 @@ func TestContainerLabReadyAndDown(t *testing.T) {
 		toReady.Round(100*time.Millisecond), strings.Join(milestones, ", "),
 		readInt(filepath.Join(memDir, "memory.usage_in_bytes"))>>20, memStat(filepath.Join(memDir, "memory.stat"), "total_rss")>>20)
 
-	_, pid := s.containerState(s.Nodes[0])
+	// A reboot ends the container (reboot(2) in its PID namespace); started
+	// again, the node boots from its config slot on STATE to Ready.
+	cp := s.Nodes[0]
+	if err := run(s.Runc, "--root", s.runcRoot(), "kill", cp.Container, "INT"); err != nil { // SIGINT: reboot
+		t.Fatal(err)
+	}
+	for {
+		if st, _ := s.containerState(cp); st == "stopped" {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the node did not end its container after a reboot request")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(tail(s.ConsoleLog(cp), 3), "ballast: reboot") {
+		t.Errorf("console does not end with the reboot:\n%s", tail(s.ConsoleLog(cp), 3))
+	}
+	restart := time.Now()
+	if err := s.Start(cp); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Wait(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	console, _ := os.ReadFile(s.ConsoleLog(cp))
+	if _, second, _ := strings.Cut(string(console), "ballast: reboot"); !strings.Contains(second, `msg="machine config from config slot"`) {
+		t.Errorf("after the reboot the node did not boot its committed config from the slot on STATE")
+	}
+	t.Logf("figures: reboot → Ready again %v", time.Since(restart).Round(100*time.Millisecond))
+
+	_, pid := s.containerState(cp)
 	if err := Down(dir, false, log); err != nil {
 		t.Fatal(err)
 	}
