@@ -36,6 +36,9 @@ type Agent struct {
 	StopTimeout time.Duration
 	// Logs keeps recent log lines for the API; nil means none are kept.
 	Logs *logring.Ring
+	// Container: the agent runs as a container node (boot.InContainer) on
+	// the host's kernel; see container.go for what that changes.
+	Container bool
 
 	sup      pid1.Supervisor
 	txn      *txn.Manager
@@ -78,7 +81,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	a.reaper = &pid1.Reaper{Log: a.Log}
 	go a.reaper.Run(ctx)
 
-	cmdline, err := boot.ReadCmdline()
+	cmdline, err := a.readCmdline()
 	if err != nil {
 		return pid1.Request{}, err
 	}
@@ -94,11 +97,17 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 
 	info, err := boot.ReadImageInfo(filepath.Join(a.Root, boot.ImageInfoPath))
-	if err != nil {
+	switch {
+	case a.Container:
+		if info == nil {
+			info = &boot.ImageInfo{}
+		}
+		a.Log.Info("container node: no modules, the host's kernel provides them", "modules", len(info.Modules))
+	case err != nil:
 		// Without it there is no module list, but the node can still come up on built-in drivers.
 		a.Log.Error("no image description, skipping module loading", "err", err)
 		info = &boot.ImageInfo{}
-	} else {
+	default:
 		res := boot.LoadModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
 		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
@@ -108,7 +117,11 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	// (a boot on trial that hangs reboots through them, see blessing).
 	requests := make(chan pid1.Request, 1)
 	go pid1.WatchSignals(ctx, requests)
-	go pid1.WatchPowerButton(ctx, a.Log, requests)
+	if a.Container {
+		a.Log.Info("container node: no power button, poweroff is SIGTERM to the container (runc kill)")
+	} else {
+		go pid1.WatchPowerButton(ctx, a.Log, requests)
+	}
 
 	if err := a.prepareSystem(ctx, cmdline); err != nil {
 		a.Log.Error("system slots", "err", err)

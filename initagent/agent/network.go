@@ -85,7 +85,8 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		a.Log.Error("config slots unusable", "err", err)
 	}
 
-	res, err := source.Fetch(ctx, source.Options{Cmdline: cmdline.Ballast(), Root: a.Root, Log: a.Log.With("part", "config")})
+	res, err := source.Fetch(ctx, source.Options{Cmdline: cmdline.Ballast(), Root: a.Root, Log: a.Log.With("part", "config"),
+		Devices: a.configDriveCandidates()})
 	switch {
 	case errors.Is(err, source.ErrNoConfig):
 		a.Log.Info("no machine config, keeping DHCP on every NIC", "why", err)
@@ -154,6 +155,9 @@ func verifyLease(ctx context.Context, l dhcp.Lease) error {
 // configStore finds the CONFIG-A/CONFIG-B partitions of an installed disk,
 // or keeps the slots in tmpfs on a diskless node.
 func (a *Agent) configStore() slot.Store {
+	if a.Container {
+		return a.containerConfigStore()
+	}
 	ueventFiles, _ := filepath.Glob(filepath.Join(a.Root, "sys/class/block/*/uevent"))
 	for _, u := range ueventFiles {
 		data, err := os.ReadFile(u)

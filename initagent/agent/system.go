@@ -156,6 +156,10 @@ func (a *Agent) install(ctx context.Context, cmdline boot.Cmdline, target string
 // direct-kernel boot that brought /system.sqfs (imgbuild's system.cpio
 // initrd) gets it loop-mounted at /run/ballast/system.
 func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
+	if a.Container {
+		a.containerSystem()
+		return nil
+	}
 	s := runningSlot(cmdline)
 	if s == "" {
 		source := "/" + sysslot.NetbootSystemImage

@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"os"
 	"reflect"
 	"testing"
 )
@@ -36,5 +37,27 @@ func TestCmdlineGet(t *testing.T) {
 	want := map[string]string{"ballast.shutdown": "reboot", "ballast.hostname": "b"}
 	if got := c.Ballast(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Ballast() = %v, want %v", got, want)
+	}
+}
+
+func TestReadCmdlineFile(t *testing.T) {
+	dir := t.TempDir()
+	c, err := ReadCmdlineFile(dir + "/missing")
+	if err != nil || len(c.Args) != 0 {
+		t.Fatalf("missing file: %v %v, want an empty cmdline", c.Args, err)
+	}
+	path := dir + "/cmdline"
+	if err := os.WriteFile(path, []byte("ballast.hostname=cp-1 ballast.debug\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err = ReadCmdlineFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.Get("ballast.hostname"); v != "cp-1" {
+		t.Errorf("ballast.hostname = %q", v)
+	}
+	if _, ok := c.Get("ballast.debug"); !ok {
+		t.Errorf("flag ballast.debug lost: %v", c.Args)
 	}
 }

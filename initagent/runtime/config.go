@@ -7,9 +7,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Paths are where the runtime's pieces live on a node.
@@ -22,6 +26,13 @@ type Paths struct {
 	KubeletDir    string // /var/lib/kubelet
 	ManifestDir   string // static pods, /etc/kubernetes/manifests
 	PKIDir        string // /etc/kubernetes/pki
+	// CgroupDir is where the cgroup hierarchies are mounted; kubelet's
+	// config follows what it finds there (see CgroupV1).
+	CgroupDir string // /sys/fs/cgroup
+	// RestrictOOMScoreAdj keeps containers' oom_score_adj at or above
+	// containerd's: set where lowering it is refused (no CAP_SYS_RESOURCE,
+	// as in a container node made without it).
+	RestrictOOMScoreAdj bool
 }
 
 // NodePaths are the paths on a node whose system image is mounted at system.
@@ -35,6 +46,9 @@ func NodePaths(system string) Paths {
 		KubeletDir:    "/var/lib/kubelet",
 		ManifestDir:   "/etc/kubernetes/manifests",
 		PKIDir:        "/etc/kubernetes/pki",
+		CgroupDir:     "/sys/fs/cgroup",
+		// kubelet gives pause and critical pods negative scores.
+		RestrictOOMScoreAdj: !hasCapability(capSysResource),
 	}
 }
 
@@ -52,6 +66,9 @@ func ContainerdConfig(p Paths, pauseImage string) string {
 	fmt.Fprintf(&b, "[plugins.'io.containerd.server.v1.ttrpc']\n  address = %s\n\n", q(p.Socket()+".ttrpc"))
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images']\n  snapshotter = 'overlayfs'\n\n")
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = %s\n\n", q(pauseImage))
+	if p.RestrictOOMScoreAdj {
+		fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime']\n  restrict_oom_score_adj = true\n\n")
+	}
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd]\n  default_runtime_name = 'runc'\n\n")
 	fmt.Fprintf(&b, "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n  runtime_type = 'io.containerd.runc.v2'\n\n")
 	// The node's root is the initramfs (rootfs), where pivot_root(2) is refused.
@@ -101,6 +118,13 @@ func KubeletConfiguration(p Paths, k Kubelet) ([]byte, error) {
 		"authorization": map[string]any{"mode": "Webhook"},
 		// No systemd: kubelet must not look for its units' cgroups.
 		"cgroupsPerQOS": true,
+	}
+	if p.CgroupDir != "" && CgroupV1(p.CgroupDir) {
+		// A container node on a host with cgroup v1 hierarchies (its own
+		// subtree of each, through a cgroup namespace): kubelet 1.35+
+		// refuses v1 unless told otherwise. Nodes booted by ballast's
+		// kernel have cgroup2 and never get here.
+		c["failCgroupV1"] = false
 	}
 	return json.MarshalIndent(c, "", "  ")
 }
@@ -160,3 +184,36 @@ func CNIConfig(podCIDRs []netip.Prefix) ([]byte, error) {
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
+
+const capSysResource = 24 // CAP_SYS_RESOURCE
+
+// hasCapability reports whether this process has capability number c in
+// its effective set; true when that cannot be read (assume a machine).
+func hasCapability(c uint) bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return true
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			mask, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err != nil || mask&(1<<c) != 0
+		}
+	}
+	return true
+}
+
+// CgroupV1 reports whether dir holds cgroup v1 hierarchies (a tmpfs with
+// one cgroup mount per controller) rather than the unified cgroup2 mount.
+func CgroupV1(dir string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil || st.Type == unix.CGROUP2_SUPER_MAGIC {
+		return false
+	}
+	for _, controller := range []string{"memory", "cpu"} {
+		if err := unix.Statfs(filepath.Join(dir, controller), &st); err == nil && st.Type == unix.CGROUP_SUPER_MAGIC {
+			return true
+		}
+	}
+	return false
+}

@@ -28,6 +28,7 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 	bin := containerdBinary(t)
 	p := NodePaths("/run/ballast/system")
 	p.BinDir, p.StateDir = "/opt/test/bin", "/run/test-containerd"
+	p.RestrictOOMScoreAdj = true // a container node without CAP_SYS_RESOURCE
 	conf := filepath.Join(t.TempDir(), "config.toml")
 	if err := os.WriteFile(conf, []byte(ContainerdConfig(p, "registry.k8s.io/pause:3.10.2")), 0o644); err != nil {
 		t.Fatal(err)
@@ -48,6 +49,7 @@ func TestContainerdAcceptsItsConfig(t *testing.T) {
 		"NoPivotRoot = true",
 		"address = '/run/test-containerd/containerd.sock'",
 		"address = '/run/test-containerd/containerd.sock.ttrpc'",
+		"restrict_oom_score_adj = true",
 	} {
 		if !strings.Contains(dump, want) {
 			t.Errorf("effective config lacks %s", want)
@@ -85,5 +87,48 @@ func TestKubeletFilesAndFlags(t *testing.T) {
 		if !strings.Contains(string(cni), want) {
 			t.Errorf("CNI config lacks %s:\n%s", want, cni)
 		}
+	}
+}
+
+// TestKubeletConfigFollowsCgroupVersion: kubelet is told to accept cgroup v1
+// only where the cgroup directory holds v1 hierarchies. The host's own
+// /sys/fs/cgroup is judged against its mount table, read independently.
+func TestKubeletConfigFollowsCgroupVersion(t *testing.T) {
+	failCgroupV1 := func(dir string) (any, bool) {
+		p := NodePaths("/run/ballast/system")
+		p.CgroupDir = dir
+		data, err := KubeletConfiguration(p, Kubelet{Hostname: "n"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c map[string]any
+		if err := json.Unmarshal(data, &c); err != nil {
+			t.Fatal(err)
+		}
+		v, ok := c["failCgroupV1"]
+		return v, ok
+	}
+	if v, ok := failCgroupV1(t.TempDir()); ok {
+		t.Errorf("a directory without cgroup hierarchies got failCgroupV1=%v", v)
+	}
+	if v, ok := failCgroupV1(""); ok {
+		t.Errorf("no cgroup directory got failCgroupV1=%v", v)
+	}
+	mountinfo, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostV1 := false
+	for _, line := range strings.Split(string(mountinfo), "\n") {
+		// mount point is field 5; the fs type follows the " - " separator.
+		f := strings.Fields(line)
+		_, after, _ := strings.Cut(line, " - ")
+		if len(f) > 4 && f[4] == "/sys/fs/cgroup/memory" && strings.HasPrefix(after, "cgroup ") {
+			hostV1 = true
+		}
+	}
+	v, ok := failCgroupV1("/sys/fs/cgroup")
+	if hostV1 != ok || (ok && v != false) {
+		t.Errorf("host has cgroup v1 hierarchies: %v; kubelet config failCgroupV1=%v (present %v)", hostV1, v, ok)
 	}
 }

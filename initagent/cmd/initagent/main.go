@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/agent"
+	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"golang.org/x/sys/unix"
@@ -54,6 +55,6 @@ func runRecovered(log *slog.Logger, level *slog.LevelVar, logs *logring.Ring) (r
 			err = fmt.Errorf("panic: %v", r)
 		}
 	}()
-	a := &agent.Agent{Log: log, LogLevel: level, Console: os.Stdout, Logs: logs}
+	a := &agent.Agent{Log: log, LogLevel: level, Console: os.Stdout, Logs: logs, Container: boot.InContainer()}
 	return a.Run(context.Background())
 }

@@ -13,6 +13,7 @@
 //	nodectl bootstrap
 //	nodectl kubeconfig [-o FILE]
 //	nodectl gen cluster-secrets [--out FILE]
+//	nodectl lab up|status|down ...
 //
 // Nodes and credentials come from a nodeconfig (--nodeconfig, $BALLAST_NODECONFIG
 // or ~/.config/ballast/nodeconfig.yaml); with --socket, or on a node without a
@@ -48,7 +49,7 @@ func main() {
 	}
 }
 
-const usage = "usage: nodectl [--node NAME] status|apply|confirm|rollback|nodeip|logs|reboot|shutdown|upgrade|metrics|bootstrap|kubeconfig|pki|gen [flags]"
+const usage = "usage: nodectl [--node NAME] status|apply|confirm|rollback|nodeip|logs|reboot|shutdown|upgrade|metrics|bootstrap|kubeconfig|pki|gen|lab [flags]"
 
 // options are the flags every command accepts.
 type options struct {
@@ -88,6 +89,9 @@ func run(args []string, out io.Writer) error {
 	}
 	if args[0] == "gen" {
 		return runGen(args[1:], out)
+	}
+	if args[0] == "lab" {
+		return runLab(args[1:], out)
 	}
 	fs := flag.NewFlagSet("nodectl "+args[0], flag.ContinueOnError)
 	addCommon(fs)

@@ -1,0 +1,195 @@
+// Package lab runs a ballast cluster on this machine for operators trying
+// ballast and for the tests: `nodectl lab up|status|down`. A provisioner
+// makes the nodes; today's is "container": each node is the image's agent
+// as PID 1 of a runc container on the host's kernel (see ContainerSpec),
+// on a private bridge with the lab's gateway address on the host.
+//
+// Everything a lab makes is recorded in its directory (lab.json) before it
+// is made, so Down removes a half-made lab too.
+package lab
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+)
+
+// ProvisionerContainer runs nodes as runc containers.
+const ProvisionerContainer = "container"
+
+// StateFile is the lab's record in its directory.
+const StateFile = "lab.json"
+
+// Options say what lab to make.
+type Options struct {
+	Name          string // lab name: [a-z0-9]{1,8}; default "lab"
+	Dir           string // lab directory; default DefaultDir(Name)
+	Provisioner   string // "container"
+	ControlPlanes int
+	Workers       int
+	// Subnet of the lab's bridge; the host gets its first address (the
+	// nodes' gateway), the API VIP the second, nodes the following ones.
+	// Default 203.0.113.0/24 (TEST-NET-3).
+	Subnet string
+	// Runc is the runc binary; default the payload's.
+	Runc string
+	// Initramfs and SystemImage are the image's artifacts (imgbuild's
+	// initramfs.img and system.sqfs): the nodes run the agent and the
+	// system image from them, the same bytes a machine boots.
+	Initramfs, SystemImage string
+	Log                    *slog.Logger
+}
+
+// State is what a lab is made of, kept in Dir/lab.json.
+type State struct {
+	Name        string `json:"name"`
+	Dir         string `json:"dir"`
+	Provisioner string `json:"provisioner"`
+	Subnet      string `json:"subnet"`
+	Gateway     string `json:"gateway"` // the host's address on the bridge
+	APIVIP      string `json:"apiVIP"`
+	Bridge      string `json:"bridge"`
+	Runc        string `json:"runc"`
+	Initramfs   string `json:"initramfs"`
+	SystemImage string `json:"systemImage"`
+	// SystemMount is where the system image is mounted on the host; empty
+	// until it is.
+	SystemMount string `json:"systemMount,omitempty"`
+	// CgroupParent holds the nodes' cgroups in every hierarchy.
+	CgroupParent string `json:"cgroupParent"`
+	Nodes        []Node `json:"nodes"`
+}
+
+// Node is one node of a lab.
+type Node struct {
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	Address   string `json:"address"`
+	Netns     string `json:"netns"`     // the node's network namespace
+	HostVeth  string `json:"hostVeth"`  // the bridge end of its eth0
+	Container string `json:"container"` // runc container id
+}
+
+// Paths of a node's files in the lab directory.
+func (s *State) nodeDir(n Node) string      { return filepath.Join(s.Dir, "nodes", n.Name) }
+func (s *State) bundle(n Node) string       { return filepath.Join(s.nodeDir(n), "bundle") }
+func (s *State) stateDir(n Node) string     { return filepath.Join(s.nodeDir(n), "state") }
+func (s *State) pkiDir() string             { return filepath.Join(s.Dir, "pki") }
+func (s *State) runcRoot() string           { return filepath.Join(s.Dir, "runc") }
+func (s *State) systemDir() string          { return filepath.Join(s.Dir, "system") }
+func (s *State) NodeConfig() string         { return filepath.Join(s.Dir, "nodeconfig.yaml") }
+func (s *State) ConsoleLog(n Node) string   { return filepath.Join(s.nodeDir(n), "console.log") }
+func (s *State) NodeStateDir(n Node) string { return s.stateDir(n) }
+
+// AdminKubeconfig is the cluster's admin kubeconfig on the first control
+// plane's STATE (written there by kubeadm).
+func (s *State) AdminKubeconfig() string {
+	for _, n := range s.Nodes {
+		if n.Role == RoleControlPlane {
+			return filepath.Join(s.stateDir(n), "lib/ballast/kubernetes/admin.conf")
+		}
+	}
+	return ""
+}
+
+// DefaultDir is ~/.cache/ballast/lab/<name>.
+func DefaultDir(name string) string {
+	home, err := os.UserCacheDir()
+	if err != nil {
+		home = os.TempDir()
+	}
+	return filepath.Join(home, "ballast", "lab", name)
+}
+
+var labName = regexp.MustCompile(`^[a-z0-9]{1,8}$`)
+
+// plan turns options into the lab's state (nothing made yet).
+func plan(o Options) (*State, error) {
+	if o.Name == "" {
+		o.Name = "lab"
+	}
+	if !labName.MatchString(o.Name) {
+		return nil, fmt.Errorf("--name %q: use 1 to 8 lowercase letters or digits (it names the bridge and veths, 15 bytes at most)", o.Name)
+	}
+	if o.Provisioner != ProvisionerContainer {
+		return nil, fmt.Errorf("--provisioner %q: only %q is available", o.Provisioner, ProvisionerContainer)
+	}
+	if o.ControlPlanes < 1 || o.ControlPlanes > 9 || o.Workers < 0 || o.Workers > 9 {
+		return nil, fmt.Errorf("--control-planes %d --workers %d: a lab has 1 to 9 control planes and 0 to 9 workers", o.ControlPlanes, o.Workers)
+	}
+	if o.Subnet == "" {
+		o.Subnet = "203.0.113.0/24"
+	}
+	prefix, err := netip.ParsePrefix(o.Subnet)
+	if err != nil || !prefix.Addr().Is4() || prefix.Bits() > 26 {
+		return nil, fmt.Errorf("--subnet %q: want an IPv4 prefix of /26 or larger, e.g. 203.0.113.0/24", o.Subnet)
+	}
+	prefix = prefix.Masked()
+	if o.Dir == "" {
+		o.Dir = DefaultDir(o.Name)
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	nth := func(i int) netip.Addr {
+		a := prefix.Addr().As4()
+		a[3] += byte(i)
+		return netip.AddrFrom4(a)
+	}
+	s := &State{
+		Name: o.Name, Dir: dir, Provisioner: o.Provisioner, Subnet: prefix.String(),
+		Gateway: nth(1).String(), APIVIP: nth(2).String(), Bridge: "bl-" + o.Name,
+		Runc: o.Runc, Initramfs: o.Initramfs, SystemImage: o.SystemImage,
+		CgroupParent: "/ballast-lab-" + o.Name,
+	}
+	add := func(role, name string, addr netip.Addr) {
+		i := len(s.Nodes)
+		s.Nodes = append(s.Nodes, Node{
+			Name: name, Role: role, Address: addr.String(),
+			Netns:     "ballast-" + o.Name + "-" + name,
+			HostVeth:  fmt.Sprintf("bl%s-%d", o.Name, i),
+			Container: "ballast-" + o.Name + "-" + name,
+		})
+	}
+	for i := 1; i <= o.ControlPlanes; i++ {
+		add(RoleControlPlane, fmt.Sprintf("cp-%d", i), nth(10+i))
+	}
+	for i := 1; i <= o.Workers; i++ {
+		add(RoleWorker, fmt.Sprintf("worker-%d", i), nth(20+i))
+	}
+	return s, nil
+}
+
+// Load reads the lab in dir.
+func Load(dir string) (*State, error) {
+	data, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("no lab in %s (no %s): start one with `nodectl lab up`", dir, StateFile)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var s State
+	if err := json.Unmarshal(data, &s); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, StateFile), err)
+	}
+	return &s, nil
+}
+
+func (s *State) save() error {
+	data, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(s.Dir, StateFile+".tmp")
+	if err := os.WriteFile(tmp, append(data, '\n'), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(s.Dir, StateFile))
+}

@@ -1,0 +1,107 @@
+package lab
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/ballast-os/ballast/initagent/config"
+)
+
+// Role names, as in cluster.role.
+const (
+	RoleControlPlane = "control-plane"
+	RoleWorker       = "worker"
+)
+
+// Cluster networks of every lab: pods and services, never on the bridge.
+const (
+	podCIDR     = "10.244.0.0/16"
+	serviceCIDR = "10.96.0.0/12"
+	clusterName = "lab"
+	domain      = "ballast.test"
+)
+
+// Secrets are the credentials the lab generates once and hands to its nodes.
+type Secrets struct {
+	// APICA signs the node API's server certificates and the operator's
+	// client certificate (api.tls.clientCA).
+	APICACert []byte
+	// ClusterCA is the Kubernetes CA (cluster.ca) every control plane shares.
+	ClusterCACert, ClusterCAKey []byte
+}
+
+// NodeCredentials are one node's API server certificate and key.
+type NodeCredentials struct {
+	CertPEM, KeyPEM []byte
+}
+
+// MachineConfig renders node's machine config: a static address on eth0
+// with the lab's gateway, the cluster section, and the node API with mutual
+// TLS. The result is validated with the agent's own parser.
+func MachineConfig(s *State, n Node, sec Secrets, cred NodeCredentials) ([]byte, error) {
+	prefix, err := netip.ParsePrefix(s.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("lab subnet %q: %w", s.Subnet, err)
+	}
+	doc := map[string]any{
+		"apiVersion": "ballast.dev/v1alpha1",
+		"kind":       "MachineConfig",
+		"network": map[string]any{
+			"interfaces": []any{map[string]any{
+				"name":      "eth0",
+				"addresses": []string{fmt.Sprintf("%s/%d", n.Address, prefix.Bits())},
+				"routes":    []any{map[string]string{"to": "default", "via": s.Gateway}},
+			}},
+		},
+		"cluster": clusterSection(s, n, sec),
+		"api": map[string]any{"tls": map[string]string{
+			"certificate": string(cred.CertPEM), "key": string(cred.KeyPEM), "clientCA": string(sec.APICACert),
+		}},
+	}
+	data, err := yaml.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := config.Parse(data); err != nil {
+		return nil, fmt.Errorf("BUG: the lab's machine config for %s is invalid: %w", n.Name, err)
+	}
+	return data, nil
+}
+
+// clusterSection is the one place where a node learns about its cluster.
+// The fields for joining (bootstrap token, shared etcd/front-proxy/SA keys)
+// belong here too once the agent reads them.
+func clusterSection(s *State, n Node, sec Secrets) map[string]any {
+	var peers, apiServers []string
+	for _, o := range s.Nodes {
+		if o.Role != RoleControlPlane || o.Name == n.Name {
+			continue
+		}
+		peers = append(peers, o.Address)
+		// The node's own apiserver is added by the agent; a listed one is
+		// probed at every network change, so only the others are listed.
+		apiServers = append(apiServers, net.JoinHostPort(o.Address, strconv.Itoa(6443)))
+	}
+	c := map[string]any{
+		"name":         clusterName,
+		"domain":       domain,
+		"role":         n.Role,
+		"apiVIPs":      []string{s.APIVIP},
+		"podCIDRs":     []string{podCIDR},
+		"serviceCIDRs": []string{serviceCIDR},
+	}
+	if len(peers) > 0 {
+		c["peers"] = peers
+	}
+	if len(apiServers) > 0 {
+		c["apiServers"] = apiServers
+	}
+	if n.Role == RoleControlPlane && len(sec.ClusterCACert) > 0 {
+		c["ca"] = map[string]string{"certificate": string(sec.ClusterCACert), "key": string(sec.ClusterCAKey)}
+	}
+	return c
+}
