@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -75,6 +76,7 @@ type flow struct {
 	splicing bool
 	pipe     pipe
 	inPipe   int
+	fin      bool   // src ended after the data in buf
 	eof      bool   // src ended and everything was passed on
 	bytes    uint64 // passed on, not yet added to the backend's counter
 }
@@ -669,7 +671,7 @@ func (l *loop) move(pc *proxyConn, f *flow, src, dst int, hup bool) bool {
 			return l.splice(pc, f, src, dst)
 		}
 		for f.off < f.n {
-			m, err := unix.Write(dst, (*f.buf)[f.off:f.n])
+			m, err := send(dst, (*f.buf)[f.off:f.n], f.fin)
 			if err == unix.EAGAIN {
 				return true
 			}
@@ -681,6 +683,10 @@ func (l *loop) move(pc *proxyConn, f *flow, src, dst int, hup bool) bool {
 		}
 		full := f.buf != nil && f.n == len(*f.buf)
 		f.release()
+		if f.fin {
+			f.fin, f.eof = false, true
+			return l.ended(pc, f, dst)
+		}
 		if full {
 			// Bulk data: splice from now on, unless out of descriptors.
 			if p, err := l.p.pipes.get(); err == nil {
@@ -706,11 +712,40 @@ func (l *loop) move(pc *proxyConn, f *flow, src, dst int, hup bool) bool {
 			f.eof = true
 			return l.ended(pc, f, dst)
 		}
+		if n < len(*f.buf) && hup {
+			// The peer's FIN came already: if it follows this data, the
+			// data and ours leave in one segment.
+			m, err := unix.Read(src, (*f.buf)[n:])
+			switch {
+			case err == unix.EAGAIN:
+			case err != nil:
+				f.release()
+				return false
+			case m == 0:
+				f.fin = true
+			default:
+				n += m
+			}
+		}
 		f.n = n
 		if n < len(*f.buf) && !hup {
 			f.ready = false
 		}
 	}
+}
+
+// send writes b to fd; with more, it holds a short segment back
+// (MSG_MORE) for the FIN that follows.
+func send(fd int, b []byte, more bool) (int, error) {
+	flags := unix.MSG_NOSIGNAL
+	if more {
+		flags |= unix.MSG_MORE
+	}
+	n, _, errno := syscall.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(flags), 0, 0)
+	if errno != 0 {
+		return 0, errno
+	}
+	return int(n), nil
 }
 
 func (l *loop) splice(pc *proxyConn, f *flow, src, dst int) bool {
