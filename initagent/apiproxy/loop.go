@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -26,8 +25,6 @@ import (
 type loop struct {
 	p     *Proxy
 	epfd  int
-	ep    *os.File        // epfd in the runtime's poller: wait parks the goroutine, not the thread
-	eprc  syscall.RawConn // ep's
 	wake  int // eventfd: posted functions wait
 	lns   []listener
 	conns []*proxyConn // by socket descriptor, client and server sides
@@ -101,19 +98,7 @@ func newLoop(p *Proxy, lns []listener) (*loop, error) {
 		unix.Close(epfd)
 		return nil, fmt.Errorf("apiproxy: eventfd: %w", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		unix.Close(wake)
-		return nil, fmt.Errorf("apiproxy: epoll fd: %w", err)
-	}
-	ep := os.NewFile(uintptr(epfd), "epoll")
-	eprc, err := ep.SyscallConn()
-	if err != nil {
-		ep.Close()
-		unix.Close(wake)
-		return nil, fmt.Errorf("apiproxy: epoll fd: %w", err)
-	}
-	l := &loop{p: p, epfd: epfd, ep: ep, eprc: eprc, wake: wake, lns: lns}
+	l := &loop{p: p, epfd: epfd, wake: wake, lns: lns}
 	if err := l.add(wake, unix.EPOLLIN); err != nil {
 		l.closeFDs()
 		return nil, err
@@ -127,7 +112,7 @@ func newLoop(p *Proxy, lns []listener) (*loop, error) {
 
 func (l *loop) closeFDs() {
 	unix.Close(l.wake)
-	l.ep.Close()
+	unix.Close(l.epfd)
 }
 
 func (l *loop) add(fd int, events uint32) error {
@@ -197,8 +182,8 @@ func (l *loop) runPosted() {
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, maxEvents)
 	for !l.exit {
-		n, err := l.wait(events)
-		if err != nil {
+		n, err := unix.EpollWait(l.epfd, events, l.timeout())
+		if err != nil && err != unix.EINTR {
 			l.p.log.Error("epoll_wait failed", "err", err)
 			time.Sleep(10 * time.Millisecond)
 		}
@@ -230,48 +215,22 @@ func (l *loop) run() {
 	l.closeFDs()
 }
 
-// wait returns the ready events. When there are none it parks the
-// goroutine in the runtime's poller, which watches the epoll descriptor,
-// until there are or the next connect times out or accepting resumes: a
-// thread blocked in epoll_wait(2) would lose its P to sysmon and cost a
-// hand-off to get one back.
-func (l *loop) wait(events []unix.EpollEvent) (int, error) {
-	var n int
-	var err error
-	poll := func(fd uintptr) bool {
-		n, err = unix.EpollWait(int(fd), events, 0)
-		return n != 0 || err != nil && err != unix.EINTR
-	}
-	if poll(uintptr(l.epfd)) {
-		return n, err
-	}
-	next := l.nextDeadline()
-	if !next.IsZero() && !time.Now().Before(next) {
-		return 0, nil
-	}
-	_ = l.ep.SetReadDeadline(next)
-	if rerr := l.eprc.Read(poll); rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
-		return 0, rerr
-	}
-	if err == unix.EINTR {
-		err = nil
-	}
-	return n, err
-}
-
-// nextDeadline is when the next connect times out or accepting resumes;
-// zero if never.
-func (l *loop) nextDeadline() time.Time {
+// timeout is how long epoll_wait may wait: until the next connect times
+// out or accepting resumes.
+func (l *loop) timeout() int {
 	var next time.Time
 	for _, pc := range l.connecting {
-		if !pc.closed && pc.connecting && (next.IsZero() || pc.deadline.Before(next)) {
+		if next.IsZero() || pc.deadline.Before(next) {
 			next = pc.deadline
 		}
 	}
 	if !l.acceptResume.IsZero() && (next.IsZero() || l.acceptResume.Before(next)) {
 		next = l.acceptResume
 	}
-	return next
+	if next.IsZero() {
+		return -1
+	}
+	return int(max(time.Until(next), 0)/time.Millisecond) + 1
 }
 
 // expire fails the connects that took longer than DialTimeout and resumes
