@@ -18,7 +18,7 @@ import (
 // epoll_ctl to add and one to remove each socket, and the net package's
 // getsockname and setsockopt per accepted socket, which made the proxy
 // accept 15% fewer connections per second than HAProxy
-// (tools/bench/apiproxy). Run starts one loop per GOMAXPROCS; each one
+// (tools/bench/apiproxy). Run starts loopCount loops; each one
 // accepts from every frontend (EPOLLEXCLUSIVE wakes one of them) and keeps
 // the connections it accepted. Everything about a connection happens on its
 // loop's goroutine; other goroutines post functions to it (post, do).

@@ -127,7 +127,7 @@ func (p *Proxy) start() ([]*loop, []listener, error) {
 		}
 		lns = append(lns, listener{fd: fd, f: f})
 	}
-	for range runtime.GOMAXPROCS(0) {
+	for range loopCount() {
 		l, err := newLoop(p, lns)
 		if err != nil {
 			return fail(err)
@@ -357,4 +357,13 @@ func (p *Proxy) lateSockopts(ctx context.Context) {
 			})
 		}
 	}
+}
+
+// loopCount is the number of loops: half the Ps. A loop blocks in
+// epoll_wait(2); while a P stays idle, sysmon leaves a P in a system call
+// alone for 10ms, while with every P in one it takes them after 20µs and
+// keeps polling every 20µs, which measured 30% more context switches per
+// connection.
+func loopCount() int {
+	return max(1, runtime.GOMAXPROCS(0)/2)
 }
