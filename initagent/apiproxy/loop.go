@@ -138,6 +138,15 @@ func (l *loop) removeListeners() {
 	}
 }
 
+// stopAccepting takes the listeners out for good, before Run closes them.
+func (l *loop) stopAccepting() {
+	if l.acceptResume.IsZero() {
+		l.removeListeners()
+	}
+	l.lns = nil
+	l.acceptResume = time.Time{}
+}
+
 // post runs fn on the loop; false if the loop has ended.
 func (l *loop) post(fn func()) bool {
 	l.mu.Lock()
@@ -260,7 +269,8 @@ func (l *loop) expire() {
 	clear(l.connecting[len(keep):])
 	l.connecting = keep
 	for _, pc := range late {
-		if !pc.closed && pc.connecting && pc.sfd >= 0 {
+		// A retry meanwhile has a later deadline (and an entry of its own).
+		if !pc.closed && pc.connecting && pc.sfd >= 0 && !now.Before(pc.deadline) {
 			l.connectFailed(pc, fmt.Errorf("i/o timeout after %v", l.p.cfg.DialTimeout))
 		}
 	}

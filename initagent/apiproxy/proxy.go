@@ -63,7 +63,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 
 	<-ctx.Done()
 	for _, l := range loops {
-		l.do(l.removeListeners)
+		l.do(l.stopAccepting)
 	}
 	for i, ln := range lns {
 		unix.Close(ln.fd)
