@@ -158,10 +158,8 @@ type Proxy struct {
 	fresh    []*proxyConn // registered in the last second, for lateSockopts
 	lateOpts bool         // KeepAlive or UserTimeout set
 
-	jobs        chan job // to idle workers
-	idleWorkers atomic.Int64
-	workers     sync.WaitGroup
-	connWG      sync.WaitGroup
+	dialers sync.WaitGroup // net.Dialer for host name backends
+	connWG  sync.WaitGroup // accepted connections not closed yet
 
 	subMu sync.Mutex
 	subs  []*subscriber
@@ -283,7 +281,6 @@ func New(cfg Config) (*Proxy, error) {
 		wake:      make(chan struct{}, 1),
 		pipes:     make(pipePool, 128),
 		lateOpts:  cfg.KeepAlive > 0 || cfg.UserTimeout > 0,
-		jobs:      make(chan job),
 	}
 	p.roots.Store(cfg.RootCAs)
 	for _, f := range cfg.Frontends {

@@ -674,45 +674,46 @@ func TestFreebind(t *testing.T) {
 	}
 }
 
-// TestSocketOptions checks that accepted sockets inherit keepalive and
-// TCP_USER_TIMEOUT from the listening socket, which the proxy relies on.
+// TestSocketOptions checks that accepted sockets inherit TCP_NODELAY,
+// keepalive and TCP_USER_TIMEOUT from the listening socket, which the proxy
+// relies on: it sets none of them per connection.
 func TestSocketOptions(t *testing.T) {
 	p, err := New(Config{InsecureUntilCA: true, KeepAlive: 7 * time.Second, UserTimeout: 9 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := p.listen(context.Background(), freeAddr(t))
+	addr := freeAddr(t)
+	lfd, err := p.listen(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	go func() {
-		if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
-			defer c.Close()
-			time.Sleep(time.Second)
-		}
-	}()
-	c, err := ln.AcceptTCP()
+	defer unix.Close(lfd)
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	rc, _ := c.SyscallConn()
+	if _, err := unix.Poll([]unix.PollFd{{Fd: int32(lfd), Events: unix.POLLIN}}, 30000); err != nil {
+		t.Fatal(err)
+	}
+	fd, _, err := unix.Accept4(lfd, unix.SOCK_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
 	for _, o := range []struct {
 		name       string
 		level, opt int
 		want       int
 	}{
+		{"TCP_NODELAY", unix.IPPROTO_TCP, unix.TCP_NODELAY, 1},
 		{"SO_KEEPALIVE", unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1},
 		{"TCP_KEEPIDLE", unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 7},
 		{"TCP_KEEPINTVL", unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 7},
 		{"TCP_USER_TIMEOUT", unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, 9000},
 	} {
-		var got int
-		var gerr error
-		_ = rc.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), o.level, o.opt) })
-		if gerr != nil || got != o.want {
-			t.Errorf("accepted socket %s = %d (%v), want %d", o.name, got, gerr, o.want)
+		if got, err := unix.GetsockoptInt(fd, o.level, o.opt); err != nil || got != o.want {
+			t.Errorf("accepted socket %s = %d (%v), want %d", o.name, got, err, o.want)
 		}
 	}
 }
@@ -821,16 +822,20 @@ func TestBackendSocketOptions(t *testing.T) {
 			var got string
 			waitFor(t, "backend socket options", func() bool {
 				p.connMu.Lock()
-				defer p.connMu.Unlock()
+				var pcs []*proxyConn
 				for pc := range p.conns {
-					rc, err := pc.server.SyscallConn()
-					if err != nil {
-						return false
-					}
-					got = ""
-					_ = rc.Control(func(fd uintptr) {
+					pcs = append(pcs, pc)
+				}
+				p.connMu.Unlock()
+				for _, pc := range pcs {
+					got = "closed"
+					pc.l.do(func() {
+						if pc.sfd < 0 {
+							return
+						}
+						got = ""
 						for _, o := range opts {
-							if v, err := unix.GetsockoptInt(int(fd), o.level, o.opt); err != nil || v != o.want {
+							if v, err := unix.GetsockoptInt(pc.sfd, o.level, o.opt); err != nil || v != o.want {
 								got += fmt.Sprintf(" %s=%d (%v, want %d)", o.name, v, err, o.want)
 							}
 						}

@@ -225,7 +225,7 @@ func (p *Proxy) drain(ctx context.Context, b *backend) {
 			return // Run closes every connection
 		case <-b.idle:
 		case <-timeout.C:
-			n := p.closeConns(func(c *proxyConn) bool { return c.b == b })
+			n := p.closeConns(b)
 			p.log.Warn("drain timeout, closed connections", "backend", b.addr, "connections", n)
 		}
 	}
