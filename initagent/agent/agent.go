@@ -18,6 +18,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
+	"github.com/ballast-os/ballast/initagent/podroutes"
 	"github.com/ballast-os/ballast/initagent/runtime"
 	"github.com/ballast-os/ballast/initagent/sysslot"
 	"github.com/ballast-os/ballast/initagent/txn"
@@ -40,16 +41,18 @@ type Agent struct {
 	// the host's kernel; see container.go for what that changes.
 	Container bool
 
-	sup      pid1.Supervisor
-	txn      *txn.Manager
-	nodeIP   nodeIPState
-	resolver *resolver
-	api      apiState
-	ha       haServices
-	reaper   *pid1.Reaper     // external programs are started through it
-	kube     *runtime.Kube    // nil unless the system image carries Kubernetes
-	system   *sysslot.Manager // the system slots this boot came from; nil on netboot and live media
-	bless    *blessing        // judges a boot of a system slot that is not good yet; nil otherwise
+	sup       pid1.Supervisor
+	txn       *txn.Manager
+	nodeIP    nodeIPState
+	resolver  *resolver
+	api       apiState
+	ha        haServices
+	reaper    *pid1.Reaper      // external programs are started through it
+	kube      *runtime.Kube     // nil unless the system image carries Kubernetes
+	started   time.Time         // when Run began
+	podRoutes *podroutes.Daemon // routes to the other nodes' pod CIDRs; nil without Kubernetes
+	system    *sysslot.Manager  // the system slots this boot came from; nil on netboot and live media
+	bless     *blessing         // judges a boot of a system slot that is not good yet; nil otherwise
 	// localAPIServer: the API proxy fronts this control-plane node's own kube-apiserver too.
 	localAPIServer bool
 	// discovered are the apiservers registered in the cluster (runtime.Kube.APIServers).
@@ -73,6 +76,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 	a.sup.Log = a.Log
 	bootStart := time.Now()
+	a.started = bootStart
 
 	if err := boot.MountEssential(a.Root, a.Log); err != nil {
 		return pid1.Request{}, err

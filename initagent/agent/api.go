@@ -92,6 +92,9 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 		srv.Sections["kubernetes"] = func() any { return k.Status() }
 		srv.Cluster = ClusterCalls(k)
 	}
+	if d := a.podRoutes; d != nil {
+		srv.Sections["podRoutes"] = func() any { return d.Status() }
+	}
 	if a.resolver != nil {
 		srv.Sections["dns"] = func() any { return a.resolver.status() }
 	}

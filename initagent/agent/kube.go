@@ -80,7 +80,7 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 	k := &runtime.Kube{
 		Root: a.Root, System: filepath.Join(a.Root, sysslot.SystemMount), Role: role, NodeName: hostname,
 		NodeIPs: nodeAddrs, Cluster: c, KubeletExtraArgs: cfg.Kubelet.ExtraArgs,
-		Log: a.Log.With("part", "kube"), Reaper: a.reaper, Since: bootTime(),
+		Log: a.Log.With("part", "kube"), Reaper: a.reaper, Since: a.bootTime(),
 		StartDaemon: func(d pid1.Daemon) { a.sup.Start(ctx, d) },
 		Output:      a.serviceOutput,
 	}
@@ -101,6 +101,7 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 	}
 	a.kube = k
 	a.sup.Start(ctx, pid1.Daemon{Name: "kubernetes", Run: k.Run})
+	a.podRoutes = a.startPodRoutes(ctx, filepath.Join(a.Root, "var/lib/kubelet/kubeconfig"), hostname)
 }
 
 // apiServersDiscovered takes the apiservers registered in the cluster:
@@ -199,8 +200,12 @@ func prefixes(ss []string, def netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// bootTime is when the kernel started (CLOCK_BOOTTIME counts from there).
-func bootTime() time.Time {
+// bootTime is when the kernel started (CLOCK_BOOTTIME counts from there);
+// a container node shares the host's kernel, so its boot is the agent's start.
+func (a *Agent) bootTime() time.Time {
+	if a.Container {
+		return a.started
+	}
 	var ts unix.Timespec
 	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
 		return time.Now()
