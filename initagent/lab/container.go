@@ -87,6 +87,11 @@ func Up(ctx context.Context, o Options) (*State, error) {
 		}
 		log.Info("node started", "node", n.Name, "role", n.Role, "address", n.Address, "console", s.ConsoleLog(n))
 	}
+	msg, err := s.Bootstrap(ctx)
+	if err != nil {
+		return s, err
+	}
+	log.Info("cluster bootstrap requested", "node", s.Nodes[0].Name, "answer", msg)
 	return s, nil
 }
 
@@ -130,7 +135,7 @@ func (s *State) makePKI() (Secrets, map[string]NodeCredentials, error) {
 	if err != nil {
 		return Secrets{}, nil, err
 	}
-	_, clusterPair, err := pki.NewAuthority("kubernetes", validity)
+	cluster, err := pki.NewClusterSecrets(validity)
 	if err != nil {
 		return Secrets{}, nil, err
 	}
@@ -142,7 +147,8 @@ func (s *State) makePKI() (Secrets, map[string]NodeCredentials, error) {
 	files := map[string][]byte{
 		"ca.crt": apiCAPair.CertPEM, "ca.key": apiCAPair.KeyPEM,
 		"client-admin.crt": client.CertPEM, "client-admin.key": client.KeyPEM,
-		"kubernetes-ca.crt": clusterPair.CertPEM, "kubernetes-ca.key": clusterPair.KeyPEM,
+		"kubernetes-ca.crt": []byte(cluster.CA.Certificate), "kubernetes-ca.key": []byte(cluster.CA.Key),
+		"etcd-ca.crt": []byte(cluster.EtcdCA.Certificate), "etcd-ca.key": []byte(cluster.EtcdCA.Key),
 	}
 	creds := map[string]NodeCredentials{}
 	nc := nodeConfig{Current: s.Nodes[0].Name}
@@ -164,7 +170,7 @@ func (s *State) makePKI() (Secrets, map[string]NodeCredentials, error) {
 	if err := nc.write(s.NodeConfig()); err != nil {
 		return Secrets{}, nil, err
 	}
-	return Secrets{APICACert: apiCAPair.CertPEM, ClusterCACert: clusterPair.CertPEM, ClusterCAKey: clusterPair.KeyPEM}, creds, nil
+	return Secrets{APICACert: apiCAPair.CertPEM, Cluster: cluster}, creds, nil
 }
 
 // mountSystem mounts the system image read-only on the host (a loop

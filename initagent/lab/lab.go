@@ -86,17 +86,6 @@ func (s *State) NodeConfig() string         { return filepath.Join(s.Dir, "nodec
 func (s *State) ConsoleLog(n Node) string   { return filepath.Join(s.nodeDir(n), "console.log") }
 func (s *State) NodeStateDir(n Node) string { return s.stateDir(n) }
 
-// AdminKubeconfig is the cluster's admin kubeconfig on the first control
-// plane's STATE (written there by kubeadm).
-func (s *State) AdminKubeconfig() string {
-	for _, n := range s.Nodes {
-		if n.Role == RoleControlPlane {
-			return filepath.Join(s.stateDir(n), "lib/ballast/kubernetes/admin.conf")
-		}
-	}
-	return ""
-}
-
 // DefaultDir is ~/.cache/ballast/lab/<name>.
 func DefaultDir(name string) string {
 	home, err := os.UserCacheDir()

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -63,11 +64,15 @@ func TestMachineConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca, clusterCA, err := pki.NewAuthority("kubernetes", 0)
+	ca, _, err := pki.NewAuthority("node api", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sec := Secrets{APICACert: apiCA.CertPEM, ClusterCACert: clusterCA.CertPEM, ClusterCAKey: clusterCA.KeyPEM}
+	cluster, err := pki.NewClusterSecrets(time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec := Secrets{APICACert: apiCA.CertPEM, Cluster: cluster}
 	for _, n := range s.Nodes {
 		cred, err := ca.Issue(pki.Request{CommonName: n.Name, Server: true})
 		if err != nil {
@@ -95,11 +100,21 @@ func TestMachineConfigs(t *testing.T) {
 				wantPeers = append(wantPeers, o.Address)
 			}
 		}
+		if n.Role == RoleWorker {
+			wantPeers = nil
+		}
 		if !slices.Equal(c.APIServers, wantServers) || !slices.Equal(c.Peers, wantPeers) {
 			t.Errorf("%s: apiServers %v peers %v, want %v %v", n.Name, c.APIServers, c.Peers, wantServers, wantPeers)
 		}
 		if hasCA := c.CA.Key != ""; hasCA != (n.Role == RoleControlPlane) {
 			t.Errorf("%s (%s) has the cluster CA key: %v", n.Name, n.Role, hasCA)
+		}
+		if c.Token != cluster.Token || c.CA.Certificate != cluster.CA.Certificate {
+			t.Errorf("%s: token %q, CA shared %v", n.Name, c.Token, c.CA.Certificate == cluster.CA.Certificate)
+		}
+		shared := c.EtcdCA.Key != "" && c.FrontProxyCA.Key != "" && c.ServiceAccountKey != ""
+		if shared != (n.Role == RoleControlPlane) {
+			t.Errorf("%s (%s) carries the etcd/front-proxy CAs and service-account key: %v", n.Name, n.Role, shared)
 		}
 		for _, p := range c.PodCIDRs {
 			if netip.MustParsePrefix(p).Overlaps(netip.MustParsePrefix(s.Subnet)) {

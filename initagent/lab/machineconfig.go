@@ -8,6 +8,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/ballast-os/ballast/initagent/api/pki"
 	"github.com/ballast-os/ballast/initagent/config"
 )
 
@@ -30,8 +31,10 @@ type Secrets struct {
 	// APICA signs the node API's server certificates and the operator's
 	// client certificate (api.tls.clientCA).
 	APICACert []byte
-	// ClusterCA is the Kubernetes CA (cluster.ca) every control plane shares.
-	ClusterCACert, ClusterCAKey []byte
+	// Cluster is what the cluster's nodes share (cluster.ca, etcdCA,
+	// frontProxyCA, serviceAccountKey, token): control planes all of it,
+	// workers the CA certificate and the token.
+	Cluster pki.ClusterSecrets
 }
 
 // NodeCredentials are one node's API server certificate and key.
@@ -72,9 +75,10 @@ func MachineConfig(s *State, n Node, sec Secrets, cred NodeCredentials) ([]byte,
 	return data, nil
 }
 
-// clusterSection is the one place where a node learns about its cluster.
-// The fields for joining (bootstrap token, shared etcd/front-proxy/SA keys)
-// belong here too once the agent reads them.
+// clusterSection is the one place where a node learns about its cluster:
+// control planes list each other as etcd peers and apiservers and share
+// every key; workers get the CA certificate, the bootstrap token and the
+// control planes' apiservers for their local API proxy.
 func clusterSection(s *State, n Node, sec Secrets) map[string]any {
 	var peers, apiServers []string
 	for _, o := range s.Nodes {
@@ -100,8 +104,17 @@ func clusterSection(s *State, n Node, sec Secrets) map[string]any {
 	if len(apiServers) > 0 {
 		c["apiServers"] = apiServers
 	}
-	if n.Role == RoleControlPlane && len(sec.ClusterCACert) > 0 {
-		c["ca"] = map[string]string{"certificate": string(sec.ClusterCACert), "key": string(sec.ClusterCAKey)}
+	cs := sec.Cluster
+	if cs.Token != "" {
+		c["token"] = cs.Token
+	}
+	switch {
+	case n.Role == RoleControlPlane && cs.CA.Key != "":
+		c["ca"] = cs.CA
+		c["etcdCA"], c["frontProxyCA"], c["serviceAccountKey"] = cs.EtcdCA, cs.FrontProxyCA, cs.ServiceAccountKey
+	case n.Role == RoleWorker && cs.CA.Certificate != "":
+		c["ca"] = map[string]string{"certificate": cs.CA.Certificate}
+		delete(c, "peers")
 	}
 	return c
 }

@@ -151,7 +151,7 @@ func (s *State) apiClient() (*http.Client, error) {
 }
 
 // Wait follows the nodes until every one is Ready, calling progress with
-// each change, until ctx ends.
+// each change, until ctx ends; then it writes the admin kubeconfig.
 func (s *State) Wait(ctx context.Context, progress func([]NodeStatus)) error {
 	var last string
 	for {
@@ -169,7 +169,7 @@ func (s *State) Wait(ctx context.Context, progress func([]NodeStatus)) error {
 		}
 		last = key
 		if ready {
-			return nil
+			return s.WriteKubeconfig(ctx)
 		}
 		select {
 		case <-ctx.Done():

@@ -288,6 +288,9 @@ func (k *Kube) Run(ctx context.Context) error {
 		if err := k.finishControlPlane(ctx); err != nil {
 			return k.fail("control plane: %v", err)
 		}
+		if err := k.grantNodeAgents(ctx); err != nil {
+			return k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err)
+		}
 	}
 	if err := k.writeCNI(p, n); err != nil {
 		return k.fail("CNI config: %v", err)

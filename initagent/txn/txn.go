@@ -533,8 +533,10 @@ func DefaultProbes(cfg *config.MachineConfig) []probe.Probe {
 			ps = append(ps, probe.DNS(a, name))
 		}
 	}
+	// The apiservers' hosts must answer; their apiservers may not run yet
+	// (a cluster forming, a control plane rebooting).
 	for _, ep := range cfg.Cluster.APIServers {
-		ps = append(ps, probe.TCP(ep))
+		ps = append(ps, probe.HostTCP(ep))
 	}
 	for _, p := range cfg.Network.Probes {
 		switch {

@@ -99,7 +99,7 @@ func TestBootstrapAndKubeconfigThroughNodectl(t *testing.T) {
 	if err := run([]string{"pki", "init", "--dir", pkiDir, "--node", "node-1", "--ip", "127.0.0.1"}, &out); err != nil {
 		t.Fatal(err)
 	}
-	secrets, err := clusterSecrets(time.Hour)
+	secrets, err := pki.NewClusterSecrets(time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}

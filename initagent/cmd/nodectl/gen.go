@@ -1,10 +1,6 @@
 package main
 
 import (
-	"crypto/rand"
-	"crypto/rsa"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -15,7 +11,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/ballast-os/ballast/initagent/api/pki"
-	"github.com/ballast-os/ballast/initagent/config"
 )
 
 // runGen makes what a cluster's nodes share:
@@ -35,7 +30,7 @@ func runGen(args []string, out io.Writer) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	s, err := clusterSecrets(*validity)
+	s, err := pki.NewClusterSecrets(*validity)
 	if err != nil {
 		return err
 	}
@@ -53,48 +48,4 @@ func runGen(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "wrote %s: merge its cluster section into each control plane's machine config; workers take ca.certificate and token\n", *file)
 	return nil
-}
-
-// secrets is the cluster fragment, in the machine config's field names.
-type secrets struct {
-	CA                config.ClusterCA `yaml:"ca"`
-	EtcdCA            config.ClusterCA `yaml:"etcdCA"`
-	FrontProxyCA      config.ClusterCA `yaml:"frontProxyCA"`
-	ServiceAccountKey string           `yaml:"serviceAccountKey"`
-	Token             string           `yaml:"token"`
-}
-
-func clusterSecrets(validity time.Duration) (secrets, error) {
-	var s secrets
-	for _, c := range []struct {
-		name string
-		to   *config.ClusterCA
-	}{{"kubernetes", &s.CA}, {"etcd-ca", &s.EtcdCA}, {"front-proxy-ca", &s.FrontProxyCA}} {
-		_, pair, err := pki.NewAuthority(c.name, validity)
-		if err != nil {
-			return s, err
-		}
-		*c.to = config.ClusterCA{Certificate: string(pair.CertPEM), Key: string(pair.KeyPEM)}
-	}
-	// RSA as kubeadm makes sa.key: every token verifier accepts it.
-	key, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		return s, err
-	}
-	s.ServiceAccountKey = string(pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(key)}))
-	s.Token = randomString(6) + "." + randomString(16)
-	return s, nil
-}
-
-func randomString(n int) string {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-	out := make([]byte, 0, n)
-	buf := make([]byte, 1)
-	for len(out) < n {
-		_, _ = rand.Read(buf) // never fails (crypto/rand)
-		if buf[0] < 252 {     // 252 = 7*36: no bias
-			out = append(out, alphabet[int(buf[0])%len(alphabet)])
-		}
-	}
-	return string(out)
 }

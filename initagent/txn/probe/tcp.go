@@ -20,9 +20,24 @@ import (
 // backoff until ctx is done.
 func TCP(addr string) Probe { return &tcpProbe{addr: addr} }
 
-type tcpProbe struct{ addr string }
+// HostTCP returns a probe that passes when the host at addr (host:port)
+// answers TCP at all: an accepted connection or a refusal (the reset proves
+// the path to the host works). It checks reachability of a peer whose
+// service may not run yet, such as another control plane's apiserver while
+// the cluster forms.
+func HostTCP(addr string) Probe { return &tcpProbe{addr: addr, refusalAnswers: true} }
 
-func (p *tcpProbe) Name() string { return "tcp " + p.addr }
+type tcpProbe struct {
+	addr           string
+	refusalAnswers bool
+}
+
+func (p *tcpProbe) Name() string {
+	if p.refusalAnswers {
+		return "tcp host " + p.addr
+	}
+	return "tcp " + p.addr
+}
 
 func (p *tcpProbe) Run(ctx context.Context) error {
 	hint := fmt.Sprintf("that a service listens on %s and that no firewall blocks it", p.addr)
@@ -36,6 +51,9 @@ func (p *tcpProbe) Run(ctx context.Context) error {
 		c, err := d.DialContext(ctx, "tcp", p.addr)
 		if err == nil {
 			c.Close()
+			return nil
+		}
+		if p.refusalAnswers && kindOf(ctx, err) == ErrRefused {
 			return nil
 		}
 		if retry(ctx, err, attempt, &lastErr) {

@@ -38,6 +38,13 @@ func TestTCP(t *testing.T) {
 			want: ErrTimeout, wantMsg: []string{"tcp 10.9.0.99:6443", "no connection within"}},
 		{name: "no route", probe: TCP("192.0.2.1:6443"), timeout: 700 * time.Millisecond,
 			want: ErrUnreachable, wantMsg: []string{"network is unreachable"}},
+		// HostTCP: a refusal is the host answering; silence still fails.
+		{name: "host listening", probe: HostTCP("10.9.0.1:6443")},
+		{name: "host with closed port", probe: HostTCP("10.9.0.1:6444")},
+		{name: "no host", probe: HostTCP("10.9.0.99:6443"), timeout: 700 * time.Millisecond,
+			want: ErrTimeout, wantMsg: []string{"tcp host 10.9.0.99:6443", "no connection within"}},
+		{name: "no route to host", probe: HostTCP("192.0.2.1:6443"), timeout: 700 * time.Millisecond,
+			want: ErrUnreachable, wantMsg: []string{"network is unreachable"}},
 	} {
 		t.Run(c.name, c.run)
 	}
