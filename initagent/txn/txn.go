@@ -467,7 +467,12 @@ func (m *Manager) goodSlots(skip string) []slot.Slot {
 
 // baseline keeps the before-results of probes that are still asked for and
 // counts a probe the old config did not have as passing before, so that it
-// must pass after.
+// must pass after; a regression-only probe (a peer that may be off) counts
+// as failing before instead.
+// errNotProbedBefore is the before-result of a regression-only probe the
+// previous config did not ask for.
+var errNotProbedBefore = errors.New("not probed before this change (a peer: need not answer yet)")
+
 func baseline(before, after []probe.Result) []probe.Result {
 	prev := map[string]probe.Result{}
 	for _, r := range before {
@@ -475,9 +480,12 @@ func baseline(before, after []probe.Result) []probe.Result {
 	}
 	out := make([]probe.Result, len(after))
 	for i, r := range after {
-		if p, ok := prev[r.Name]; ok {
+		switch p, ok := prev[r.Name]; {
+		case ok:
 			out[i] = p
-		} else {
+		case r.RegressionOnly:
+			out[i] = probe.Result{Name: r.Name, Err: errNotProbedBefore, RegressionOnly: true}
+		default:
 			out[i] = probe.Result{Name: r.Name}
 		}
 	}

@@ -382,3 +382,46 @@ func TestCrashAtEveryStepBootsLastGood(t *testing.T) {
 		})
 	}
 }
+
+// TestPeerAPIServersNeedNotAnswerYet: the hosts of cluster.apiServers are
+// regression-only probes. A node whose peers are still off commits its
+// first config (a cluster's nodes boot in any order), and a peer host that
+// refuses the port (its apiserver not started) counts as answering.
+func TestPeerAPIServersNeedNotAnswerYet(t *testing.T) {
+	lab(t)
+	dir := t.TempDir()
+	store, err := slot.NewDir(filepath.Join(dir, "slots"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &Manager{Store: store, Network: kernelNetwork{&netconf.Applier{}}, HistoryFile: filepath.Join(dir, "history.json"),
+		ProbeTimeout: time.Second}
+	withPeer := func(peer string) []byte {
+		return append(nodeConfig("10.0.0.5/24", "10.0.0.1", "10.0.0.1"), fmt.Sprintf("cluster:\n  apiServers: [%q]\n", peer)...)
+	}
+	rec, err := m.Apply(context.Background(), withPeer("10.0.0.77:6443"), Options{}) // no such host yet
+	if err != nil || rec.State != Available {
+		t.Fatalf("first config with a peer that is off: %v %+v", err, rec)
+	}
+	var seen bool
+	for _, p := range rec.Probes {
+		if p.Name == "tcp host 10.0.0.77:6443" {
+			seen = true
+			if p.After == "ok" || !strings.Contains(p.Before, "not probed before") {
+				t.Errorf("peer probe outcome %+v", p)
+			}
+		}
+	}
+	if !seen {
+		t.Errorf("no probe of the peer in %+v", rec.Probes)
+	}
+	rec, err = m.Apply(context.Background(), withPeer("10.0.0.1:6443"), Options{}) // the host refuses: answered
+	if err != nil || rec.State != Available {
+		t.Fatalf("peer host that refuses the port: %v %+v", err, rec)
+	}
+	for _, p := range rec.Probes {
+		if p.Name == "tcp host 10.0.0.1:6443" && p.After != "ok" {
+			t.Errorf("a refusing peer host did not count as answering: %+v", p)
+		}
+	}
+}

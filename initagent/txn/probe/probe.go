@@ -109,6 +109,9 @@ type Result struct {
 	Name string
 	Err  error // nil: the target answered
 	Took time.Duration
+	// RegressionOnly: the probe blocks a change only when it passed before
+	// (see HostTCP); a target the change adds need not answer.
+	RegressionOnly bool
 }
 
 // RunAll runs all probes in parallel, each bounded by its own timeout each
@@ -130,6 +133,9 @@ func RunAll(ctx context.Context, probes []Probe, each time.Duration) []Result {
 
 func runOne(ctx context.Context, p Probe, each time.Duration) (res Result) {
 	res.Name = p.Name()
+	if r, ok := p.(interface{ RegressionOnly() bool }); ok {
+		res.RegressionOnly = r.RegressionOnly()
+	}
 	if each > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, each)

@@ -24,8 +24,11 @@ func TCP(addr string) Probe { return &tcpProbe{addr: addr} }
 // answers TCP at all: an accepted connection or a refusal (the reset proves
 // the path to the host works). It checks reachability of a peer whose
 // service may not run yet, such as another control plane's apiserver while
-// the cluster forms.
+// the cluster forms. It is regression-only: a peer may be powered off when
+// this node boots, so it blocks a change only when it answered before.
 func HostTCP(addr string) Probe { return &tcpProbe{addr: addr, refusalAnswers: true} }
+
+func (p *tcpProbe) RegressionOnly() bool { return p.refusalAnswers }
 
 type tcpProbe struct {
 	addr           string
