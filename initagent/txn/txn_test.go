@@ -72,6 +72,9 @@ func setupLab(h *netlink.Handle) (stop func(), err error) {
 	b := make([]byte, 4)
 	rand.Read(b)
 	ns := "btxn-" + hex.EncodeToString(b)
+	if name := os.Getenv(routerNetnsEnv); name != "" {
+		ns = name // a child that is killed: the parent deletes it
+	}
 	attrs := netlink.NewLinkAttrs()
 	attrs.Name = "eth0"
 	if err := h.LinkAdd(&netlink.Veth{LinkAttrs: attrs, PeerName: "router"}); err != nil {
@@ -255,6 +258,8 @@ const (
 	stepEnv = "BALLAST_TXN_CRASH_AT"
 	diskEnv = "BALLAST_TXN_DISK"
 	badEnv  = "BALLAST_TXN_BAD"
+	// routerNetnsEnv names the router's netns of a child the test kills.
+	routerNetnsEnv = "BALLAST_TXN_ROUTER_NETNS"
 )
 
 // childNode sets up a child process's lab and a Manager on the disk image
@@ -352,7 +357,10 @@ func TestCrashAtEveryStepBootsLastGood(t *testing.T) {
 			if err := slot.CreateImage(disk, 16<<20); err != nil {
 				t.Fatal(err)
 			}
+			router := fmt.Sprintf("btxn-crash-%d-%s", os.Getpid(), name)
 			cmd := crashCmd(step, disk, tc.bad)
+			cmd.Env = append(cmd.Env, routerNetnsEnv+"="+router)
+			t.Cleanup(func() { exec.Command("ip", "netns", "del", router).Run() })
 			out, err := cmd.StdoutPipe()
 			if err != nil {
 				t.Fatal(err)
