@@ -37,6 +37,9 @@ const (
 	Runc       = "runc"        // runc, static with seccomp (cgo)
 	CNIPlugins = "cni-plugins" // bridge, host-local, loopback, portmap
 	Pause      = "pause"       // pause
+	// MountTools are u-root's mount and umount: kubelet execs them to mount
+	// pod volumes (service-account tokens, secrets, emptyDir in memory).
+	MountTools = "mount-tools"
 	// Ctr is containerd's ctr: the node imports the preloaded images with
 	// it. Built from the same pinned containerd; not in Components().
 	Ctr = "ctr"
@@ -48,7 +51,7 @@ const (
 
 // Components lists every component in build order (cheapest first).
 func Components() []string {
-	return []string{Pause, CNIPlugins, Runc, Containerd, Etcd, Kubernetes}
+	return []string{Pause, MountTools, CNIPlugins, Runc, Containerd, Etcd, Kubernetes}
 }
 
 // KubeBinary is the multi-call Kubernetes binary; KubeCommands are the names
@@ -111,7 +114,7 @@ func (b *Builder) versions() Versions {
 		def string
 	}{
 		{&v.Kubernetes, p.Kubernetes}, {&v.Containerd, p.Containerd}, {&v.Runc, p.Runc},
-		{&v.CNIPlugins, p.CNIPlugins}, {&v.Etcd, p.Etcd}, {&v.Pause, p.Pause},
+		{&v.CNIPlugins, p.CNIPlugins}, {&v.Etcd, p.Etcd}, {&v.Pause, p.Pause}, {&v.URoot, p.URoot},
 	} {
 		if *f.dst == "" {
 			*f.dst = f.def
@@ -179,6 +182,15 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			files:    map[string][]byte{"main.go": pauseSource},
 			binaries: []binary{{name: "pause", pkg: ".", ldflags: []string{"-X main.version=" + v.Pause}}},
 		}, nil
+	case MountTools:
+		const mod = "github.com/u-root/u-root"
+		u := &unit{name: MountTools, version: v.URoot, requires: [][2]string{{mod, v.URoot}}}
+		for _, c := range []string{"mount", "umount"} {
+			pkg := mod + "/cmds/core/" + c
+			u.tools = append(u.tools, pkg)
+			u.binaries = append(u.binaries, binary{name: c, pkg: pkg})
+		}
+		return u, nil
 	case CNIPlugins:
 		const mod = "github.com/containernetworking/plugins"
 		u := &unit{name: CNIPlugins, version: v.CNIPlugins, requires: [][2]string{{mod, v.CNIPlugins}}}

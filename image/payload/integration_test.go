@@ -99,7 +99,7 @@ func TestPayloadIntegration(t *testing.T) {
 		}
 		for _, p := range []string{
 			"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/runc", "/usr/bin/kube",
-			"/usr/bin/kubelet -> kube", "/usr/bin/kubeadm -> kube",
+			"/usr/bin/kubelet -> kube", "/usr/bin/kubeadm -> kube", "/usr/bin/mount", "/usr/bin/umount",
 			"/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/loopback", "/opt/cni/bin/portmap",
 			"/usr/share/ballast/images/pause.tar", "/usr/share/ballast/images/control-plane.tar", SystemManifestPath,
 		} {

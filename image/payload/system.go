@@ -42,10 +42,10 @@ type SystemManifest struct {
 // System builds what the role needs and packs it into a system.sqfs, cached
 // in CacheDir by a hash of its inputs; it returns the file's path.
 // Both roles get containerd (with ctr, which the node imports the images
-// with), runc, the CNI plugins, kubelet and kubeadm and the pause image; control-plane adds the kube-apiserver,
+// with), runc, mount and umount (u-root's, for kubelet's volume mounts), the CNI plugins, kubelet and kubeadm and the pause image; control-plane adds the kube-apiserver,
 // kube-controller-manager, kube-scheduler and etcd images.
 func (b *Builder) System(ctx context.Context, role string) (string, error) {
-	components := []string{Pause, CNIPlugins, Runc, Containerd, Ctr, Kubernetes}
+	components := []string{Pause, MountTools, CNIPlugins, Runc, Containerd, Ctr, Kubernetes}
 	switch role {
 	case RoleControlPlane:
 		components = append(components, Etcd)
@@ -138,7 +138,7 @@ func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[st
 			return err
 		}
 	}
-	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", KubeBinary} {
+	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", KubeBinary, "mount", "umount"} {
 		if err := put(SystemBinDir, name); err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ const (
 	CNIPluginsVersion = "v1.10.0" // github.com/containernetworking/plugins
 	EtcdVersion       = "v3.7.3"  // go.etcd.io/etcd/server/v3
 	PauseVersion      = "3.10.2"  // our pause binary answers to this version; equals kubeadm's constants.PauseVersion
+	URootVersion      = "v0.16.0" // github.com/u-root/u-root: mount and umount, which kubelet runs for pod volumes
 )
 
 // Versions are the upstream versions one payload is built from.
@@ -19,6 +20,7 @@ type Versions struct {
 	CNIPlugins string
 	Etcd       string
 	Pause      string
+	URoot      string
 }
 
 // Pinned returns the versions from the constants above.
@@ -30,5 +32,6 @@ func Pinned() Versions {
 		CNIPlugins: CNIPluginsVersion,
 		Etcd:       EtcdVersion,
 		Pause:      PauseVersion,
+		URoot:      URootVersion,
 	}
 }

@@ -3,6 +3,7 @@ package lab
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -209,21 +210,12 @@ func (s *State) makeBridge() error {
 	return nil
 }
 
-// makeNode creates a node's network namespace with eth0 on the bridge, its
+// makeNode creates a node's network namespace (Start plugs its eth0), its
 // STATE directory and its bundle (rootfs from the initramfs, cmdline keys,
 // machine config, config.json).
 func (s *State) makeNode(log *slog.Logger, n Node, sec Secrets, cred NodeCredentials) error {
 	if err := run("ip", "netns", "add", n.Netns); err != nil {
 		return err
-	}
-	for _, args := range [][]string{
-		{"link", "add", n.HostVeth, "type", "veth", "peer", "name", "eth0", "netns", n.Netns},
-		{"link", "set", n.HostVeth, "master", s.Bridge},
-		{"link", "set", n.HostVeth, "up"},
-	} {
-		if err := run("ip", args...); err != nil {
-			return err
-		}
 	}
 	if err := os.MkdirAll(s.stateDir(n), 0o755); err != nil {
 		return err
@@ -250,9 +242,40 @@ func (s *State) makeNode(log *slog.Logger, n Node, sec Secrets, cred NodeCredent
 	return os.WriteFile(filepath.Join(s.bundle(n), "config.json"), data, 0o600)
 }
 
+// plug gives the node a fresh eth0 (a veth on the bridge, always the same
+// MAC): a machine's NIC comes up empty at every boot, with no address or
+// VIP left from the last one.
+func (s *State) plug(n Node) error {
+	if linkExists(n.HostVeth) {
+		if err := run("ip", "link", "del", n.HostVeth); err != nil {
+			return err
+		}
+	}
+	sum := sha256.Sum256([]byte(s.Name + "/" + n.Name))
+	mac := net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]} // locally administered, unicast
+	for _, args := range [][]string{
+		{"link", "add", n.HostVeth, "type", "veth", "peer", "name", "eth0", "address", mac.String(), "netns", n.Netns},
+		{"link", "set", n.HostVeth, "master", s.Bridge},
+		{"link", "set", n.HostVeth, "up"},
+	} {
+		if err := run("ip", args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unplug removes the node's eth0 (both ends of the veth) at once.
+func (s *State) unplug(n Node) error {
+	if !linkExists(n.HostVeth) {
+		return nil
+	}
+	return run("ip", "link", "del", n.HostVeth)
+}
+
 // Start boots a node: a fresh rootfs from the initramfs (a machine's root
-// is rebuilt every boot too), then runc runs the agent detached with its
-// console going to the node's console log.
+// is rebuilt every boot too) and a fresh eth0, then runc runs the agent
+// detached with its console going to the node's console log.
 func (s *State) Start(n Node) error {
 	switch st, _ := s.containerState(n); st {
 	case "":
@@ -263,6 +286,9 @@ func (s *State) Start(n Node) error {
 		}
 	default:
 		return fmt.Errorf("node %s is %s already", n.Name, st)
+	}
+	if err := s.plug(n); err != nil {
+		return err
 	}
 	rootfs := bundleRootfs(s.bundle(n))
 	if err := os.RemoveAll(rootfs); err != nil {
@@ -358,8 +384,12 @@ func (s *State) Node(name string) (Node, error) {
 	return Node{}, fmt.Errorf("no node %q in lab %s: it has %s", name, s.Name, strings.Join(names, ", "))
 }
 
-// Stop kills a node's container (a power cut) and deletes it.
+// Stop is a power cut: the node's link goes away and its container is
+// killed and deleted.
 func (s *State) Stop(n Node) error {
+	if err := s.unplug(n); err != nil {
+		return err
+	}
 	st, pid := s.containerState(n)
 	if st == "" {
 		return nil
