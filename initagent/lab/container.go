@@ -534,8 +534,10 @@ func ownCapabilities() []string {
 	return nil
 }
 
+// linkExists asks the kernel (netlink, this network namespace); /sys/class/net
+// shows the namespace sysfs was mounted in, which need not be this one.
 func linkExists(name string) bool {
-	_, err := os.Stat(filepath.Join("/sys/class/net", name))
+	_, err := net.InterfaceByName(name)
 	return err == nil
 }
 

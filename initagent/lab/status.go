@@ -23,8 +23,10 @@ type NodeStatus struct {
 	Address   string `json:"address"`
 	Container string `json:"container"` // runc's status: running, stopped, "" (none)
 	// Progress is the furthest milestone: booting, network committed,
-	// containerd ready, kubelet started, apiserver ready, Ready.
+	// containerd ready, kubelet started, etcd member (control planes),
+	// apiserver ready, Ready.
 	Progress  string  `json:"progress"`
+	Etcd      string  `json:"etcd,omitempty"` // bootstrapped, learner, member (control planes)
 	Phase     string  `json:"phase,omitempty"`     // the runtime's phase
 	ReadyAt   float64 `json:"readyAt,omitempty"`   // seconds from boot to node Ready
 	LastError string  `json:"lastError,omitempty"` // the runtime's or the API's
@@ -38,6 +40,7 @@ const (
 	ProgressNetwork    = "network committed"
 	ProgressContainerd = "containerd ready"
 	ProgressKubelet    = "kubelet started"
+	ProgressEtcd       = "etcd member"
 	ProgressAPIServer  = "apiserver ready"
 	ProgressReady      = "Ready"
 )
@@ -56,6 +59,7 @@ type apiStatus struct {
 			NodeReady       float64 `json:"nodeReadySeconds"`
 			Ready           bool    `json:"ready"`
 			LastError       string  `json:"lastError"`
+			Etcd            string  `json:"etcd"`
 		} `json:"kubernetes"`
 	} `json:"sections"`
 }
@@ -110,13 +114,14 @@ func (s *State) nodeProgress(ctx context.Context, client *http.Client, n Node, s
 	if k == nil {
 		return
 	}
-	st.Phase, st.LastError = k.Phase, k.LastError
+	st.Phase, st.LastError, st.Etcd = k.Phase, k.LastError, k.Etcd
 	for _, m := range []struct {
 		reached bool
 		name    string
 	}{
 		{k.ContainerdReady > 0, ProgressContainerd},
 		{k.KubeletStarted > 0, ProgressKubelet},
+		{k.Etcd == "member" || k.Etcd == "bootstrapped", ProgressEtcd},
 		{k.APIServerReady > 0, ProgressAPIServer},
 		{k.Ready, ProgressReady},
 	} {

@@ -109,9 +109,9 @@ func runLab(args []string, out io.Writer) error {
 			return enc.Encode(st)
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tCONTAINER\tPROGRESS\tPHASE\tLAST ERROR")
+		fmt.Fprintln(tw, "NODE\tROLE\tADDRESS\tCONTAINER\tPROGRESS\tETCD\tPHASE\tLAST ERROR")
 		for _, n := range st {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.Address, n.Container, n.Progress, n.Phase, n.LastError)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.Role, n.Address, n.Container, n.Progress, n.Etcd, n.Phase, n.LastError)
 		}
 		return tw.Flush()
 	case "down":
