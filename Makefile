@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 60m
 
-.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy clean
+.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster clean
 
 all: build
 
@@ -56,6 +56,9 @@ bench-apiproxy: deps
 
 bench-vip: deps
 	$(GO) run ./tools/bench/vip
+
+bench-cluster: image
+	$(GO) run ./tools/bench/cluster -artifacts $(OUT)/$(RECIPE)
 
 bench-boot: deps
 	$(GO) run ./tools/bench/boot

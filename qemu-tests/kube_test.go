@@ -195,9 +195,10 @@ func runPod(t *testing.T, ctx context.Context, kc *runtime.KubeClient) {
 		"apiVersion": "v1", "kind": "Pod",
 		"metadata": map[string]any{"name": "hello", "namespace": "default"},
 		"spec": map[string]any{
-			"restartPolicy":                "Never",
-			"automountServiceAccountToken": false,
-			"tolerations":                  []any{map[string]string{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}},
+			"restartPolicy": "Never",
+			// The service-account token volume is mounted: kubelet runs the
+			// system image's mount (u-root's) for it.
+			"tolerations": []any{map[string]string{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"}},
 			"containers": []any{map[string]any{
 				"name": "hello", "image": "registry.k8s.io/etcd:" + etcdTag(t), "imagePullPolicy": "Never",
 				"command": []string{"etcd", "--version"},

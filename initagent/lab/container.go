@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 	"golang.org/x/sys/unix"
@@ -145,8 +147,13 @@ func (s *State) makePKI() (Secrets, map[string]NodeCredentials, error) {
 	if err != nil {
 		return Secrets{}, nil, err
 	}
+	clusterYAML, err := yaml.Marshal(cluster)
+	if err != nil {
+		return Secrets{}, nil, err
+	}
 	files := map[string][]byte{
-		"ca.crt": apiCAPair.CertPEM, "ca.key": apiCAPair.KeyPEM,
+		clusterSecretsFile: clusterYAML,
+		"ca.crt":           apiCAPair.CertPEM, "ca.key": apiCAPair.KeyPEM,
 		"client-admin.crt": client.CertPEM, "client-admin.key": client.KeyPEM,
 		"kubernetes-ca.crt": []byte(cluster.CA.Certificate), "kubernetes-ca.key": []byte(cluster.CA.Key),
 		"etcd-ca.crt": []byte(cluster.EtcdCA.Certificate), "etcd-ca.key": []byte(cluster.EtcdCA.Key),

@@ -184,10 +184,11 @@ func TestContainerLabHACluster(t *testing.T) {
 	delete(cidrs, "worker-1")
 	h.waitPodRoutes(cidrs, "worker-1")
 
+	_, pid := s.containerState(h.node("cp-1"))
 	if err := Down(dir, false, log); err != nil {
 		t.Fatal(err)
 	}
-	assertGone(t, s, 0)
+	assertGone(t, s, pid)
 }
 
 // haCluster drives a lab's cluster from the test: kubectl, etcd, netns.

@@ -4,7 +4,10 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -117,4 +120,47 @@ func clusterSection(s *State, n Node, sec Secrets) map[string]any {
 		delete(c, "peers")
 	}
 	return c
+}
+
+// clusterSecretsFile keeps the cluster's shared secrets in pki/, so
+// machines outside the provisioner can be given a config later.
+const clusterSecretsFile = "cluster-secrets.yaml"
+
+// MachineConfigFor renders the machine config of a machine that joins the
+// lab from outside its provisioner, such as a VM whose NIC is on the lab's
+// bridge: name, role (RoleWorker or RoleControlPlane) and its address on
+// the lab subnet. Its node API certificate is signed by the lab's CA.
+func (s *State) MachineConfigFor(name, role, addr string) ([]byte, error) {
+	dir := s.pkiDir()
+	var err error
+	read := func(f string) []byte {
+		data, rerr := os.ReadFile(filepath.Join(dir, f))
+		if rerr != nil && err == nil {
+			err = rerr
+		}
+		return data
+	}
+	caCert, caKey, clusterYAML := read("ca.crt"), read("ca.key"), read(clusterSecretsFile)
+	if err != nil {
+		return nil, err
+	}
+	var cluster pki.ClusterSecrets
+	if err := yaml.Unmarshal(clusterYAML, &cluster); err != nil {
+		return nil, fmt.Errorf("%s: %w", clusterSecretsFile, err)
+	}
+	ca, err := pki.LoadAuthority(caCert, caKey)
+	if err != nil {
+		return nil, err
+	}
+	ip := net.ParseIP(addr)
+	if ip == nil {
+		return nil, fmt.Errorf("machine %s: address %q is not an IP address", name, addr)
+	}
+	p, err := ca.Issue(pki.Request{CommonName: name, IPs: []net.IP{ip}, DNSNames: []string{name}, Server: true,
+		NotAfter: time.Now().Add(365 * 24 * time.Hour)})
+	if err != nil {
+		return nil, err
+	}
+	return MachineConfig(s, Node{Name: name, Role: role, Address: addr}, Secrets{APICACert: caCert, Cluster: cluster},
+		NodeCredentials{CertPEM: p.CertPEM, KeyPEM: p.KeyPEM})
 }

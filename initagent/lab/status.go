@@ -26,7 +26,7 @@ type NodeStatus struct {
 	// containerd ready, kubelet started, etcd member (control planes),
 	// apiserver ready, Ready.
 	Progress  string  `json:"progress"`
-	Etcd      string  `json:"etcd,omitempty"` // bootstrapped, learner, member (control planes)
+	Etcd      string  `json:"etcd,omitempty"`      // bootstrapped, learner, member (control planes)
 	Phase     string  `json:"phase,omitempty"`     // the runtime's phase
 	ReadyAt   float64 `json:"readyAt,omitempty"`   // seconds from boot to node Ready
 	LastError string  `json:"lastError,omitempty"` // the runtime's or the API's
