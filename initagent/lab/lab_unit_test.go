@@ -174,3 +174,16 @@ func TestContainerSpec(t *testing.T) {
 		t.Errorf("no /dev/kmsg for kubelet (%v) or version %s", kmsg, sp.Version)
 	}
 }
+
+func TestMemoryNeeded(t *testing.T) {
+	s, err := plan(Options{Name: "m", Provisioner: ProvisionerContainer, ControlPlanes: 3, Workers: 2, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := s.memoryNeeded(), uint64(3*controlPlaneMemory+2*workerMemory); got != want {
+		t.Errorf("memory needed %d, want %d", got, want)
+	}
+	if avail, ok := memAvailable(); !ok || avail == 0 {
+		t.Errorf("MemAvailable not read: %d %v", avail, ok)
+	}
+}
