@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/image"
+	"github.com/ballast-os/ballast/image/payload"
 	"github.com/ballast-os/ballast/initagent/lab"
 	"github.com/ballast-os/ballast/initagent/runtime"
 )
@@ -41,14 +42,19 @@ func TestWorkerVMJoinsContainerCluster(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), kubeTimeout)
 	defer cancel()
-	cpDir, workerDir := buildRecipe(t, "control-plane"), buildRecipe(t, "worker")
+	b := &payload.Builder{Log: slog.New(slog.NewTextHandler(testWriter{t}, nil))}
+	cpSystem, err := b.System(ctx, payload.RoleControlPlane)
+	must(t, err)
+	workerSystem, err := b.System(ctx, payload.RoleWorker)
+	must(t, err)
+	cpDir, workerDir := buildRecipe(t, "control-plane"), buildRecipeWith(t, "worker", workerSystem)
 
 	// RFC 2544's benchmarking range: no other test's lab uses it.
 	labDir := filepath.Join(t.TempDir(), "lab")
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	s, err := lab.Up(ctx, lab.Options{Name: "qj" + strconv.Itoa(os.Getpid()%1000), Dir: labDir, Provisioner: lab.ProvisionerContainer,
 		ControlPlanes: 1, Subnet: "198.18.0.0/24", Runc: runc,
-		Initramfs: filepath.Join(cpDir, image.InitramfsFile), SystemImage: filepath.Join(cpDir, "system.sqfs"), Log: log})
+		Initramfs: filepath.Join(cpDir, image.InitramfsFile), SystemImage: cpSystem, Log: log})
 	if s != nil {
 		t.Cleanup(func() {
 			if t.Failed() {
@@ -134,4 +140,19 @@ func tailFile(path string, n int) string {
 	data, _ := os.ReadFile(path)
 	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// buildRecipeWith builds recipe with the given system image (the payload's).
+func buildRecipeWith(t *testing.T, recipe, system string) string {
+	t.Helper()
+	r, err := image.LoadRecipe(recipe)
+	must(t, err)
+	src, err := image.FindSourceDir(".")
+	must(t, err)
+	out := filepath.Join(t.TempDir(), "out")
+	_, err = image.Build(context.Background(), image.Options{
+		Recipe: r, OutDir: out, SourceDir: src, SystemImage: system, Progress: testWriter{t}, Log: slog.New(slog.DiscardHandler),
+	})
+	must(t, err)
+	return filepath.Join(out, r.Name)
 }

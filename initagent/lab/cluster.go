@@ -61,7 +61,8 @@ func (s *State) WriteKubeconfig(ctx context.Context) error {
 func (s *State) AdminKubeconfig() string { return filepath.Join(s.Dir, KubeconfigFile) }
 
 // callUntilAnswered POSTs to path on n's node API, retrying while the API
-// is not up yet or answers 5xx, until ctx ends. A 4xx answer is final.
+// is not up yet or answers 5xx, until ctx ends. A 4xx answer is final, as
+// is 501 (the node runs no Kubernetes: a system image without the payload).
 func (s *State) callUntilAnswered(ctx context.Context, n Node, path string) ([]byte, error) {
 	client, err := s.apiClient()
 	if err != nil {
@@ -83,7 +84,7 @@ func (s *State) callUntilAnswered(ctx context.Context, n Node, path string) ([]b
 				last = rerr
 			case resp.StatusCode == http.StatusOK:
 				return body, nil
-			case resp.StatusCode < 500:
+			case resp.StatusCode < 500 || resp.StatusCode == http.StatusNotImplemented:
 				return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
 			default:
 				last = fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
