@@ -75,8 +75,10 @@ func Up(ctx context.Context, o Options) (*State, error) {
 	if err != nil {
 		return s, fmt.Errorf("lab credentials: %w", err)
 	}
-	if err := s.mountSystem(log); err != nil {
-		return s, err
+	if s.has(ProvisionerContainer) {
+		if err := s.mountSystem(log); err != nil {
+			return s, err
+		}
 	}
 	if err := s.makeBridge(); err != nil {
 		return s, err
@@ -101,28 +103,36 @@ func Up(ctx context.Context, o Options) (*State, error) {
 // preflight refuses a lab that cannot work, saying what is missing.
 func preflight(s *State) error {
 	if os.Geteuid() != 0 {
-		return errors.New("the container provisioner needs root (network namespaces, bridges, runc)")
+		return errors.New("a lab needs root (network namespaces, bridges, taps, runc)")
 	}
-	if s.Runc == "" {
-		return errors.New("no runc: build the payload (`make payload`) or pass --runc PATH")
-	}
-	if fi, err := os.Stat(s.Runc); err != nil || fi.Mode()&0o111 == 0 {
-		return fmt.Errorf("runc %s is not an executable file: build the payload (`make payload`) or pass --runc PATH", s.Runc)
-	}
-	for flag, path := range map[string]string{"initramfs": s.Initramfs, "system image": s.SystemImage} {
-		if path == "" {
-			return fmt.Errorf("no %s: build the image (`make image`) and pass --artifacts out/control-plane", flag)
+	if s.has(ProvisionerContainer) {
+		if s.Runc == "" {
+			return errors.New("no runc: build the payload (`make payload`) or pass --runc PATH")
 		}
-		if _, err := os.Stat(path); err != nil {
-			return fmt.Errorf("%s: %w; build the image (`make image`) and pass --artifacts out/control-plane", flag, err)
+		if fi, err := os.Stat(s.Runc); err != nil || fi.Mode()&0o111 == 0 {
+			return fmt.Errorf("runc %s is not an executable file: build the payload (`make payload`) or pass --runc PATH", s.Runc)
+		}
+		for flag, path := range map[string]string{"initramfs": s.Initramfs, "system image": s.SystemImage} {
+			if path == "" {
+				return fmt.Errorf("no %s: build the image (`make image`) and pass --artifacts out/control-plane", flag)
+			}
+			if _, err := os.Stat(path); err != nil {
+				return fmt.Errorf("%s: %w; build the image (`make image`) and pass --artifacts out/control-plane", flag, err)
+			}
+		}
+	}
+	if s.has(ProvisionerQEMU) {
+		if err := s.preflightQEMU(); err != nil {
+			return err
 		}
 	}
 	if avail, ok := memAvailable(); ok {
 		need := s.memoryNeeded()
 		if avail < need {
-			return fmt.Errorf("not enough memory: the lab's %d nodes need about %d MiB (%d MiB per control plane, %d MiB per worker), "+
-				"this machine has %d MiB available: fewer nodes (--control-planes, --workers) or free memory",
-				len(s.Nodes), need>>20, controlPlaneMemory>>20, workerMemory>>20, avail>>20)
+			return fmt.Errorf("not enough memory: the lab's %d nodes need about %d MiB (a container node %d MiB as a control "+
+				"plane, %d MiB as a worker; a VM %d MiB, %d MiB), this machine has %d MiB available: fewer nodes "+
+				"(--control-planes, --workers) or free memory", len(s.Nodes), need>>20, controlPlaneMemory>>20, workerMemory>>20,
+				vmControlPlaneMiB, vmWorkerMiB, avail>>20)
 		}
 	}
 	for _, tool := range []string{"ip", "mount", "umount"} {
@@ -144,9 +154,12 @@ const (
 func (s *State) memoryNeeded() uint64 {
 	var need uint64
 	for _, n := range s.Nodes {
-		if n.Role == RoleControlPlane {
+		switch {
+		case n.Provisioner == ProvisionerQEMU:
+			need += uint64(vmMemoryMiB(n)) << 20
+		case n.Role == RoleControlPlane:
 			need += controlPlaneMemory
-		} else {
+		default:
 			need += workerMemory
 		}
 	}
@@ -264,6 +277,9 @@ func (s *State) makeBridge() error {
 // STATE directory and its bundle (rootfs from the initramfs, cmdline keys,
 // machine config, config.json).
 func (s *State) makeNode(log *slog.Logger, n Node, sec Secrets, cred NodeCredentials) error {
+	if n.Provisioner == ProvisionerQEMU {
+		return s.makeVM(n, sec, cred)
+	}
 	if err := run("ip", "netns", "add", n.Netns); err != nil {
 		return err
 	}
@@ -301,8 +317,7 @@ func (s *State) plug(n Node) error {
 			return err
 		}
 	}
-	sum := sha256.Sum256([]byte(s.Name + "/" + n.Name))
-	mac := net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]} // locally administered, unicast
+	mac := macFor(s.Name, n.Name)
 	for _, args := range [][]string{
 		{"link", "add", n.HostVeth, "type", "veth", "peer", "name", "eth0", "address", mac.String(), "netns", n.Netns},
 		{"link", "set", n.HostVeth, "master", s.Bridge},
@@ -313,6 +328,12 @@ func (s *State) plug(n Node) error {
 		}
 	}
 	return nil
+}
+
+// macFor is a node's stable, locally administered unicast MAC.
+func macFor(lab, node string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(lab + "/" + node))
+	return net.HardwareAddr{0x02, sum[0], sum[1], sum[2], sum[3], sum[4]}
 }
 
 // unplug removes the node's eth0 (both ends of the veth) at once.
@@ -327,6 +348,9 @@ func (s *State) unplug(n Node) error {
 // is rebuilt every boot too) and a fresh eth0, then runc runs the agent
 // detached with its console going to the node's console log.
 func (s *State) Start(n Node) error {
+	if n.Provisioner == ProvisionerQEMU {
+		return s.startVM(n)
+	}
 	switch st, _ := s.containerState(n); st {
 	case "":
 	case "stopped":
@@ -408,6 +432,9 @@ func ExtractInitramfs(img, dir string) error {
 
 // containerState is what `runc state` says of a container ("" if none).
 func (s *State) containerState(n Node) (status string, pid int) {
+	if n.Provisioner == ProvisionerQEMU {
+		return s.vmState(n)
+	}
 	out, err := exec.Command(s.Runc, "--root", s.runcRoot(), "state", n.Container).Output()
 	if err != nil {
 		return "", 0
@@ -437,6 +464,9 @@ func (s *State) Node(name string) (Node, error) {
 // Stop is a power cut: the node's link goes away and its container is
 // killed and deleted.
 func (s *State) Stop(n Node) error {
+	if n.Provisioner == ProvisionerQEMU {
+		return s.stopVM(n)
+	}
 	if err := s.unplug(n); err != nil {
 		return err
 	}
@@ -503,7 +533,7 @@ func Down(dir string, keep bool, log *slog.Logger) error {
 		if linkExists(n.HostVeth) {
 			errs = appendErr(errs, run("ip", "link", "del", n.HostVeth))
 		}
-		if _, err := os.Stat(filepath.Join("/run/netns", n.Netns)); err == nil {
+		if _, err := os.Stat(filepath.Join("/run/netns", n.Netns)); n.Netns != "" && err == nil {
 			errs = appendErr(errs, run("ip", "netns", "del", n.Netns))
 		}
 	}

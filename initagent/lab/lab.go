@@ -19,19 +19,27 @@ import (
 	"regexp"
 )
 
-// ProvisionerContainer runs nodes as runc containers.
-const ProvisionerContainer = "container"
+// Provisioners: ProvisionerContainer runs nodes as runc containers on the
+// host's kernel; ProvisionerQEMU boots them as QEMU VMs from the image's
+// kernel, initramfs and raw disk (the real boot path).
+const (
+	ProvisionerContainer = "container"
+	ProvisionerQEMU      = "qemu"
+)
 
 // StateFile is the lab's record in its directory.
 const StateFile = "lab.json"
 
 // Options say what lab to make.
 type Options struct {
-	Name          string // lab name: [a-z0-9]{1,8}; default "lab"
-	Dir           string // lab directory; default DefaultDir(Name)
-	Provisioner   string // "container"
-	ControlPlanes int
-	Workers       int
+	Name        string // lab name: [a-z0-9]{1,8}; default "lab"
+	Dir         string // lab directory; default DefaultDir(Name)
+	Provisioner string // "container" or "qemu"
+	// WorkerProvisioner makes the workers; default Provisioner (e.g.
+	// container control planes and a VM worker).
+	WorkerProvisioner string
+	ControlPlanes     int
+	Workers           int
 	// Subnet of the lab's bridge; the host gets its first address (the
 	// nodes' gateway), the API VIP the second, nodes the following ones.
 	// Default 203.0.113.0/24 (TEST-NET-3).
@@ -42,7 +50,19 @@ type Options struct {
 	// initramfs.img and system.sqfs): the nodes run the agent and the
 	// system image from them, the same bytes a machine boots.
 	Initramfs, SystemImage string
-	Log                    *slog.Logger
+	// VM is what QEMU nodes boot: the kernel, the initramfs and the raw
+	// disk image (imgbuild's vmlinuz, initramfs.img and RECIPE.raw); VMAccel
+	// is QEMU's accelerator (default tcg).
+	VM      VMArtifacts
+	VMAccel string
+	Log     *slog.Logger
+}
+
+// VMArtifacts are the image files a QEMU node boots from.
+type VMArtifacts struct {
+	Kernel    string `json:"kernel"`
+	Initramfs string `json:"initramfs"`
+	Disk      string `json:"disk"`
 }
 
 // State is what a lab is made of, kept in Dir/lab.json.
@@ -62,17 +82,22 @@ type State struct {
 	SystemMount string `json:"systemMount,omitempty"`
 	// CgroupParent holds the nodes' cgroups in every hierarchy.
 	CgroupParent string `json:"cgroupParent"`
-	Nodes        []Node `json:"nodes"`
+	// VM and VMAccel are for QEMU nodes.
+	VM      VMArtifacts `json:"vm"`
+	VMAccel string      `json:"vmAccel,omitempty"`
+	Nodes   []Node      `json:"nodes"`
 }
 
 // Node is one node of a lab.
 type Node struct {
-	Name      string `json:"name"`
-	Role      string `json:"role"`
-	Address   string `json:"address"`
-	Netns     string `json:"netns"`     // the node's network namespace
-	HostVeth  string `json:"hostVeth"`  // the bridge end of its eth0
-	Container string `json:"container"` // runc container id
+	Name    string `json:"name"`
+	Role    string `json:"role"`
+	Address string `json:"address"`
+	// Provisioner made the node: ProvisionerContainer or ProvisionerQEMU.
+	Provisioner string `json:"provisioner"`
+	Netns       string `json:"netns,omitempty"` // a container node's network namespace
+	HostVeth    string `json:"hostVeth"`        // the bridge end of its eth0: a veth, or a VM's tap
+	Container   string `json:"container"`       // runc container id, or the VM's name
 }
 
 // Paths of a node's files in the lab directory.
@@ -105,8 +130,16 @@ func plan(o Options) (*State, error) {
 	if !labName.MatchString(o.Name) {
 		return nil, fmt.Errorf("--name %q: use 1 to 8 lowercase letters or digits (it names the bridge and veths, 15 bytes at most)", o.Name)
 	}
-	if o.Provisioner != ProvisionerContainer {
-		return nil, fmt.Errorf("--provisioner %q: only %q is available", o.Provisioner, ProvisionerContainer)
+	if o.WorkerProvisioner == "" {
+		o.WorkerProvisioner = o.Provisioner
+	}
+	for flag, p := range map[string]string{"--provisioner": o.Provisioner, "--worker-provisioner": o.WorkerProvisioner} {
+		if p != ProvisionerContainer && p != ProvisionerQEMU {
+			return nil, fmt.Errorf("%s %q: use %q or %q", flag, p, ProvisionerContainer, ProvisionerQEMU)
+		}
+	}
+	if o.VMAccel == "" {
+		o.VMAccel = "tcg"
 	}
 	if o.ControlPlanes < 1 || o.ControlPlanes > 9 || o.Workers < 0 || o.Workers > 9 {
 		return nil, fmt.Errorf("--control-planes %d --workers %d: a lab has 1 to 9 control planes and 0 to 9 workers", o.ControlPlanes, o.Workers)
@@ -135,16 +168,22 @@ func plan(o Options) (*State, error) {
 		Name: o.Name, Dir: dir, Provisioner: o.Provisioner, Subnet: prefix.String(),
 		Gateway: nth(1).String(), APIVIP: nth(2).String(), Bridge: "bl-" + o.Name,
 		Runc: o.Runc, Initramfs: o.Initramfs, SystemImage: o.SystemImage,
-		CgroupParent: "/ballast-lab-" + o.Name,
+		CgroupParent: "/ballast-lab-" + o.Name, VM: o.VM, VMAccel: o.VMAccel,
 	}
 	add := func(role, name string, addr netip.Addr) {
 		i := len(s.Nodes)
-		s.Nodes = append(s.Nodes, Node{
-			Name: name, Role: role, Address: addr.String(),
-			Netns:     "ballast-" + o.Name + "-" + name,
+		n := Node{
+			Name: name, Role: role, Address: addr.String(), Provisioner: o.Provisioner,
 			HostVeth:  fmt.Sprintf("bl%s-%d", o.Name, i),
 			Container: "ballast-" + o.Name + "-" + name,
-		})
+		}
+		if role == RoleWorker {
+			n.Provisioner = o.WorkerProvisioner
+		}
+		if n.Provisioner == ProvisionerContainer {
+			n.Netns = "ballast-" + o.Name + "-" + name
+		}
+		s.Nodes = append(s.Nodes, n)
 	}
 	for i := 1; i <= o.ControlPlanes; i++ {
 		add(RoleControlPlane, fmt.Sprintf("cp-%d", i), nth(10+i))

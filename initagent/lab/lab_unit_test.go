@@ -1,6 +1,10 @@
 package lab
 
 import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
 	"net/netip"
 	"slices"
 	"strings"
@@ -8,9 +12,11 @@ import (
 	"time"
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/u-root/u-root/pkg/cpio"
 
 	"github.com/ballast-os/ballast/initagent/api/pki"
 	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/config/source"
 )
 
 func TestPlanAddressesAndRefusals(t *testing.T) {
@@ -39,10 +45,19 @@ func TestPlanAddressesAndRefusals(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("nodes %v, want %v", got, want)
 	}
+	mixed, err := plan(Options{Name: "x3", Provisioner: ProvisionerContainer, WorkerProvisioner: ProvisionerQEMU, ControlPlanes: 1, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp, w := mixed.Nodes[0], mixed.Nodes[1]; cp.Provisioner != ProvisionerContainer || cp.Netns == "" ||
+		w.Provisioner != ProvisionerQEMU || w.Netns != "" || mixed.VMAccel != "tcg" {
+		t.Errorf("mixed lab: %+v %+v accel %q", cp, w, mixed.VMAccel)
+	}
 	for _, o := range []Options{
 		{Name: "Bad_Name", Provisioner: ProvisionerContainer, ControlPlanes: 1},
 		{Name: "toolongname", Provisioner: ProvisionerContainer, ControlPlanes: 1},
-		{Provisioner: "qemu", ControlPlanes: 1},
+		{Provisioner: "docker", ControlPlanes: 1},
+		{Provisioner: ProvisionerContainer, WorkerProvisioner: "vbox", ControlPlanes: 1, Workers: 1},
 		{Provisioner: ProvisionerContainer, ControlPlanes: 0},
 		{Provisioner: ProvisionerContainer, ControlPlanes: 1, Subnet: "2001:db8::/64"},
 		{Provisioner: ProvisionerContainer, ControlPlanes: 1, Subnet: "10.0.0.0/28"},
@@ -185,5 +200,43 @@ func TestMemoryNeeded(t *testing.T) {
 	}
 	if avail, ok := memAvailable(); !ok || avail == 0 {
 		t.Errorf("MemAvailable not read: %d %v", avail, ok)
+	}
+}
+
+// TestInitrdWithConfig: the image's initramfs stays byte for byte, and a
+// newc archive with the machine config at the embedded path follows on a
+// 512-byte boundary (the kernel unpacks concatenated archives in turn).
+func TestInitrdWithConfig(t *testing.T) {
+	dir := t.TempDir()
+	base := filepath.Join(dir, "initramfs.img")
+	image := []byte("(a zstd-compressed newc archive, 37 b)")
+	if err := os.WriteFile(base, image, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "initrd.img")
+	if err := writeInitrdWithConfig(base, out, []byte("kind: MachineConfig\n")); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(data, image) || !bytes.Equal(data[len(image):512], make([]byte, 512-len(image))) {
+		t.Fatalf("the image's initramfs is not kept whole and padded to 512 bytes")
+	}
+	files := map[string]string{}
+	err = cpio.ForEachRecord(cpio.Newc.Reader(bytes.NewReader(data[512:])), func(r cpio.Record) error {
+		if r.Mode&cpio.S_IFMT == cpio.S_IFREG {
+			b, err := io.ReadAll(io.NewSectionReader(r, 0, int64(r.FileSize)))
+			files[r.Name] = string(b)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := files[strings.TrimPrefix(source.EmbeddedPath, "/")]; got != "kind: MachineConfig\n" {
+		t.Errorf("appended archive %v, want the config at %s", files, source.EmbeddedPath)
 	}
 }

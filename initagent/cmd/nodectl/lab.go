@@ -21,7 +21,8 @@ import (
 
 // runLab makes, shows and removes a lab cluster on this machine:
 //
-//	nodectl lab up [--control-planes 1] [--workers 0] [--provisioner container] [--artifacts out/control-plane] [--wait 15m]
+//	nodectl lab up [--control-planes 1] [--workers 0] [--provisioner container|qemu] [--worker-provisioner P]
+//	               [--artifacts out/control-plane] [--vm-artifacts DIR] [--vm-accel tcg|kvm] [--wait 15m]
 //	nodectl lab status [-o json]
 //	nodectl lab down [--keep]
 //	nodectl lab stop|start --node NAME   (a power cut; a boot, also after the node rebooted)
@@ -37,7 +38,10 @@ func runLab(args []string, out io.Writer) error {
 	dir := fs.String("dir", "", "lab directory (default ~/.cache/ballast/lab/NAME)")
 	cps := fs.Int("control-planes", 1, "up: control-plane nodes")
 	workers := fs.Int("workers", 0, "up: worker nodes")
-	provisioner := fs.String("provisioner", lab.ProvisionerContainer, "up: how nodes run: container")
+	provisioner := fs.String("provisioner", lab.ProvisionerContainer, "up: how nodes run: container (runc on this kernel) or qemu (VMs)")
+	workerProvisioner := fs.String("worker-provisioner", "", "up: how workers run (default: --provisioner)")
+	vmArtifacts := fs.String("vm-artifacts", "", "up: imgbuild's output the QEMU nodes boot (vmlinuz, initramfs.img, RECIPE.raw; default --artifacts)")
+	vmAccel := fs.String("vm-accel", "tcg", "up: QEMU accelerator: tcg or kvm")
 	artifacts := fs.String("artifacts", "out/control-plane", "up: imgbuild's output directory with initramfs.img and system.sqfs")
 	initramfs := fs.String("initramfs", "", "up: initramfs.img (default: in --artifacts)")
 	system := fs.String("system", "", "up: system.sqfs (default: in --artifacts)")
@@ -64,9 +68,17 @@ func runLab(args []string, out io.Writer) error {
 		if *system == "" {
 			*system = filepath.Join(*artifacts, "system.sqfs")
 		}
+		if *vmArtifacts == "" {
+			*vmArtifacts = *artifacts
+		}
+		vm, err := vmFiles(*vmArtifacts)
+		if err != nil && (*provisioner == lab.ProvisionerQEMU || *workerProvisioner == lab.ProvisionerQEMU) {
+			return err
+		}
 		start := time.Now()
-		s, err := lab.Up(ctx, lab.Options{Name: *name, Dir: *dir, Provisioner: *provisioner, ControlPlanes: *cps, Workers: *workers,
-			Subnet: *subnet, Runc: *runc, Initramfs: *initramfs, SystemImage: *system, Log: log})
+		s, err := lab.Up(ctx, lab.Options{Name: *name, Dir: *dir, Provisioner: *provisioner, WorkerProvisioner: *workerProvisioner,
+			ControlPlanes: *cps, Workers: *workers, Subnet: *subnet, Runc: *runc, Initramfs: *initramfs, SystemImage: *system,
+			VM: vm, VMAccel: *vmAccel, Log: log})
 		if err != nil {
 			if s != nil {
 				return fmt.Errorf("%w\nwhat was made is recorded: remove it with `nodectl lab down --dir %s`", err, s.Dir)
@@ -131,4 +143,13 @@ func runLab(args []string, out io.Writer) error {
 		return s.Start(n)
 	}
 	return fmt.Errorf("unknown lab command %q: use up, status, stop, start or down", args[0])
+}
+
+// vmFiles finds what a QEMU node boots in imgbuild's output directory.
+func vmFiles(dir string) (lab.VMArtifacts, error) {
+	raws, _ := filepath.Glob(filepath.Join(dir, "*.raw"))
+	if len(raws) != 1 {
+		return lab.VMArtifacts{}, fmt.Errorf("--vm-artifacts %s: want exactly one RECIPE.raw there, found %d: build the image (`make image`)", dir, len(raws))
+	}
+	return lab.VMArtifacts{Kernel: filepath.Join(dir, "vmlinuz"), Initramfs: filepath.Join(dir, "initramfs.img"), Disk: raws[0]}, nil
 }
