@@ -2,11 +2,7 @@ package qemutests
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
 	"log/slog"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,13 +18,15 @@ import (
 )
 
 // TestWorkerVMJoinsContainerCluster proves the real boot path joins a
-// cluster: a control plane runs as a container node (lab, container
-// provisioner, from the control-plane artifacts), and a worker VM booted
-// under QEMU from the worker recipe's raw disk image, with its NIC on the
-// lab's bridge and its machine config (CA certificate, bootstrap token,
-// the control plane as apiServers) from the lab, joins it: kubelet's TLS
-// bootstrap goes through the VM's local API proxy, and the Node goes Ready
-// with its lab address as InternalIP.
+// cluster, through the lab's two provisioners at once: `lab up
+// --control-planes 1 --workers 1 --worker-provisioner qemu`. The control
+// plane is a container node (control-plane artifacts, the payload's system
+// image); the worker is a QEMU VM (TCG) booted from the worker recipe's
+// kernel, raw disk and an initrd carrying its machine config (CA
+// certificate, bootstrap token, the control plane as apiServers), its NIC a
+// tap on the lab's bridge. kubelet's TLS bootstrap goes through the VM's
+// local API proxy; the worker's Node goes Ready with its lab address as
+// InternalIP; `lab down` leaves no tap, process or file.
 func TestWorkerVMJoinsContainerCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a container control plane and a worker VM under emulation")
@@ -52,88 +50,59 @@ func TestWorkerVMJoinsContainerCluster(t *testing.T) {
 	// RFC 2544's benchmarking range: no other test's lab uses it.
 	labDir := filepath.Join(t.TempDir(), "lab")
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
-	s, err := lab.Up(ctx, lab.Options{Name: "qj" + strconv.Itoa(os.Getpid()%1000), Dir: labDir, Provisioner: lab.ProvisionerContainer,
-		ControlPlanes: 1, Subnet: "198.18.0.0/24", Runc: runc,
-		Initramfs: filepath.Join(cpDir, image.InitramfsFile), SystemImage: cpSystem, Log: log})
+	start := time.Now()
+	s, err := lab.Up(ctx, lab.Options{Name: "qj" + strconv.Itoa(os.Getpid()%1000), Dir: labDir,
+		Provisioner: lab.ProvisionerContainer, WorkerProvisioner: lab.ProvisionerQEMU, ControlPlanes: 1, Workers: 1,
+		Subnet: "198.18.0.0/24", Runc: runc, Initramfs: filepath.Join(cpDir, image.InitramfsFile), SystemImage: cpSystem,
+		VM: lab.VMArtifacts{Kernel: filepath.Join(workerDir, image.KernelFile), Initramfs: filepath.Join(workerDir, image.InitramfsFile),
+			Disk: filepath.Join(workerDir, image.RawFile("worker"))},
+		VMAccel: *accelFlag, Log: log})
 	if s != nil {
 		t.Cleanup(func() {
 			if t.Failed() {
-				t.Logf("cp-1 console:\n%s", tailFile(s.ConsoleLog(s.Nodes[0]), 40))
+				for _, n := range s.Nodes {
+					t.Logf("%s console:\n%s", n.Name, tailFile(s.ConsoleLog(n), 80))
+				}
 			}
-			if err := lab.Down(labDir, false, log); err != nil {
-				t.Errorf("lab down: %v", err)
-			}
+			_ = lab.Down(labDir, false, log)
 		})
 	}
 	must(t, err)
-
-	const workerIP = "198.18.0.31"
-	doc, err := s.MachineConfigFor("vm-worker", lab.RoleWorker, workerIP)
-	must(t, err)
-	sum := sha256.Sum256(doc)
-	srv := &http.Server{Addr: s.Gateway + ":8080", Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(doc) })}
-	go srv.ListenAndServe()
-	t.Cleanup(func() { srv.Close() })
-
-	tap := "tapqj" + strconv.Itoa(os.Getpid()%1000)
-	for _, args := range [][]string{{"tuntap", "add", tap, "mode", "tap"}, {"link", "set", tap, "master", s.Bridge}, {"link", "set", tap, "up"}} {
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v: %s", args, err, out)
-		}
-	}
-	t.Cleanup(func() { exec.Command("ip", "link", "del", tap).Run() })
-
-	disk := filepath.Join(t.TempDir(), "worker.raw")
-	sparseCopy(t, filepath.Join(workerDir, image.RawFile("worker")), disk, 8<<30)
-	r, err := image.LoadRecipe("worker")
-	must(t, err)
-	start := time.Now()
-	vm, err := StartVM(VMOptions{
-		Kernel: filepath.Join(workerDir, image.KernelFile), Initrd: filepath.Join(workerDir, image.InitramfsFile),
-		Cmdline: append(append([]string{}, r.Cmdline...), "ballast.slot=a", "ballast.hostname=vm-worker",
-			fmt.Sprintf("ballast.config=http://%s:8080/node.yaml", s.Gateway), "ballast.config.sha256="+hex.EncodeToString(sum[:])),
-		MemoryMiB: 2048, CPUs: 2, Accel: *accelFlag,
-		Args: []string{"-netdev", "tap,id=n0,ifname=" + tap + ",script=no,downscript=no",
-			"-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:18:31", "-cpu", "max",
-			"-drive", "if=virtio,format=raw,file=" + disk},
+	var milestones []string
+	err = s.Wait(ctx, func(st []lab.NodeStatus) {
+		milestones = append(milestones, time.Since(start).Round(time.Second).String()+" "+st[0].Progress+" / "+st[1].Progress)
 	})
 	must(t, err)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("last 200 worker console lines:\n%s", vm.Tail(200))
-		}
-		vm.Kill()
-	})
+	toReady := time.Since(start)
 
-	// The control plane is Ready meanwhile; then the worker joins it.
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer wcancel()
-	must(t, s.Wait(wctx, nil))
-	cpReady := time.Since(start)
-	_, i := expectLine(t, vm, ctx, `msg="kubelet started" part=kube`, 0)
-	kubeletStarted := time.Since(start)
 	kc, err := runtime.LoadKubeconfig(s.AdminKubeconfig(), "")
 	must(t, err)
-	var node *runtime.Node
-	for {
-		n, err := kc.GetNode(ctx, "vm-worker")
-		if err == nil {
-			if ready, _ := n.Ready(); ready {
-				node = n
-				break
-			}
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("the worker VM never became a Ready node: %v", err)
-		}
-		time.Sleep(2 * time.Second)
+	worker := s.Nodes[1]
+	node, err := kc.GetNode(ctx, worker.Name)
+	must(t, err)
+	if ready, why := node.Ready(); !ready {
+		t.Errorf("worker VM's Node not Ready: %s", why)
 	}
-	if ips := node.InternalIPs(); len(ips) != 1 || ips[0] != workerIP {
-		t.Errorf("worker VM InternalIPs %v, want [%s]", ips, workerIP)
+	if ips := node.InternalIPs(); len(ips) != 1 || ips[0] != worker.Address {
+		t.Errorf("worker VM InternalIPs %v, want [%s]", ips, worker.Address)
 	}
-	expectLine(t, vm, ctx, `msg="kubernetes node ready" part=kube node=vm-worker`, i)
-	t.Logf("figures: container control plane Ready %v after the VM started; worker VM: kubelet started %v, Node Ready %v (TCG)",
-		cpReady.Round(100*time.Millisecond), kubeletStarted.Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond))
+	console, _ := os.ReadFile(s.ConsoleLog(worker))
+	for _, want := range []string{`msg="machine config accepted" source=embedded:/etc/ballast/machine-config.yaml`, `msg="kubernetes node ready" part=kube node=worker-1`} {
+		if !strings.Contains(string(console), want) {
+			t.Errorf("worker VM console lacks %s", want)
+		}
+	}
+	t.Logf("figures: lab up (container control plane + QEMU worker, TCG) → both Ready %v; cp-1 / worker-1: %s",
+		toReady.Round(100*time.Millisecond), strings.Join(milestones, ", "))
+
+	_, pid := s.NodeProcess(worker)
+	must(t, lab.Down(labDir, false, log))
+	if pid <= 0 || lab.Running(pid) {
+		t.Errorf("the worker's QEMU (pid %d) was not seen or still runs after lab down", pid)
+	}
+	if out, _ := exec.Command("ip", "link", "show", worker.HostVeth).CombinedOutput(); !strings.Contains(string(out), "does not exist") {
+		t.Errorf("tap %s left: %s", worker.HostVeth, out)
+	}
 }
 
 func tailFile(path string, n int) string {

@@ -658,3 +658,7 @@ func run(name string, args ...string) error {
 	}
 	return nil
 }
+
+// NodeProcess is the node's state ("running", "stopped", "") and the pid of
+// its init (container) or QEMU (VM) while it runs.
+func (s *State) NodeProcess(n Node) (string, int) { return s.containerState(n) }

@@ -3,9 +3,9 @@ package lab
 import (
 	"bytes"
 	"io"
+	"net/netip"
 	"os"
 	"path/filepath"
-	"net/netip"
 	"slices"
 	"strings"
 	"testing"
