@@ -26,6 +26,9 @@ type Pin struct {
 // `apt-cache depends linux-image-cloud-amd64=VERSION`.
 func pins() []Pin {
 	return []Pin{
+		// Debian's generic kernel: the drivers servers need (AHCI, NVMe, SAS/RAID, USB, the data-centre NICs) as modules.
+		{Flavour: "amd64", Package: "linux-image-6.1.0-50-amd64", Version: "6.1.176-1", Release: "6.1.0-50-amd64"},
+		// Debian's cloud kernel: virtio and little else, for VM-only recipes.
 		{Flavour: "cloud-amd64", Package: "linux-image-6.1.0-50-cloud-amd64", Version: "6.1.176-1", Release: "6.1.0-50-cloud-amd64"},
 	}
 }

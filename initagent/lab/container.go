@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/ballast-os/ballast/initagent/api/pki"
@@ -134,6 +136,9 @@ func preflight(s *State) error {
 				"(--control-planes, --workers) or free memory", len(s.Nodes), need>>20, controlPlaneMemory>>20, workerMemory>>20,
 				vmControlPlaneMiB, vmWorkerMiB, avail>>20)
 		}
+	}
+	if err := subnetFree(s.Subnet); err != nil {
+		return err
 	}
 	for _, tool := range []string{"ip", "mount", "umount"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -609,6 +614,38 @@ func ownCapabilities() []string {
 				return nil
 			}
 			return BoundingCapabilities(mask)
+		}
+	}
+	return nil
+}
+
+// subnetFree refuses a lab subnet that a route or address of this network
+// namespace already covers (another lab, a real network): the lab's bridge
+// would take traffic meant for it.
+func subnetFree(subnet string) error {
+	lab, err := netip.ParsePrefix(subnet)
+	if err != nil {
+		return fmt.Errorf("--subnet %q: %w", subnet, err)
+	}
+	routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return fmt.Errorf("list routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst == nil || (r.Type != unix.RTN_UNICAST && r.Type != unix.RTN_LOCAL) {
+			continue // the default route, broadcast entries
+		}
+		ones, _ := r.Dst.Mask.Size()
+		dst, ok := netip.AddrFromSlice(r.Dst.IP.To4())
+		if !ok || ones == 0 {
+			continue
+		}
+		if p := netip.PrefixFrom(dst, ones); p.Overlaps(lab) {
+			dev := ""
+			if l, err := netlink.LinkByIndex(r.LinkIndex); err == nil {
+				dev = " dev " + l.Attrs().Name
+			}
+			return fmt.Errorf("--subnet %s overlaps the route to %s%s (table %d): choose another subnet with --subnet", lab, p, dev, r.Table)
 		}
 	}
 	return nil

@@ -368,7 +368,7 @@ func (h *haCluster) podToPod(pauseTag string) {
 		return a
 	}
 	a, b := ip("pod-a"), ip("pod-b")
-	if a.Compare(b) == 0 || strings.HasPrefix(a.String(), "203.0.113.") {
+	if a.Compare(b) == 0 || netip.MustParsePrefix(DefaultSubnet).Contains(a) {
 		h.t.Fatalf("pod IPs %s and %s are not pod-network addresses", a, b)
 	}
 	pid := pausePID(h.t, a)

@@ -31,6 +31,10 @@ const (
 const StateFile = "lab.json"
 
 // Options say what lab to make.
+// DefaultSubnet is the lab bridge's subnet unless --subnet says otherwise:
+// from the RFC 2544 benchmarking range, which no real service uses.
+const DefaultSubnet = "198.19.0.0/24"
+
 type Options struct {
 	Name        string // lab name: [a-z0-9]{1,8}; default "lab"
 	Dir         string // lab directory; default DefaultDir(Name)
@@ -42,7 +46,7 @@ type Options struct {
 	Workers           int
 	// Subnet of the lab's bridge; the host gets its first address (the
 	// nodes' gateway), the API VIP the second, nodes the following ones.
-	// Default 203.0.113.0/24 (TEST-NET-3).
+	// Default DefaultSubnet (RFC 2544 benchmarking range: never a real destination).
 	Subnet string
 	// Runc is the runc binary; default the payload's.
 	Runc string
@@ -145,11 +149,11 @@ func plan(o Options) (*State, error) {
 		return nil, fmt.Errorf("--control-planes %d --workers %d: a lab has 1 to 9 control planes and 0 to 9 workers", o.ControlPlanes, o.Workers)
 	}
 	if o.Subnet == "" {
-		o.Subnet = "203.0.113.0/24"
+		o.Subnet = DefaultSubnet
 	}
 	prefix, err := netip.ParsePrefix(o.Subnet)
 	if err != nil || !prefix.Addr().Is4() || prefix.Bits() > 26 {
-		return nil, fmt.Errorf("--subnet %q: want an IPv4 prefix of /26 or larger, e.g. 203.0.113.0/24", o.Subnet)
+		return nil, fmt.Errorf("--subnet %q: want an IPv4 prefix of /26 or larger, e.g. %s", o.Subnet, DefaultSubnet)
 	}
 	prefix = prefix.Masked()
 	if o.Dir == "" {

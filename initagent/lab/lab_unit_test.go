@@ -3,9 +3,11 @@ package lab
 import (
 	"bytes"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,8 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/u-root/u-root/pkg/cpio"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/ballast-os/ballast/initagent/api/pki"
 	"github.com/ballast-os/ballast/initagent/config"
@@ -238,5 +242,40 @@ func TestInitrdWithConfig(t *testing.T) {
 	}
 	if got := files[strings.TrimPrefix(source.EmbeddedPath, "/")]; got != "kind: MachineConfig\n" {
 		t.Errorf("appended archive %v, want the config at %s", files, source.EmbeddedPath)
+	}
+}
+
+// TestSubnetFreeRefusesACoveredSubnet: a lab subnet an existing route
+// covers is refused, naming the route; a free one passes.
+func TestSubnetFreeRefusesACoveredSubnet(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a network namespace)")
+	}
+	errs := make(chan [2]error, 1)
+	go func() {
+		goruntime.LockOSThread() // the thread ends with the goroutine, and its namespace with it
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errs <- [2]error{err}
+			return
+		}
+		lo, err := netlink.LinkByName("lo")
+		if err == nil {
+			err = netlink.LinkSetUp(lo)
+		}
+		if err == nil {
+			err = netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(198, 51, 100, 1), Mask: net.CIDRMask(24, 32)}})
+		}
+		if err != nil {
+			errs <- [2]error{err}
+			return
+		}
+		errs <- [2]error{subnetFree("198.51.100.0/26"), subnetFree(DefaultSubnet)}
+	}()
+	r := <-errs
+	if r[0] == nil || !strings.Contains(r[0].Error(), "overlaps the route to 198.51.100.0/24 dev lo") {
+		t.Errorf("covered subnet: %v, want an error naming the route", r[0])
+	}
+	if r[1] != nil {
+		t.Errorf("free subnet: %v", r[1])
 	}
 }

@@ -46,7 +46,7 @@ func runLab(args []string, out io.Writer) error {
 	initramfs := fs.String("initramfs", "", "up: initramfs.img (default: in --artifacts)")
 	system := fs.String("system", "", "up: system.sqfs (default: in --artifacts)")
 	runc := fs.String("runc", "", "up: runc binary (default: the payload's)")
-	subnet := fs.String("subnet", "", "up: the lab bridge's IPv4 subnet (default 203.0.113.0/24)")
+	subnet := fs.String("subnet", "", "up: the lab bridge's IPv4 subnet (default "+lab.DefaultSubnet+")")
 	wait := fs.Duration("wait", 15*time.Minute, "up: wait this long for every node to be Ready (0: do not wait)")
 	keep := fs.Bool("keep", false, "down: keep the lab directory (nodes' STATE, console logs, credentials)")
 	output := fs.String("o", "table", "status: table or json")

@@ -89,6 +89,9 @@ func run(ctx context.Context, artifacts string, trials int, keep bool) error {
 				reached[n.Name] = map[string]time.Duration{}
 			}
 			for _, p := range milestones {
+				if n.Role != lab.RoleControlPlane && (p == lab.ProgressEtcd || p == lab.ProgressAPIServer) {
+					continue
+				}
 				if atOrBeyond(n.Progress, p) {
 					if _, ok := reached[n.Name][p]; !ok {
 						reached[n.Name][p] = now
