@@ -109,6 +109,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	var (
 		k       *kernel.Kernel
 		modules []kernel.Module
+		drivers *Drivers
 	)
 	err := p.Stage("kernel", func() (string, error) {
 		var err error
@@ -126,7 +127,14 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		if modules, err = k.Resolve(r.Kernel.Modules); err != nil {
 			return "", fmt.Errorf("%s: kernel.modules: %w", r.File, err)
 		}
-		return fmt.Sprintf("%s, %d modules (%d named)", k.Release, len(modules), len(r.Kernel.Modules)), nil
+		if drivers, err = ResolveDrivers(r, k, modules); err != nil {
+			return "", err
+		}
+		detail := fmt.Sprintf("%s, %d modules at boot (%d named)", k.Release, len(modules), len(r.Kernel.Modules))
+		for _, line := range drivers.Report {
+			detail += "\n                      " + line
+		}
+		return detail, nil
 	})
 	if err != nil {
 		return nil, err
@@ -150,7 +158,7 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		return nil, err
 	}
 	err = p.Stage("initramfs", func() (string, error) {
-		a, inputs, err := Initramfs(r, k, modules, agentPath, o.CABundle)
+		a, inputs, err := Initramfs(r, k, modules, drivers.Modules, agentPath, o.CABundle)
 		if err != nil {
 			return "", err
 		}
@@ -164,6 +172,9 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		m.Inputs = inputs
 		for _, mod := range modules {
 			m.Modules = append(m.Modules, mod.Name)
+		}
+		for _, mod := range drivers.Modules {
+			m.Drivers = append(m.Drivers, mod.Name)
 		}
 		n, err := writeAtomic(filepath.Join(dir, InitramfsFile), a.WriteTo)
 		return fmt.Sprintf("%d entries, %.1f MiB", len(a.Names()), float64(n)/(1<<20)), err
@@ -265,7 +276,7 @@ func buildInitagent(ctx context.Context, srcDir, buildDir string) (string, error
 
 // Initramfs assembles the image's initramfs with initPath as /init; the
 // inputs it read from the host are returned for the manifest.
-func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, initPath, caBundle string) (*Archive, []ManifestFileEntry, error) {
+func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, drivers []boot.ModuleInfo, initPath, caBundle string) (*Archive, []ManifestFileEntry, error) {
 	a := NewArchive()
 	var inputs []ManifestFileEntry
 	addHostFile := func(name, src string, perm uint64) error {
@@ -308,6 +319,16 @@ func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, initPath, c
 		}
 		info.Modules = append(info.Modules, boot.ModuleInfo{Name: mod.Name, Path: mod.Path, Deps: mod.Deps})
 	}
+	for _, mod := range drivers {
+		data, err := os.ReadFile(filepath.Join(k.ModulesDir, mod.Path))
+		if err != nil {
+			return nil, nil, fmt.Errorf("driver %s of kernel %s: %w", mod.Name, k.Release, err)
+		}
+		if err := a.AddFile(modRoot+"/"+mod.Path, data, 0o644); err != nil {
+			return nil, nil, err
+		}
+	}
+	info.Drivers = drivers
 	infoJSON, err := json.MarshalIndent(info, "", "  ")
 	if err != nil {
 		return nil, nil, err

@@ -7,6 +7,7 @@ type Manifest struct {
 	Kernel  ManifestKernel      `json:"kernel"`
 	Go      string              `json:"go"`
 	Modules []string            `json:"modules"`
+	Drivers []string            `json:"drivers,omitempty"` // loaded when a device needs them
 	Inputs  []ManifestFileEntry `json:"inputs"`
 	Outputs []ManifestFileEntry `json:"outputs"`
 }

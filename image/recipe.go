@@ -44,6 +44,11 @@ type RecipeKernel struct {
 	Flavour string       `yaml:"flavour"` // pinned flavour from kernel/kernel.go
 	Local   *LocalKernel `yaml:"local"`   // instead of flavour: a kernel image and module tree on disk
 	Modules []string     `yaml:"modules"` // loaded at boot, dependencies added from modules.dep
+	// DriverClasses name sets of hardware drivers (kernel/drivers.go:
+	// virtio, storage, nic, usb, hid) that the node loads when a device
+	// needs them (coldplug); Drivers adds single modules the same way.
+	DriverClasses []string `yaml:"driverClasses"`
+	Drivers       []string `yaml:"drivers"`
 }
 
 // RecipeDisk sizes the raw image (and so the installed layout; STATE
@@ -218,6 +223,20 @@ func (r *Recipe) validate(root *yaml.Node) error {
 			return fail(field, "%q is listed twice (also kernel.modules[%d])", m, j)
 		}
 		seen[kernel.ModuleName(m)] = i
+	}
+	for i, c := range r.Kernel.DriverClasses {
+		if _, err := kernel.DriverClass(c); err != nil {
+			return fail(fmt.Sprintf("kernel.driverClasses[%d]", i), "%v", err)
+		}
+	}
+	for i, m := range r.Kernel.Drivers {
+		field := fmt.Sprintf("kernel.drivers[%d]", i)
+		if m == "" || strings.ContainsAny(m, "/ ") {
+			return fail(field, "%q is not a module name", m)
+		}
+		if j, dup := seen[kernel.ModuleName(m)]; dup {
+			return fail(field, "%q is already in kernel.modules[%d], which loads it at boot", m, j)
+		}
 	}
 	for i, a := range r.Cmdline {
 		if a == "" || strings.ContainsAny(a, " \t\n") {

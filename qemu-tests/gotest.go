@@ -77,7 +77,7 @@ func (g *GoTestVM) Run(ctx context.Context, pkg string, args ...string) (string,
 	if err := g.goCmd("test", "-c", "-o", bin, pkg); err != nil {
 		return "", -1, err
 	}
-	a, _, err := image.Initramfs(g.recipe, g.kernel, g.modules, g.testinit, "")
+	a, _, err := image.Initramfs(g.recipe, g.kernel, g.modules, nil, g.testinit, "")
 	if err != nil {
 		return "", -1, err
 	}

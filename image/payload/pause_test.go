@@ -75,9 +75,9 @@ func testPauseBuildCached(t *testing.T, cache, bin string) {
 }
 
 func TestBuildUnknownComponent(t *testing.T) {
-	_, err := (&Builder{CacheDir: t.TempDir()}).Build(context.Background(), "kubectl")
-	if err == nil || !strings.Contains(err.Error(), `"kubectl": unknown`) {
-		t.Errorf("Build(kubectl) err = %v", err)
+	_, err := (&Builder{CacheDir: t.TempDir()}).Build(context.Background(), "kube-nope")
+	if err == nil || !strings.Contains(err.Error(), `"kube-nope": unknown`) {
+		t.Errorf("Build(kube-nope) err = %v", err)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/coldplug"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
@@ -53,6 +54,7 @@ type Agent struct {
 	podRoutes *podroutes.Daemon // routes to the other nodes' pod CIDRs; nil without Kubernetes
 	system    *sysslot.Manager  // the system slots this boot came from; nil on netboot and live media
 	bless     *blessing         // judges a boot of a system slot that is not good yet; nil otherwise
+	hardware  *coldplug.Loader  // loads drivers for the devices present and hot-plugged; nil without drivers
 	// localAPIServer: the API proxy fronts this control-plane node's own kube-apiserver too.
 	localAPIServer bool
 	// discovered are the apiservers registered in the cluster (runtime.Kube.APIServers).
@@ -115,6 +117,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		res := boot.LoadModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
 		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
+		a.startColdplug(ctx, info)
 	}
 
 	// Power requests are served from here on, also while the node comes up

@@ -9,6 +9,7 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/disks"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/nodeip"
@@ -94,6 +95,13 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 	}
 	if d := a.podRoutes; d != nil {
 		srv.Sections["podRoutes"] = func() any { return d.Status() }
+	}
+	if h := a.hardware; h != nil {
+		srv.Sections["hardware"] = func() any { return h.Status() }
+	}
+	if !a.Container {
+		sys := filepath.Join(a.Root, "sys")
+		srv.Sections["disks"] = func() any { return disks.List(sys) }
 	}
 	if a.resolver != nil {
 		srv.Sections["dns"] = func() any { return a.resolver.status() }

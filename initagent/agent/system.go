@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -176,9 +177,26 @@ func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
 		a.Log.Info("system image mounted", "source", source, "device", dev, "at", "/"+sysslot.SystemMount)
 		return nil
 	}
-	m, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.Prepare(s)
+	node := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}
+	m, err := node.Prepare(s)
+	// The boot disk may sit behind a bus that is still being enumerated
+	// (USB, a SAS expander): wait for it as the kernel's rootwait does.
+	if errors.Is(err, sysslot.ErrNoDisk) {
+		a.Log.Info("waiting for the boot disk", "slot", s, "upTo", bootDiskWait)
+	}
+	for deadline := time.Now().Add(bootDiskWait); errors.Is(err, sysslot.ErrNoDisk) && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+		m, err = node.Prepare(s)
+	}
 	if err == nil {
 		a.system = m
 	}
 	return err
 }
+
+// bootDiskWait bounds the wait for the disk a slot booted from.
+const bootDiskWait = 30 * time.Second

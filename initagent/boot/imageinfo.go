@@ -20,6 +20,9 @@ type ImageInfo struct {
 	Hostname      string       `json:"hostname,omitempty"`
 	KernelRelease string       `json:"kernelRelease"`
 	Modules       []ModuleInfo `json:"modules"` // in an order where dependencies come first
+	// Drivers are loaded when a device needs them (coldplug): the recipe's
+	// driver classes and the modules they depend on.
+	Drivers []ModuleInfo `json:"drivers,omitempty"`
 }
 
 // ModuleInfo is one kernel module to load at boot.
@@ -27,6 +30,12 @@ type ModuleInfo struct {
 	Name string   `json:"name"`
 	Path string   `json:"path"`           // under /lib/modules/<release>
 	Deps []string `json:"deps,omitempty"` // names of modules that must be loaded first
+	// Aliases are the module's modalias patterns (modules.alias), for drivers.
+	Aliases []string `json:"aliases,omitempty"`
+	// Class is the recipe's driver class that brought the module in.
+	Class string `json:"class,omitempty"`
+	// Firmware lists the blobs the module may request (modinfo firmware=).
+	Firmware []string `json:"firmware,omitempty"`
 }
 
 // ReadImageInfo reads the image description at path.

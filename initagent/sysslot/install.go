@@ -16,11 +16,13 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
 	"golang.org/x/sys/unix"
 
+	"github.com/ballast-os/ballast/initagent/disks"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
 )
 
@@ -88,12 +90,32 @@ func (in Installer) Install(ctx context.Context, o InstallOptions) error {
 	if target == AutoTarget && o.Wipe {
 		return fmt.Errorf("ballast.install=auto with ballast.install.wipe=true: auto only ever picks an empty disk; name the disk to overwrite, ballast.install=/dev/…")
 	}
+	if strings.HasPrefix(target, disks.ByIDDir) {
+		dev, err := disks.Resolve(filepath.Join(in.Root, "sys"), target)
+		if err != nil {
+			return fmt.Errorf("ballast.install=%s: %w", target, err)
+		}
+		in.log().Info("install target resolved", "name", target, "device", dev)
+		o.Target = dev
+	}
+	// The medium may sit on a bus still being enumerated (a USB stick).
 	media, info, err := in.findMedia()
+	for deadline := time.Now().Add(mediaWait); err != nil && time.Now().Before(deadline); {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		media, info, err = in.findMedia()
+	}
 	if err != nil {
 		return err
 	}
 	return in.installFrom(ctx, media, info, o)
 }
+
+// mediaWait bounds the wait for the live medium to appear.
+const mediaWait = 30 * time.Second
 
 // installFrom writes the image described by info (in the directory media)
 // to o.Target: a whole disk that is not in use and, unless o.Wipe, empty

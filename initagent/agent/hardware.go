@@ -1,0 +1,34 @@
+package agent
+
+import (
+	"context"
+	"path/filepath"
+	"time"
+
+	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/coldplug"
+	"github.com/ballast-os/ballast/initagent/pid1"
+)
+
+// coldplugWait bounds how long boot waits for the drivers of the devices
+// present; a driver stuck in its probe must not hold the node off the network.
+const coldplugWait = 30 * time.Second
+
+// startColdplug loads the drivers the hardware present needs and keeps
+// loading them for devices that appear later, then returns once the devices
+// present at boot have their drivers (or coldplugWait has passed).
+func (a *Agent) startColdplug(ctx context.Context, info *boot.ImageInfo) {
+	if len(info.Drivers) == 0 {
+		return
+	}
+	l := &coldplug.Loader{Dir: filepath.Join(a.Root, "lib/modules", info.KernelRelease), Drivers: info.Drivers,
+		Sys: filepath.Join(a.Root, "sys"), Log: a.Log.With("part", "coldplug")}
+	a.hardware = l
+	a.sup.Start(ctx, pid1.Daemon{Name: "coldplug", Run: l.Run})
+	select {
+	case <-l.Ready():
+	case <-time.After(coldplugWait):
+		a.Log.Error("drivers for the devices present still loading, booting on", "waited", coldplugWait)
+	case <-ctx.Done():
+	}
+}
