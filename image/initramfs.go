@@ -79,8 +79,10 @@ func (a *Archive) Names() []string {
 // every directory before its contents.
 func (a *Archive) WriteTo(w io.Writer) (int64, error) {
 	cw := &countingWriter{w: w}
-	// One encoder goroutine and a fixed level make the output depend only on the input.
-	zw, err := zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	// One encoder goroutine and a fixed level make the output depend only on the input;
+	// "better" (about zstd -7) saves a tenth of the bytes for a second of build time,
+	// and the kernel decompresses every level equally fast.
+	zw, err := zstd.NewWriter(cw, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedBetterCompression))
 	if err != nil {
 		return 0, err
 	}

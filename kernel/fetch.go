@@ -115,6 +115,20 @@ func (k *Kernel) load() error {
 	if err != nil {
 		return fmt.Errorf("kernel %s: modules.dep: %w", k.Release, err)
 	}
+	// Soft dependencies: modules a module's init asks the kernel for by name
+	// (request_module, e.g. libcrc32c for "crc32c"). ballast has no modprobe
+	// for the kernel to run, so they are loaded first, like hard ones.
+	if sf, err := os.Open(filepath.Join(k.ModulesDir, "modules.softdep")); err == nil {
+		defer sf.Close()
+		af, err := os.Open(filepath.Join(k.ModulesDir, "modules.alias"))
+		if err != nil {
+			return fmt.Errorf("kernel %s: modules.softdep needs modules.alias: %w", k.Release, err)
+		}
+		defer af.Close()
+		if err := g.addSoftDeps(sf, af); err != nil {
+			return fmt.Errorf("kernel %s: modules.softdep: %w", k.Release, err)
+		}
+	}
 	k.dep = g
 	return nil
 }

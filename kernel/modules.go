@@ -17,8 +17,85 @@ type Module struct {
 
 type depGraph struct {
 	paths   map[string]string   // name → path
-	deps    map[string][]string // name → names it needs (direct, as depmod lists them)
+	deps    map[string][]string // name → names it needs (direct, as depmod lists them, then soft "pre:" ones)
 	builtin map[string]bool
+}
+
+// addSoftDeps adds each module's "pre:" soft dependencies (modules.softdep)
+// to its dependencies: a name is a module, or an alias (modules.alias,
+// matched exactly) standing for every module that provides it, as modprobe
+// loads them all. Names that resolve to nothing loadable (built in, or not
+// shipped) add nothing.
+func (g *depGraph) addSoftDeps(softdep, aliases io.Reader) error {
+	byAlias := map[string][]string{}
+	sc := bufio.NewScanner(aliases)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if f := strings.Fields(sc.Text()); len(f) == 3 && f[0] == "alias" && !strings.ContainsAny(f[1], "*?[") {
+			byAlias[f[1]] = append(byAlias[f[1]], ModuleName(f[2]))
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	sc = bufio.NewScanner(softdep)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || f[0] != "softdep" {
+			continue
+		}
+		mod := ModuleName(f[1])
+		if _, ok := g.paths[mod]; !ok {
+			continue
+		}
+		pre := false
+		for _, tok := range f[2:] {
+			switch tok {
+			case "pre:":
+				pre = true
+				continue
+			case "post:":
+				pre = false
+				continue
+			}
+			if !pre {
+				continue
+			}
+			providers := byAlias[tok]
+			if _, ok := g.paths[ModuleName(tok)]; ok {
+				providers = []string{ModuleName(tok)}
+			}
+			for _, p := range providers {
+				if _, ok := g.paths[p]; ok && p != mod && !g.dependsOn(p, mod) {
+					g.deps[mod] = append(g.deps[mod], p)
+				}
+			}
+		}
+	}
+	return sc.Err()
+}
+
+// dependsOn reports whether a needs b, directly or not (a soft dependency
+// must not close a cycle).
+func (g *depGraph) dependsOn(a, b string) bool {
+	seen := map[string]bool{}
+	var walk func(string) bool
+	walk = func(m string) bool {
+		if m == b {
+			return true
+		}
+		if seen[m] {
+			return false
+		}
+		seen[m] = true
+		for _, d := range g.deps[m] {
+			if walk(d) {
+				return true
+			}
+		}
+		return false
+	}
+	return walk(a)
 }
 
 // ModuleName folds a file name or module name to the kernel's canonical form:

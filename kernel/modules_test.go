@@ -111,3 +111,44 @@ func TestLocalKernelTree(t *testing.T) {
 		t.Errorf("Local without modules.dep = %v, want an error telling to run depmod", err)
 	}
 }
+
+// TestSoftDepsLoadFirst: a module's "pre:" soft dependencies, named as a
+// module or as an alias several modules provide, come before it; a soft
+// dependency that would close a cycle is left out.
+func TestSoftDepsLoadFirst(t *testing.T) {
+	g, err := parseDeps(strings.NewReader(`kernel/lib/libcrc32c.ko:
+kernel/arch/x86/crypto/crc32c-intel.ko:
+kernel/crypto/crc32c_generic.ko:
+kernel/fs/jbd2/jbd2.ko:
+kernel/net/netfilter/nf_conntrack.ko: kernel/lib/libcrc32c.ko
+`), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = g.addSoftDeps(strings.NewReader(`# Soft dependencies extracted from modules themselves.
+softdep libcrc32c pre: crc32c
+softdep jbd2 pre: crypto-crc32c post: nothing
+softdep crc32c_generic pre: libcrc32c
+`), strings.NewReader(`alias crc32c crc32c_intel
+alias crypto-crc32c crc32c_intel
+alias crc32c crc32c_generic
+alias crypto-crc32c crc32c_generic
+alias crc32c* not_a_literal_alias
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &Kernel{Release: "test", dep: g}
+	mods, err := k.Resolve([]string{"nf_conntrack", "jbd2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var order []string
+	for _, m := range mods {
+		order = append(order, m.Name)
+	}
+	want := []string{"crc32c_intel", "crc32c_generic", "libcrc32c", "nf_conntrack", "jbd2"}
+	if strings.Join(order, " ") != strings.Join(want, " ") {
+		t.Errorf("load order %v, want %v", order, want)
+	}
+}

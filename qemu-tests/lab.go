@@ -64,7 +64,10 @@ func ip(args ...string) error {
 
 // Tap adds a tap device on the bridge and returns QEMU arguments for a
 // virtio NIC with mac on it.
-func (l *Lab) Tap(mac string) ([]string, error) {
+func (l *Lab) Tap(mac string) ([]string, error) { return l.TapNIC("virtio-net-pci", mac) }
+
+// TapNIC is Tap for a NIC of the given QEMU model (e1000e, e1000, …).
+func (l *Lab) TapNIC(model, mac string) ([]string, error) {
 	name := fmt.Sprintf("tap%d", l.taps)
 	l.taps++
 	for _, args := range [][]string{
@@ -77,7 +80,7 @@ func (l *Lab) Tap(mac string) ([]string, error) {
 		}
 	}
 	return []string{"-netdev", "tap,id=" + name + ",ifname=" + name + ",script=no,downscript=no",
-		"-device", "virtio-net-pci,netdev=" + name + ",mac=" + mac}, nil
+		"-device", model + ",netdev=" + name + ",mac=" + mac}, nil
 }
 
 // DHCP runs dnsmasq as the lab's DHCP and DNS server (DNS on the gateway

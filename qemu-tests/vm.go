@@ -33,6 +33,9 @@ type VMOptions struct {
 	Args           []string // extra QEMU arguments (NICs, disks)
 	// Netns runs QEMU inside this network namespace (for tap devices made there).
 	Netns string
+	// NoVirtio leaves out the virtio RNG StartVM adds otherwise: a machine
+	// with only emulated real hardware.
+	NoVirtio bool
 }
 
 // VM is a running QEMU with its serial console captured.
@@ -79,13 +82,15 @@ func StartVM(opts VMOptions) (*VM, error) {
 		"-monitor", "none",
 		"-serial", "stdio",
 		"-no-reboot", // a reboot ends the process too; the console says which it was
-		// TCG's CPU has no RDRAND: without a hardware RNG, getrandom(2) (DHCP
-		// transaction IDs, TLS) can block for a long time at early boot.
-		"-device", "virtio-rng-pci",
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
 		"-kernel", opts.Kernel,
 		"-initrd", opts.Initrd,
 		"-append", strings.Join(opts.Cmdline, " "),
+	}
+	if !opts.NoVirtio {
+		// TCG's CPU has no RDRAND: without a hardware RNG, getrandom(2) (DHCP
+		// transaction IDs, TLS) can block for a long time at early boot.
+		args = append(args, "-device", "virtio-rng-pci")
 	}
 	if !containsArg(opts.Args, "-nic") && !containsArg(opts.Args, "-netdev") {
 		args = append(args, "-nic", "none")
@@ -238,7 +243,10 @@ func (vm *VM) Powerdown(ctx context.Context) error {
 	return vm.qmp(ctx, "system_powerdown")
 }
 
-func (vm *VM) qmp(ctx context.Context, command string) error {
+func (vm *VM) qmp(ctx context.Context, command string) error { return vm.QMP(ctx, command, nil) }
+
+// QMP runs one QMP command with arguments (nil for none).
+func (vm *VM) QMP(ctx context.Context, command string, arguments map[string]any) error {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", vm.qmpPath)
 	if err != nil {
@@ -254,7 +262,11 @@ func (vm *VM) qmp(ctx context.Context, command string) error {
 		return fmt.Errorf("qmp greeting: %w", err)
 	}
 	for _, cmd := range []string{"qmp_capabilities", command} {
-		if err := json.NewEncoder(conn).Encode(map[string]string{"execute": cmd}); err != nil {
+		req := map[string]any{"execute": cmd}
+		if cmd == command && arguments != nil {
+			req["arguments"] = arguments
+		}
+		if err := json.NewEncoder(conn).Encode(req); err != nil {
 			return fmt.Errorf("qmp %s: %w", cmd, err)
 		}
 		for {

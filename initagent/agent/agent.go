@@ -65,6 +65,21 @@ type Agent struct {
 	outputs   map[string]io.Writer // per external service: log ring + rotated file
 }
 
+// multiConsole is a Console that also reaches the node's other consoles
+// (console.Consoles).
+type multiConsole interface {
+	Discover(root string) []string
+	Important() io.Writer
+}
+
+// importantConsole is where lines every console must show go.
+func (a *Agent) importantConsole() io.Writer {
+	if c, ok := a.Console.(multiConsole); ok {
+		return c.Important()
+	}
+	return a.Console
+}
+
 // Run boots the node and blocks until a power request arrives. It returns the
 // request after stopping the daemons; an error means boot could not go on.
 func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
@@ -87,6 +102,9 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	a.reaper = &pid1.Reaper{Log: a.Log}
 	go a.reaper.Run(ctx)
 
+	if c, ok := a.Console.(multiConsole); ok && !a.Container {
+		a.Log.Info("consoles", "primary", "/dev/console", "others", c.Discover(a.Root))
+	}
 	cmdline, err := a.readCmdline()
 	if err != nil {
 		return pid1.Request{}, err
@@ -226,7 +244,7 @@ func (a *Agent) bringUp(ctx context.Context, cmdline boot.Cmdline, info *boot.Im
 	}
 	a.startAPI(ctx, hostname, net, cfg, cmdline, requests)
 	st := net.Status()
-	readiness.Announce(a.Console, readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
+	readiness.Announce(a.importantConsole(), readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
 		Uptime: time.Since(bootStart), Addresses: st.Addresses})
 	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
 	a.afterReady(ctx, cmdline, bn)

@@ -132,12 +132,14 @@ func (in Installer) installFrom(ctx context.Context, media string, info *MediaIn
 	log := in.log()
 	target := o.Target
 	var err error
+	how := "named on the cmdline"
 	if target == AutoTarget {
 		if target, err = in.PickDisk(info.Size); err != nil {
 			return err
 		}
-		log.Info("install target chosen", "target", target)
+		how = "the only empty disk"
 	}
+	log.Info("install target chosen", "target", target, "how", how)
 	dev := filepath.Join(in.Root, target)
 	found, err := in.checkTarget(target, o.Wipe)
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/agent"
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/console"
 	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"golang.org/x/sys/unix"
@@ -24,9 +25,13 @@ const fatalRebootDelay = 10 * time.Second
 
 func main() {
 	level := new(slog.LevelVar) // the agent lowers it to debug for ballast.debug on the cmdline
-	// Recent lines stay in memory for `nodectl logs`; the console gets them all.
+	// Recent lines stay in memory for `nodectl logs`; /dev/console gets them
+	// all, the node's other consoles (VGA beside serial) warnings and errors.
 	logs := logring.New(20000)
-	log := slog.New(logs.Handler(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: level})))
+	consoles := console.New(os.Stdout)
+	log := slog.New(logs.Handler(slog.NewMultiHandler(
+		slog.NewTextHandler(consoles, &slog.HandlerOptions{Level: level}),
+		slog.NewTextHandler(consoles.ImportantExtrasOnly(), &slog.HandlerOptions{Level: slog.LevelWarn}))))
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "initagent: must run as PID 1 (the kernel's init)")
 		os.Exit(2)
@@ -34,7 +39,7 @@ func main() {
 	// Ctrl-Alt-Del sends SIGINT to init instead of rebooting at once.
 	_ = unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 
-	req, err := runRecovered(log, level, logs)
+	req, err := runRecovered(log, level, logs, consoles)
 	if err != nil {
 		log.Error("fatal, rebooting", "err", err, "in", fatalRebootDelay)
 		time.Sleep(fatalRebootDelay)
@@ -42,19 +47,22 @@ func main() {
 	}
 	pid1.KillAll(log, 5*time.Second)
 	log.Info("powering down", "action", req.Action)
-	fmt.Fprintf(os.Stdout, "ballast: %s\n", req.Action)
+	fmt.Fprintf(consoles.Important(), "ballast: %s\n", req.Action)
+	flush, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	consoles.Flush(flush)
+	cancel()
 	if err := pid1.PowerDown(req.Action); err != nil {
 		log.Error("reboot(2) refused", "err", err)
 	}
 	select {} // the kernel takes it from here
 }
 
-func runRecovered(log *slog.Logger, level *slog.LevelVar, logs *logring.Ring) (req pid1.Request, err error) {
+func runRecovered(log *slog.Logger, level *slog.LevelVar, logs *logring.Ring, consoles *console.Consoles) (req pid1.Request, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("panic: %v", r)
 		}
 	}()
-	a := &agent.Agent{Log: log, LogLevel: level, Console: os.Stdout, Logs: logs, Container: boot.InContainer()}
+	a := &agent.Agent{Log: log, LogLevel: level, Console: consoles, Logs: logs, Container: boot.InContainer()}
 	return a.Run(context.Background())
 }

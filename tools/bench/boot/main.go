@@ -1,13 +1,17 @@
 // Command boot measures how long the control-plane image takes from QEMU
 // start to initagent's readiness line, side by side with a busybox
 // initramfs on the same kernel that prints a line and powers off, and how
-// long a warm imgbuild takes.
+// long a warm imgbuild takes. It boots each without devices, on emulated
+// server hardware (e1000e, AHCI, NVMe, xHCI + USB stick: coldplug loads the
+// drivers), and compares with the image as it was before coldplug (the
+// cloud kernel, a fixed virtio module list) on virtio devices.
 //
 //	go run ./tools/bench/boot [-n 5] [-accel tcg]
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -92,21 +96,67 @@ func run() error {
 		return err
 	}
 
+	// Yesterday's image, for the coldplug comparison: the cloud kernel with
+	// a fixed virtio module list, no driver classes.
+	fixed := *r
+	fixed.Kernel.Flavour = "cloud-amd64"
+	fixed.Kernel.DriverClasses = nil
+	fixed.Kernel.Modules = append(slices.Clone(r.Kernel.Modules), "virtio_pci", "virtio_net", "virtio_blk", "virtio_scsi",
+		"virtio_console", "virtio_rng", "sr_mod", "ata_piix", "sd_mod")
+	if _, err := image.Build(ctx, image.Options{Recipe: &fixed, OutDir: filepath.Join(tmp, "fixed"), SourceDir: src,
+		Log: slog.New(slog.DiscardHandler)}); err != nil {
+		return fmt.Errorf("build the fixed-list image: %w", err)
+	}
+	cloudPin, _ := kernel.PinFor("cloud-amd64")
+	cloud, err := kernel.Fetch(ctx, kernel.CacheDir(), cloudPin, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	disk := func(name string, size int64) string {
+		p := filepath.Join(tmp, name)
+		f, err := os.Create(p)
+		if err == nil {
+			err = errors.Join(f.Truncate(size), f.Close())
+		}
+		if err != nil {
+			panic(err)
+		}
+		return p
+	}
+	// Emulated server hardware, no virtio: NIC, SATA, NVMe, USB stick.
+	realHW := []string{"-cpu", "max", "-netdev", "user,id=n0", "-device", "e1000e,netdev=n0",
+		"-device", "ich9-ahci,id=ahci", "-drive", "if=none,id=sata,format=raw,file=" + disk("sata.raw", 64<<20), "-device", "ide-hd,drive=sata,bus=ahci.0",
+		"-drive", "if=none,id=nvm,format=raw,file=" + disk("nvme.raw", 64<<20), "-device", "nvme,drive=nvm,serial=bench",
+		"-device", "qemu-xhci,id=xhci", "-drive", "if=none,id=stick,format=raw,file=" + disk("stick.raw", 16<<20), "-device", "usb-storage,bus=xhci.0,drive=stick"}
+	// The same on virtio: NIC and disk.
+	virtioHW := []string{"-cpu", "max", "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0",
+		"-drive", "if=virtio,format=raw,file=" + disk("vd.raw", 64<<20)}
+
 	type subject struct {
 		name    string
+		kernel  string
 		initrd  string
 		cmdline []string
+		hw      []string
+		real    bool // no virtio at all
 		ready   *regexp.Regexp
 		times   []time.Duration
 	}
+	ballastCmdline := append(slices.Clone(r.Cmdline), "ballast.shutdown=poweroff")
+	busyboxReady := regexp.MustCompile(`^busybox: ready`)
 	subjects := []*subject{
-		{name: "ballast initagent", initrd: filepath.Join(dir, image.InitramfsFile),
-			cmdline: append(slices.Clone(r.Cmdline), "ballast.shutdown=poweroff"), ready: readiness.Pattern},
-		{name: "busybox init", initrd: bbInitrd, cmdline: slices.Clone(r.Cmdline), ready: regexp.MustCompile(`^busybox: ready`)},
+		{name: "ballast initagent", kernel: k.Vmlinuz, initrd: filepath.Join(dir, image.InitramfsFile), cmdline: ballastCmdline, ready: readiness.Pattern},
+		{name: "busybox init", kernel: k.Vmlinuz, initrd: bbInitrd, cmdline: slices.Clone(r.Cmdline), ready: busyboxReady},
+		{name: "ballast coldplug, real hw", kernel: k.Vmlinuz, initrd: filepath.Join(dir, image.InitramfsFile), cmdline: ballastCmdline,
+			hw: realHW, real: true, ready: readiness.Pattern},
+		{name: "busybox, real hw", kernel: k.Vmlinuz, initrd: bbInitrd, cmdline: slices.Clone(r.Cmdline), hw: realHW, real: true, ready: busyboxReady},
+		{name: "ballast fixed list, virtio (cloud kernel)", kernel: cloud.Vmlinuz, initrd: filepath.Join(tmp, "fixed", r.Name, image.InitramfsFile),
+			cmdline: ballastCmdline, hw: virtioHW, ready: readiness.Pattern},
+		{name: "busybox, virtio (cloud kernel)", kernel: cloud.Vmlinuz, initrd: bbInitrd, cmdline: slices.Clone(r.Cmdline), hw: virtioHW, ready: busyboxReady},
 	}
 	for i := 0; i < *n; i++ {
-		for _, s := range subjects { // alternate, so drift in machine load hits both alike
-			d, err := boot(ctx, k.Vmlinuz, s.initrd, s.cmdline, *accel, s.ready)
+		for _, s := range subjects { // alternate, so drift in machine load hits all alike
+			d, err := boot(ctx, s.kernel, s.initrd, s.cmdline, *accel, s.ready, s.hw, s.real)
 			if err != nil {
 				return fmt.Errorf("%s boot %d: %w", s.name, i+1, err)
 			}
@@ -114,24 +164,26 @@ func run() error {
 		}
 	}
 
-	fmt.Printf("boot to ready under %s, %d boots each, kernel %s\n", *accel, *n, k.Release)
+	fmt.Printf("boot to ready under %s, %d boots each, kernel %s (cloud: %s)\n", *accel, *n, k.Release, cloud.Release)
 	for _, s := range subjects {
 		st, _ := os.Stat(s.initrd)
-		fmt.Printf("  %-18s median %6.3fs  min %6.3fs  max %6.3fs  initramfs %5.2f MiB\n", s.name,
+		fmt.Printf("  %-42s median %6.3fs  min %6.3fs  max %6.3fs  initramfs %5.2f MiB\n", s.name,
 			median(s.times).Seconds(), slices.Min(s.times).Seconds(), slices.Max(s.times).Seconds(), float64(st.Size())/(1<<20))
 	}
-	ratio := float64(median(subjects[0].times)) / float64(median(subjects[1].times))
-	fmt.Printf("  ratio ballast/busybox: %.2f (target <= 2.0)\n", ratio)
+	ratio := func(a, b int) float64 { return float64(median(subjects[a].times)) / float64(median(subjects[b].times)) }
+	fmt.Printf("  ratio ballast/busybox, no devices: %.2f (target <= 2.0)\n", ratio(0, 1))
+	fmt.Printf("  ratio ballast/busybox, real hardware: %.2f; on virtio with the fixed list: %.2f\n", ratio(2, 3), ratio(4, 5))
+	fmt.Printf("  coldplug on real hardware / fixed list on virtio: %.2f (target <= 1.2)\n", ratio(2, 4))
 	fmt.Printf("imgbuild control-plane: first %.2fs (kernel cache and go build cache as found), warm median %.2fs over %d (target <= 5s)\n",
 		cold.Seconds(), median(warm).Seconds(), len(warm))
 	return nil
 }
 
-func boot(ctx context.Context, vmlinuz, initrd string, cmdline []string, accel string, ready *regexp.Regexp) (time.Duration, error) {
+func boot(ctx context.Context, vmlinuz, initrd string, cmdline []string, accel string, ready *regexp.Regexp, hw []string, noVirtio bool) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	vm, err := qemutests.StartVM(qemutests.VMOptions{Kernel: vmlinuz, Initrd: initrd, Cmdline: cmdline, Accel: accel})
+	vm, err := qemutests.StartVM(qemutests.VMOptions{Kernel: vmlinuz, Initrd: initrd, Cmdline: cmdline, Accel: accel, Args: hw, NoVirtio: noVirtio})
 	if err != nil {
 		return 0, err
 	}
