@@ -68,7 +68,7 @@ func TestRealHardwareDrivers(t *testing.T) {
 	doc := map[string]any{
 		"apiVersion": "ballast.dev/v1alpha1", "kind": "MachineConfig",
 		"network": map[string]any{"interfaces": []any{map[string]any{"name": "lan0", "mac": mac, "dhcp4": true}}},
-		"api": map[string]any{"tls": map[string]string{"certificate": string(node.CertPEM), "key": string(node.KeyPEM), "clientCA": string(caPair.CertPEM)}},
+		"api":     map[string]any{"tls": map[string]string{"certificate": string(node.CertPEM), "key": string(node.KeyPEM), "clientCA": string(caPair.CertPEM)}},
 	}
 	cfg, err := yaml.Marshal(doc)
 	must(t, err)

@@ -9,8 +9,8 @@ import (
 
 	"github.com/ballast-os/ballast/initagent/api"
 	"github.com/ballast-os/ballast/initagent/boot"
-	"github.com/ballast-os/ballast/initagent/disks"
 	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/disks"
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/nodeip"
 	"github.com/ballast-os/ballast/initagent/pid1"

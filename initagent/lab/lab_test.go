@@ -202,7 +202,7 @@ func buildInitramfs(t *testing.T, ctx context.Context) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, _, err := image.Initramfs(r, k, mods, agent, image.DefaultCABundle)
+	a, _, err := image.Initramfs(r, k, mods, nil, agent, image.DefaultCABundle)
 	if err != nil {
 		t.Fatal(err)
 	}
