@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 
 	"github.com/ballast-os/ballast/image/disk"
@@ -130,6 +131,13 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		if drivers, err = ResolveDrivers(r, k, modules); err != nil {
 			return "", err
 		}
+		if len(drivers.firmwareWanted()) > 0 {
+			fw, err := kernel.FetchFirmware(ctx, filepath.Join(filepath.Dir(o.KernelCache), "firmware"), o.Log)
+			if err != nil {
+				return "", err
+			}
+			drivers.AddFirmware(fw)
+		}
 		detail := fmt.Sprintf("%s, %d modules at boot (%d named)", k.Release, len(modules), len(r.Kernel.Modules))
 		for _, line := range drivers.Report {
 			detail += "\n                      " + line
@@ -160,6 +168,9 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	err = p.Stage("initramfs", func() (string, error) {
 		a, inputs, err := Initramfs(r, k, modules, drivers.Modules, agentPath, o.CABundle)
 		if err != nil {
+			return "", err
+		}
+		if err := addFirmware(a, drivers); err != nil {
 			return "", err
 		}
 		if o.Config != "" {
@@ -341,6 +352,30 @@ func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, drivers []b
 		return nil, nil, err
 	}
 	return a, inputs, nil
+}
+
+// addFirmware puts the drivers' firmware under /lib/firmware, where the
+// kernel loads it from directly, and tells the agent which packages the
+// image took firmware from (for its warning about a missing blob).
+func addFirmware(a *Archive, d *Drivers) error {
+	if len(d.Firmware) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(d.Firmware))
+	for n := range d.Firmware {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := a.AddFile("/lib/firmware/"+n, d.Firmware[n], 0o644); err != nil {
+			return err
+		}
+	}
+	info, err := json.Marshal(boot.FirmwareInfo{Packages: d.FirmwarePackages, Missing: d.FirmwareMissing})
+	if err != nil {
+		return err
+	}
+	return a.AddFile(boot.FirmwareInfoPath, append(info, '\n'), 0o644)
 }
 
 // embedConfig validates a machine config and puts it where the agent looks

@@ -13,6 +13,13 @@ import (
 // modules initagent loads when a device matches one of their aliases.
 type Drivers struct {
 	Modules []boot.ModuleInfo // dependencies before their users
+	// Firmware holds the blobs the modules may request, by name
+	// (lib/firmware relative), from the pinned firmware packages.
+	Firmware map[string][]byte
+	// FirmwareMissing are blobs the modules name that no package has.
+	FirmwareMissing []string
+	// FirmwarePackages are the packages the blobs came from.
+	FirmwarePackages []string
 	// Report says, per class, what was added and what the kernel lacks or
 	// has built in: imgbuild prints it.
 	Report []string
@@ -115,6 +122,35 @@ func countAliases(mods []boot.ModuleInfo) int {
 		n += len(m.Aliases)
 	}
 	return n
+}
+
+// AddFirmware takes the blobs the drivers may request from fw and reports
+// what it took and what no package has.
+func (d *Drivers) AddFirmware(fw *kernel.Firmware) {
+	d.Firmware = map[string][]byte{}
+	d.FirmwarePackages = fw.Source
+	size := 0
+	from := map[string]int{}
+	for _, name := range d.firmwareWanted() {
+		data, pkg, ok := fw.Find(name)
+		if !ok {
+			d.FirmwareMissing = append(d.FirmwareMissing, name)
+			continue
+		}
+		d.Firmware[name] = data
+		size += len(data)
+		from[pkg]++
+	}
+	var pkgs []string
+	for p, n := range from {
+		pkgs = append(pkgs, fmt.Sprintf("%s %d", p, n))
+	}
+	slices.Sort(pkgs)
+	line := fmt.Sprintf("firmware: %d blobs, %.1f MiB (%s)", len(d.Firmware), float64(size)/(1<<20), strings.Join(pkgs, ", "))
+	if len(d.FirmwareMissing) > 0 {
+		line += fmt.Sprintf("; %d named by drivers but in none of %s: %s", len(d.FirmwareMissing), strings.Join(fw.Source, " "), strings.Join(d.FirmwareMissing, " "))
+	}
+	d.Report = append(d.Report, line)
 }
 
 // firmwareWanted lists, sorted and once each, the firmware files the

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -22,7 +24,12 @@ func (a *Agent) startColdplug(ctx context.Context, info *boot.ImageInfo) {
 		return
 	}
 	l := &coldplug.Loader{Dir: filepath.Join(a.Root, "lib/modules", info.KernelRelease), Drivers: info.Drivers,
-		Sys: filepath.Join(a.Root, "sys"), Log: a.Log.With("part", "coldplug")}
+		Sys: filepath.Join(a.Root, "sys"), Kmsg: filepath.Join(a.Root, "dev/kmsg"), Log: a.Log.With("part", "coldplug")}
+	if data, err := os.ReadFile(filepath.Join(a.Root, boot.FirmwareInfoPath)); err == nil {
+		if err := json.Unmarshal(data, &l.Firmware); err != nil {
+			a.Log.Warn("firmware description unreadable", "path", boot.FirmwareInfoPath, "err", err)
+		}
+	}
 	a.hardware = l
 	a.sup.Start(ctx, pid1.Daemon{Name: "coldplug", Run: l.Run})
 	select {

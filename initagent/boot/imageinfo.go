@@ -38,6 +38,16 @@ type ModuleInfo struct {
 	Firmware []string `json:"firmware,omitempty"`
 }
 
+// FirmwareInfoPath is where imgbuild says where the image's firmware came from.
+const FirmwareInfoPath = "/lib/firmware/ballast-firmware.json"
+
+// FirmwareInfo names the firmware packages the image's blobs came from and
+// the blobs its drivers name that none of them has.
+type FirmwareInfo struct {
+	Packages []string `json:"packages"`
+	Missing  []string `json:"missing,omitempty"`
+}
+
 // ReadImageInfo reads the image description at path.
 func ReadImageInfo(path string) (*ImageInfo, error) {
 	data, err := os.ReadFile(path)

@@ -39,7 +39,12 @@ type Loader struct {
 	Drivers []boot.ModuleInfo
 	// Sys is sysfs; default /sys.
 	Sys string
-	Log *slog.Logger
+	// Kmsg is the kernel log, followed for firmware the drivers did not
+	// find; empty means not followed.
+	Kmsg string
+	// Firmware says where the image's firmware came from, for the warning.
+	Firmware boot.FirmwareInfo
+	Log      *slog.Logger
 
 	once      sync.Once
 	readyOnce sync.Once
@@ -63,6 +68,8 @@ type Status struct {
 	Listening bool `json:"listening"`
 	// Bindings are the devices that matched a driver module.
 	Bindings []Binding `json:"bindings"`
+	// FirmwareMissing are blobs drivers asked for and did not find.
+	FirmwareMissing []string `json:"firmwareMissing,omitempty"`
 }
 
 // Binding is one device and the modules loaded for it.
@@ -112,6 +119,7 @@ func (l *Loader) Status() Status {
 	defer l.mu.Unlock()
 	st := l.status
 	st.Bindings = slices.Clone(st.Bindings)
+	st.FirmwareMissing = slices.Clone(st.FirmwareMissing)
 	return st
 }
 
@@ -120,6 +128,16 @@ func (l *Loader) Status() Status {
 // socket it still coldplugs and returns the socket's error.
 func (l *Loader) Run(ctx context.Context) error {
 	l.init()
+	if l.Kmsg != "" {
+		if f, err := os.Open(l.Kmsg); err != nil {
+			l.Log.Warn("kernel log not followed: missing firmware will not be reported", "err", err)
+		} else {
+			fwCtx, cancel := context.WithCancel(ctx)
+			done := make(chan struct{})
+			go func() { l.watchFirmware(fwCtx, f); close(done) }()
+			defer func() { cancel(); <-done }()
+		}
+	}
 	// Subscribe first: a device added while sysfs is walked is then seen
 	// either by the walk or as an event.
 	events, err := openUevents()

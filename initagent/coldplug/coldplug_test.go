@@ -2,11 +2,13 @@ package coldplug
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,4 +186,61 @@ func TestParseUevent(t *testing.T) {
 			t.Errorf("%q parsed; want an error", bad)
 		}
 	}
+}
+
+// TestMissingFirmwareIsReported: a failed firmware load in the kernel log
+// becomes a warning naming the blob and device, and a status entry; other
+// kernel lines are ignored.
+func TestMissingFirmwareIsReported(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedLog
+	l := &Loader{Log: slog.New(slog.NewTextHandler(&logs, nil)), Firmware: boot.FirmwareInfo{Packages: []string{"debian:firmware-realtek=20230210-5"}}}
+	l.init()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { l.watchFirmware(ctx, r); close(done) }()
+	for _, rec := range []string{
+		"6,1,100,-;e1000e 0000:00:02.0 eth0: NIC Link is Up\n",
+		"3,2,200,-;r8169 0000:01:00.0: Direct firmware load for rtl_nic/rtl8168h-2.fw failed with error -2\n",
+	} {
+		if _, err := w.WriteString(rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(l.Status().FirmwareMissing) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	w.Close()
+	<-done
+	if got := l.Status().FirmwareMissing; !slices.Equal(got, []string{"rtl_nic/rtl8168h-2.fw"}) {
+		t.Errorf("firmware missing %v", got)
+	}
+	out := logs.String()
+	for _, want := range []string{`level=WARN msg="firmware missing" file=rtl_nic/rtl8168h-2.fw driver=r8169 device=0000:01:00.0`, "firmware-realtek"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+type lockedLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
