@@ -102,9 +102,6 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	a.reaper = &pid1.Reaper{Log: a.Log}
 	go a.reaper.Run(ctx)
 
-	if c, ok := a.Console.(multiConsole); ok && !a.Container {
-		a.Log.Info("consoles", "primary", "/dev/console", "others", c.Discover(a.Root))
-	}
 	cmdline, err := a.readCmdline()
 	if err != nil {
 		return pid1.Request{}, err
@@ -136,6 +133,10 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
 		a.startColdplug(ctx, info)
+	}
+	// After coldplug: a console can be a driver module (virtio console).
+	if c, ok := a.Console.(multiConsole); ok && !a.Container {
+		a.Log.Info("consoles", "primary", "/dev/console", "others", c.Discover(a.Root))
 	}
 
 	// Power requests are served from here on, also while the node comes up
