@@ -148,4 +148,3 @@ func (f *Firmware) Files() map[string]string {
 
 // FirmwareCacheDir is where fetched firmware packages live, beside the kernels.
 func FirmwareCacheDir() string { return filepath.Join(filepath.Dir(CacheDir()), "firmware") }
-
