@@ -328,7 +328,7 @@ func Initramfs(r *Recipe, k *kernel.Kernel, modules []kernel.Module, drivers []b
 		if err := a.AddFile(modRoot+"/"+mod.Path, data, 0o644); err != nil {
 			return nil, nil, err
 		}
-		info.Modules = append(info.Modules, boot.ModuleInfo{Name: mod.Name, Path: mod.Path, Deps: mod.Deps})
+		info.Modules = append(info.Modules, boot.ModuleInfo{Name: mod.Name, Path: mod.Path, Deps: mod.Deps, SoftDeps: mod.SoftDeps})
 	}
 	for _, mod := range drivers {
 		data, err := os.ReadFile(filepath.Join(k.ModulesDir, mod.Path))

@@ -109,7 +109,7 @@ func ResolveDrivers(r *Recipe, k *kernel.Kernel, bootModules []kernel.Module) (*
 		if !ok {
 			class, deps = "dependency", deps+1
 		}
-		d.Modules = append(d.Modules, boot.ModuleInfo{Name: m.Name, Path: m.Path, Deps: m.Deps, Aliases: aliases[m.Name], Class: class, Firmware: fw})
+		d.Modules = append(d.Modules, boot.ModuleInfo{Name: m.Name, Path: m.Path, Deps: m.Deps, SoftDeps: m.SoftDeps, Aliases: aliases[m.Name], Class: class, Firmware: fw})
 	}
 	d.Report = append(d.Report, fmt.Sprintf("drivers: %d modules for coldplug (%d named, %d dependencies), %d aliases",
 		len(d.Modules), len(d.Modules)-deps, deps, countAliases(d.Modules)))

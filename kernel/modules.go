@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -13,11 +14,15 @@ type Module struct {
 	Name string   // canonical name, dashes folded to underscores
 	Path string   // e.g. "kernel/drivers/net/virtio_net.ko"
 	Deps []string // names of the modules it needs loaded first
+	// SoftDeps are loaded first if they can be (modules.softdep "pre:"):
+	// one that fails (crc32c_intel on a CPU without SSE4.2) blocks nothing.
+	SoftDeps []string
 }
 
 type depGraph struct {
 	paths   map[string]string   // name → path
-	deps    map[string][]string // name → names it needs (direct, as depmod lists them, then soft "pre:" ones)
+	deps    map[string][]string // name → names it needs (direct, as depmod lists them)
+	soft    map[string][]string // name → soft "pre:" dependencies
 	builtin map[string]bool
 }
 
@@ -67,7 +72,10 @@ func (g *depGraph) addSoftDeps(softdep, aliases io.Reader) error {
 			}
 			for _, p := range providers {
 				if _, ok := g.paths[p]; ok && p != mod && !g.dependsOn(p, mod) {
-					g.deps[mod] = append(g.deps[mod], p)
+					if g.soft == nil {
+						g.soft = map[string][]string{}
+					}
+					g.soft[mod] = append(g.soft[mod], p)
 				}
 			}
 		}
@@ -88,7 +96,7 @@ func (g *depGraph) dependsOn(a, b string) bool {
 			return false
 		}
 		seen[m] = true
-		for _, d := range g.deps[m] {
+		for _, d := range append(slices.Clone(g.deps[m]), g.soft[m]...) {
 			if walk(d) {
 				return true
 			}
@@ -162,13 +170,13 @@ func (k *Kernel) Resolve(names []string) ([]Module, error) {
 			return nil
 		}
 		state[name] = 1
-		for _, d := range k.dep.deps[name] {
+		for _, d := range append(slices.Clone(k.dep.soft[name]), k.dep.deps[name]...) {
 			if err := visit(d, append(chain, name)); err != nil {
 				return err
 			}
 		}
 		state[name] = 2
-		out = append(out, Module{Name: name, Path: k.dep.paths[name], Deps: k.dep.deps[name]})
+		out = append(out, Module{Name: name, Path: k.dep.paths[name], Deps: k.dep.deps[name], SoftDeps: k.dep.soft[name]})
 		return nil
 	}
 	for _, raw := range names {

@@ -151,4 +151,9 @@ alias crc32c* not_a_literal_alias
 	if strings.Join(order, " ") != strings.Join(want, " ") {
 		t.Errorf("load order %v, want %v", order, want)
 	}
+	for _, m := range mods {
+		if m.Name == "libcrc32c" && (len(m.Deps) != 0 || strings.Join(m.SoftDeps, " ") != "crc32c_intel crc32c_generic") {
+			t.Errorf("libcrc32c deps %v soft %v: want its providers as soft dependencies only", m.Deps, m.SoftDeps)
+		}
+	}
 }

@@ -30,6 +30,9 @@ type ModuleInfo struct {
 	Name string   `json:"name"`
 	Path string   `json:"path"`           // under /lib/modules/<release>
 	Deps []string `json:"deps,omitempty"` // names of modules that must be loaded first
+	// SoftDeps are loaded first if they load at all; one that fails (a
+	// CPU-specific variant on another CPU) blocks nothing.
+	SoftDeps []string `json:"softDeps,omitempty"`
 	// Aliases are the module's modalias patterns (modules.alias), for drivers.
 	Aliases []string `json:"aliases,omitempty"`
 	// Class is the recipe's driver class that brought the module in.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -29,8 +30,12 @@ type ModuleResult struct {
 func LoadModules(dir string, modules []ModuleInfo, log *slog.Logger) ModuleResult {
 	start := time.Now()
 	done := make(map[string]chan struct{}, len(modules))
+	optional := map[string]bool{} // soft dependencies of some module
 	for _, m := range modules {
 		done[m.Name] = make(chan struct{})
+		for _, d := range m.SoftDeps {
+			optional[d] = true
+		}
 	}
 	var (
 		mu     sync.Mutex
@@ -42,7 +47,7 @@ func LoadModules(dir string, modules []ModuleInfo, log *slog.Logger) ModuleResul
 	for _, m := range modules {
 		wg.Go(func() {
 			defer close(done[m.Name])
-			for _, d := range m.Deps {
+			for _, d := range append(slices.Clone(m.Deps), m.SoftDeps...) {
 				if ch, ok := done[d]; ok {
 					<-ch
 				}
@@ -72,6 +77,10 @@ func LoadModules(dir string, modules []ModuleInfo, log *slog.Logger) ModuleResul
 				res.Loaded++
 			case errors.Is(err, unix.EEXIST):
 				res.AlreadyLoaded++
+			case optional[m.Name] && errors.Is(err, unix.ENODEV):
+				// A soft dependency for hardware this machine lacks
+				// (crc32c_intel without SSE4.2): its users fall back.
+				log.Info("optional module not for this machine", "module", m.Name, "err", err)
 			default:
 				failed[m.Name] = true
 				log.Error("load module", "module", m.Name, "err", err)

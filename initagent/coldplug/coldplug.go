@@ -343,7 +343,7 @@ func (l *Loader) closure(want []string) []boot.ModuleInfo {
 			l.attempts[name] = fmt.Errorf("module %s is not in the image", name)
 			return
 		}
-		for _, d := range m.Deps {
+		for _, d := range append(slices.Clone(m.SoftDeps), m.Deps...) {
 			add(d)
 		}
 		plan = append(plan, m)
