@@ -152,9 +152,14 @@ func (l *Loader) Run(ctx context.Context) error {
 	l.mu.Lock()
 	l.status.Listening = true
 	l.mu.Unlock()
+	stop := make(chan struct{})
+	defer close(stop)
 	go func() {
-		<-ctx.Done()
-		events.Close() // unblocks Read
+		select {
+		case <-ctx.Done():
+			events.Close() // unblocks Read
+		case <-stop:
+		}
 	}()
 	for {
 		ev, err := events.Read()
