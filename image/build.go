@@ -108,9 +108,10 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 	}
 
 	var (
-		k       *kernel.Kernel
-		modules []kernel.Module
-		drivers *Drivers
+		k         *kernel.Kernel
+		modules   []kernel.Module
+		drivers   *Drivers
+		microcode []kernel.Microcode
 	)
 	err := p.Stage("kernel", func() (string, error) {
 		var err error
@@ -138,9 +139,17 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 			}
 			drivers.AddFirmware(fw)
 		}
+		if len(r.Kernel.Microcode) > 0 {
+			if microcode, err = kernel.FetchMicrocode(ctx, filepath.Join(filepath.Dir(o.KernelCache), "firmware"), r.Kernel.Microcode, o.Log); err != nil {
+				return "", fmt.Errorf("%s: kernel.microcode: %w", r.File, err)
+			}
+		}
 		detail := fmt.Sprintf("%s, %d modules at boot (%d named)", k.Release, len(modules), len(r.Kernel.Modules))
 		for _, line := range drivers.Report {
 			detail += "\n                      " + line
+		}
+		for _, mc := range microcode {
+			detail += fmt.Sprintf("\n                      microcode %s: %d patches, %.1f MiB early (%s)", mc.Vendor, mc.Files, float64(len(mc.Data))/(1<<20), mc.Source)
 		}
 		return detail, nil
 	})
@@ -187,8 +196,29 @@ func Build(ctx context.Context, o Options) (*Manifest, error) {
 		for _, mod := range drivers.Modules {
 			m.Drivers = append(m.Drivers, mod.Name)
 		}
-		n, err := writeAtomic(filepath.Join(dir, InitramfsFile), a.WriteTo)
-		return fmt.Sprintf("%d entries, %.1f MiB", len(a.Names()), float64(n)/(1<<20)), err
+		var early []EarlyFile
+		for _, mc := range microcode {
+			early = append(early, EarlyFile{Name: mc.Name, Data: mc.Data})
+			sum := sha256.Sum256(mc.Data)
+			m.Microcode = append(m.Microcode, ManifestMicrocode{Vendor: mc.Vendor, Source: mc.Source, Name: mc.Name,
+				Patches: mc.Files, Size: int64(len(mc.Data)), SHA256: hex.EncodeToString(sum[:])})
+		}
+		var earlySize int64
+		n, err := writeAtomic(filepath.Join(dir, InitramfsFile), func(w io.Writer) (int64, error) {
+			if len(early) > 0 {
+				var err error
+				if earlySize, err = WriteEarlyCPIO(w, early); err != nil {
+					return earlySize, err
+				}
+			}
+			n, err := a.WriteTo(w)
+			return earlySize + n, err
+		})
+		detail := fmt.Sprintf("%d entries, %.1f MiB", len(a.Names()), float64(n-earlySize)/(1<<20))
+		if earlySize > 0 {
+			detail += fmt.Sprintf(" after %.1f MiB of early microcode (uncompressed, as the kernel reads it)", float64(earlySize)/(1<<20))
+		}
+		return detail, err
 	})
 	if err != nil {
 		return nil, err

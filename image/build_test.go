@@ -3,6 +3,8 @@ package image
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"os"
@@ -80,6 +82,21 @@ func TestBuildIsReproducible(t *testing.T) {
 		}
 		if sum != o.SHA256 || size != o.Size {
 			t.Errorf("manifest says %s is %d bytes sha256 %s; file is %d bytes sha256 %s", o.Name, o.Size, o.SHA256, size, sum)
+		}
+	}
+	// The recipe's microcode is where the kernel's early loader finds it.
+	initrd, err := os.ReadFile(filepath.Join(dirs[0], InitramfsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Microcode) != len(r.Kernel.Microcode) || len(m.Microcode) == 0 {
+		t.Errorf("manifest lists microcode %+v for the recipe's %v", m.Microcode, r.Kernel.Microcode)
+	}
+	for _, mc := range m.Microcode {
+		got, _ := findEarly(t, initrd, mc.Name)
+		sum := sha256.Sum256(got)
+		if hex.EncodeToString(sum[:]) != mc.SHA256 || int64(len(got)) != mc.Size || mc.Patches == 0 {
+			t.Errorf("the early scan of %s finds %s with %d bytes sha256 %x; the manifest says %+v", InitramfsFile, mc.Name, len(got), sum, mc)
 		}
 	}
 	for _, in := range m.Inputs {

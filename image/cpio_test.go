@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -134,4 +135,126 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// findEarly reads an initrd the way the kernel's early microcode loader
+// does (lib/earlycpio.c find_cpio_data): newc headers one after another
+// from the start, NUL padding skipped, across archive boundaries, until
+// something that is not a header; it returns the data of the first file
+// called name, and where the uncompressed archives end.
+func findEarly(t *testing.T, initrd []byte, name string) (data []byte, end int) {
+	t.Helper()
+	p := 0
+	for p+110 <= len(initrd) {
+		if initrd[p] == 0 {
+			p += 4
+			continue
+		}
+		h := initrd[p : p+110]
+		if string(h[:6]) != "070701" {
+			return data, p
+		}
+		field := func(i int) int {
+			var v int
+			for _, c := range h[6+8*i : 14+8*i] {
+				v <<= 4
+				switch {
+				case c >= '0' && c <= '9':
+					v |= int(c - '0')
+				case c >= 'a' && c <= 'f':
+					v |= int(c-'a') + 10
+				case c >= 'A' && c <= 'F':
+					v |= int(c-'A') + 10
+				default:
+					t.Fatalf("header at %d: bad hex %q", p, h[6+8*i:14+8*i])
+				}
+			}
+			return v
+		}
+		size, nameSize := field(6), field(11)
+		n := string(initrd[p+110 : p+110+nameSize-1])
+		dataAt := (p + 110 + nameSize + 3) &^ 3
+		if n == name && data == nil {
+			data = initrd[dataAt : dataAt+size]
+		}
+		p = (dataAt + size + 3) &^ 3
+	}
+	return data, p
+}
+
+// TestEarlyCPIOIsFoundLikeTheKernel: microcode written first in
+// initramfs.img is found by the kernel's early scan, also behind PXE's
+// system.cpio (iPXE and the EFI stub concatenate the initrds), and the
+// compressed archive after it still unpacks.
+func TestEarlyCPIOIsFoundLikeTheKernel(t *testing.T) {
+	intel, amd := cpioData()[:1001], cpioData()[:70001]
+	var initrd bytes.Buffer
+	n, err := WriteEarlyCPIO(&initrd, []EarlyFile{
+		{Name: "kernel/x86/microcode/GenuineIntel.bin", Data: intel},
+		{Name: "kernel/x86/microcode/AuthenticAMD.bin", Data: amd},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != int64(initrd.Len()) || n%4 != 0 {
+		t.Fatalf("WriteEarlyCPIO returned %d, wrote %d bytes (want equal, a multiple of 4)", n, initrd.Len())
+	}
+	a := NewArchive()
+	must(t, a.AddFile("/init", []byte("#!/bin/agent\n"), 0o755))
+	if _, err := a.WriteTo(&initrd); err != nil {
+		t.Fatal(err)
+	}
+	sys := cpioData()
+	var pxe bytes.Buffer
+	if _, err := WriteFileCPIO(&pxe, SystemFile, bytes.NewReader(sys), int64(len(sys))); err != nil {
+		t.Fatal(err)
+	}
+	pxe.Write(initrd.Bytes())
+
+	for _, tc := range []struct {
+		name   string
+		initrd []byte
+	}{{"initramfs.img", initrd.Bytes()}, {"system.cpio + initramfs.img", pxe.Bytes()}} {
+		got, end := findEarly(t, tc.initrd, "kernel/x86/microcode/GenuineIntel.bin")
+		if !bytes.Equal(got, intel) {
+			t.Errorf("%s: the early scan finds GenuineIntel.bin with %d bytes, want the %d written", tc.name, len(got), len(intel))
+		}
+		if got, _ := findEarly(t, tc.initrd, "kernel/x86/microcode/AuthenticAMD.bin"); !bytes.Equal(got, amd) {
+			t.Errorf("%s: the early scan finds AuthenticAMD.bin with %d bytes, want %d", tc.name, len(got), len(amd))
+		}
+		// What follows the uncompressed archives is the zstd initramfs.
+		zr, err := zstd.NewReader(bytes.NewReader(tc.initrd[end:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(mustReadAll(t, zr))))
+		zr.Close()
+		if err != nil || len(recs) != 1 || recs[0].Name != "init" {
+			t.Errorf("%s: the archive after the early cpio holds %v (%v), want /init", tc.name, recs, err)
+		}
+	}
+
+	// The kernel later unpacks the early archive into rootfs too: the
+	// directories come before the files in it.
+	recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(initrd.Bytes()[:n])))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, r := range recs {
+		names = append(names, r.Name)
+	}
+	want := "kernel kernel/x86 kernel/x86/microcode kernel/x86/microcode/GenuineIntel.bin kernel/x86/microcode/AuthenticAMD.bin"
+	if got := strings.Join(names, " "); got != want {
+		t.Errorf("early cpio holds %q, want %q", got, want)
+	}
+}
+
+func mustReadAll(t *testing.T, r io.Reader) []byte {
+	t.Helper()
+	b, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -49,6 +49,10 @@ type RecipeKernel struct {
 	// needs them (coldplug); Drivers adds single modules the same way.
 	DriverClasses []string `yaml:"driverClasses"`
 	Drivers       []string `yaml:"drivers"`
+	// Microcode names the CPU vendors (intel, amd) whose microcode goes
+	// into the early cpio, for the kernel to update the CPUs before
+	// anything else runs.
+	Microcode []string `yaml:"microcode"`
 }
 
 // RecipeDisk sizes the raw image (and so the installed layout; STATE
@@ -228,6 +232,17 @@ func (r *Recipe) validate(root *yaml.Node) error {
 		if _, err := kernel.DriverClass(c); err != nil {
 			return fail(fmt.Sprintf("kernel.driverClasses[%d]", i), "%v", err)
 		}
+	}
+	vendors := map[string]int{}
+	for i, v := range r.Kernel.Microcode {
+		field := fmt.Sprintf("kernel.microcode[%d]", i)
+		if err := kernel.CheckMicrocodeVendor(v); err != nil {
+			return fail(field, "%v", err)
+		}
+		if j, dup := vendors[v]; dup {
+			return fail(field, "%q is listed twice (also kernel.microcode[%d])", v, j)
+		}
+		vendors[v] = i
 	}
 	for i, m := range r.Kernel.Drivers {
 		field := fmt.Sprintf("kernel.drivers[%d]", i)

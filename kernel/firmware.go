@@ -45,18 +45,34 @@ const firmwareSources = "deb [signed-by=/usr/share/keyrings/debian-archive-keyri
 // downloading them on a miss with apt (its own source list and state
 // under the cache, so the machine's apt configuration is left alone).
 func FetchFirmware(ctx context.Context, cacheDir string, log *slog.Logger) (*Firmware, error) {
+	pins := firmwarePins()
+	dirs, err := fetchNonFree(ctx, cacheDir, pins, log)
+	if err != nil {
+		return nil, err
+	}
 	fw := &Firmware{Packages: map[string]string{}}
+	for i, p := range pins {
+		fw.Packages[p.Package] = filepath.Join(dirs[i], "lib", "firmware")
+		fw.Source = append(fw.Source, "debian:"+p.Package+"="+p.Version)
+	}
+	return fw, nil
+}
+
+// fetchNonFree returns the directories the pinned non-free-firmware
+// packages are unpacked in (in the order of pins), downloading the ones
+// missing from the cache.
+func fetchNonFree(ctx context.Context, cacheDir string, pins []FirmwarePin, log *slog.Logger) ([]string, error) {
+	var dirs []string
 	var missing []FirmwarePin
-	for _, p := range firmwarePins() {
+	for _, p := range pins {
 		dir := filepath.Join(cacheDir, p.Package+"_"+p.Version)
 		if _, err := os.Stat(filepath.Join(dir, completeMarker)); err != nil {
 			missing = append(missing, p)
 		}
-		fw.Packages[p.Package] = filepath.Join(dir, "lib", "firmware")
-		fw.Source = append(fw.Source, "debian:"+p.Package+"="+p.Version)
+		dirs = append(dirs, dir)
 	}
 	if len(missing) == 0 {
-		return fw, nil
+		return dirs, nil
 	}
 	aptDir := filepath.Join(cacheDir, ".apt")
 	for _, d := range []string{"lists/partial", "parts"} {
@@ -78,33 +94,41 @@ func FetchFirmware(ctx context.Context, cacheDir string, log *slog.Logger) (*Fir
 		return nil, fmt.Errorf("apt-get update (non-free-firmware): %w\n%s", err, out)
 	}
 	for _, p := range missing {
-		work, err := os.MkdirTemp(cacheDir, ".fetch-")
-		if err != nil {
-			return nil, fmt.Errorf("fetch firmware: %w", err)
-		}
-		defer os.RemoveAll(work)
-		spec := p.Package + "=" + p.Version
-		if out, err := apt(work, "download", spec); err != nil {
-			return nil, fmt.Errorf("apt-get download %s: %w\n%s\nIf the version is gone from the archive, re-pin it in kernel/firmware.go", spec, err, out)
-		}
-		debs, _ := filepath.Glob(filepath.Join(work, p.Package+"_*.deb"))
-		if len(debs) != 1 {
-			return nil, fmt.Errorf("apt-get download %s: expected one .deb, found %d", spec, len(debs))
-		}
-		root := filepath.Join(work, "root")
-		if out, err := run(ctx, work, "dpkg-deb", "-x", debs[0], root); err != nil {
-			return nil, fmt.Errorf("unpack %s: %w\n%s", debs[0], err, out)
-		}
-		if err := os.WriteFile(filepath.Join(root, completeMarker), []byte(spec+"\n"), 0o644); err != nil {
+		if err := fetchDeb(ctx, cacheDir, p, apt); err != nil {
 			return nil, err
 		}
-		dir := filepath.Join(cacheDir, p.Package+"_"+p.Version)
-		_ = os.RemoveAll(dir)
-		if err := os.Rename(root, dir); err != nil {
-			return nil, fmt.Errorf("fetch firmware: %w", err)
-		}
 	}
-	return fw, nil
+	return dirs, nil
+}
+
+// fetchDeb downloads one pinned package and unpacks it into the cache.
+func fetchDeb(ctx context.Context, cacheDir string, p FirmwarePin, apt func(dir string, args ...string) (string, error)) error {
+	work, err := os.MkdirTemp(cacheDir, ".fetch-")
+	if err != nil {
+		return fmt.Errorf("fetch firmware: %w", err)
+	}
+	defer os.RemoveAll(work)
+	spec := p.Package + "=" + p.Version
+	if out, err := apt(work, "download", spec); err != nil {
+		return fmt.Errorf("apt-get download %s: %w\n%s\nIf the version is gone from the archive, re-pin it in kernel/firmware.go or kernel/microcode.go", spec, err, out)
+	}
+	debs, _ := filepath.Glob(filepath.Join(work, p.Package+"_*.deb"))
+	if len(debs) != 1 {
+		return fmt.Errorf("apt-get download %s: expected one .deb, found %d", spec, len(debs))
+	}
+	root := filepath.Join(work, "root")
+	if out, err := run(ctx, work, "dpkg-deb", "-x", debs[0], root); err != nil {
+		return fmt.Errorf("unpack %s: %w\n%s", debs[0], err, out)
+	}
+	if err := os.WriteFile(filepath.Join(root, completeMarker), []byte(spec+"\n"), 0o644); err != nil {
+		return err
+	}
+	dir := filepath.Join(cacheDir, p.Package+"_"+p.Version)
+	_ = os.RemoveAll(dir)
+	if err := os.Rename(root, dir); err != nil {
+		return fmt.Errorf("fetch firmware: %w", err)
+	}
+	return nil
 }
 
 // Find returns the blob for a firmware name (as a driver requests it,

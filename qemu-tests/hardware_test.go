@@ -26,6 +26,7 @@ import (
 	"github.com/ballast-os/ballast/image"
 	"github.com/ballast-os/ballast/image/disk"
 	"github.com/ballast-os/ballast/initagent/api/pki"
+	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/coldplug"
 	"github.com/ballast-os/ballast/initagent/disks"
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
@@ -35,6 +36,7 @@ import (
 type hardwareStatus struct {
 	Hardware coldplug.Status `json:"hardware"`
 	Disks    []disks.Disk    `json:"disks"`
+	CPU      *boot.CPU       `json:"cpu"`
 }
 
 // TestRealHardwareDrivers boots the worker image (Debian's generic kernel)
@@ -205,6 +207,12 @@ func TestRealHardwareDrivers(t *testing.T) {
 		}
 	}
 	t.Logf("coldplug: %d ms, %d devices with a modalias, %d bindings; disks %v", st.Hardware.ColdplugMs, st.Hardware.Devices, len(st.Hardware.Bindings), ids)
+
+	// The recipe's early microcode reached the kernel (QEMU cannot apply
+	// a patch, so the revision stays QEMU's); the agent freed its copy.
+	if c := st.CPU; c == nil || c.Vendor == "" || c.Count != 2 || !slices.Equal(c.EarlyMicrocode, []string{"AuthenticAMD.bin", "GenuineIntel.bin"}) {
+		t.Errorf("status cpu = %+v, want the vendor, 2 CPUs and both vendors' early microcode", c)
+	}
 
 	// Hot-plug a USB NIC: its driver is not loaded yet, a uevent must bring it.
 	must(t, vm.QMP(ctx, "netdev_add", map[string]any{"type": "user", "id": "hotnet"}))

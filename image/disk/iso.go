@@ -137,9 +137,6 @@ func writeISO(ctx context.Context, out *os.File, s ISOSpec) (*sysslot.MediaInfo,
 		content += n
 	}
 	efiSize := (content*11/10 + 2*mib + mib - 1) / mib * mib
-	if efiSize/512 > 0xFFFF {
-		return nil, fmt.Errorf("efiboot.img needs %d MiB, more than the 32 MiB an El Torito entry can describe: shrink the initramfs", efiSize/mib)
-	}
 	efiPath := path.Join(tmp, "efiboot.img")
 	ef, err := os.Create(efiPath)
 	if err != nil {
@@ -171,7 +168,7 @@ func writeISO(ctx context.Context, out *os.File, s ISOSpec) (*sysslot.MediaInfo,
 	}
 	// El Torito: boot catalog, isolinux's boot info table.
 	isolinux, efiboot := iso.files[isoIsolinx], iso.files[isoEFIBoot]
-	iso.files[isoBootCat].data = bootCatalog(isolinux.lba, efiboot.lba, uint16(efiSize/512))
+	iso.files[isoBootCat].data = bootCatalog(isolinux.lba, efiboot.lba, elToritoSectors(efiSize))
 	iso.patch = func(name string, b []byte, fileOff int64) {
 		if name == isoIsolinx && fileOff == 0 && len(b) >= 64 {
 			bootInfoTable(b, isolinux)
@@ -265,6 +262,18 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
+}
+
+// elToritoSectors is the sector count of the EFI entry: its size in
+// 512-byte sectors, or, for an image larger than the 16-bit field holds
+// (32 MiB), 1, which UEFI firmware reads as "the image runs to the end of
+// the volume" (EDK2's ElTorito.c: a count below 2); the FAT inside knows
+// its own size. USB boot uses the MBR partition, which has the size.
+func elToritoSectors(size int64) uint16 {
+	if n := size / 512; n <= 0xFFFF {
+		return uint16(n)
+	}
+	return 1
 }
 
 // bootCatalog is the El Torito catalog: validation entry, the BIOS

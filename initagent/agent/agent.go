@@ -55,6 +55,7 @@ type Agent struct {
 	system    *sysslot.Manager  // the system slots this boot came from; nil on netboot and live media
 	bless     *blessing         // judges a boot of a system slot that is not good yet; nil otherwise
 	hardware  *coldplug.Loader  // loads drivers for the devices present and hot-plugged; nil without drivers
+	cpu       *boot.CPU         // processors and their microcode revision; nil when unreadable
 	// localAPIServer: the API proxy fronts this control-plane node's own kube-apiserver too.
 	localAPIServer bool
 	// discovered are the apiservers registered in the cluster (runtime.Kube.APIServers).
@@ -134,6 +135,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
 		a.startColdplug(ctx, info)
 	}
+	a.readCPU()
 	// After coldplug: a console can be a driver module (virtio console).
 	if c, ok := a.Console.(multiConsole); ok && !a.Container {
 		a.Log.Info("consoles", "primary", "/dev/console", "others", c.Discover(a.Root))

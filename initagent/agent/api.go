@@ -99,6 +99,9 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 	if h := a.hardware; h != nil {
 		srv.Sections["hardware"] = func() any { return h.Status() }
 	}
+	if c := a.cpu; c != nil {
+		srv.Sections["cpu"] = func() any { return c }
+	}
 	if !a.Container {
 		sys := filepath.Join(a.Root, "sys")
 		srv.Sections["disks"] = func() any { return disks.List(sys) }

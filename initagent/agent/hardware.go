@@ -39,3 +39,25 @@ func (a *Agent) startColdplug(ctx context.Context, info *boot.ImageInfo) {
 	case <-ctx.Done():
 	}
 }
+
+// readCPU logs the processors and their microcode revision (the updated
+// one when the kernel applied the image's early microcode) and frees the
+// RAM the early microcode files hold in rootfs.
+func (a *Agent) readCPU() {
+	var early []string
+	if !a.Container {
+		var err error
+		if early, err = boot.DropEarlyMicrocode(a.Root); err != nil {
+			a.Log.Warn("early microcode files left in rootfs", "err", err)
+		}
+	}
+	cpu, err := boot.ReadCPU(filepath.Join(a.Root, "proc/cpuinfo"))
+	if err != nil {
+		a.Log.Warn("cpu description unreadable", "err", err)
+		return
+	}
+	cpu.EarlyMicrocode = early
+	a.cpu = &cpu
+	a.Log.Info("cpu", "vendor", cpu.Vendor, "model", cpu.Model, "signature", cpu.Signature,
+		"microcode", cpu.Microcode, "count", cpu.Count, "earlyMicrocode", early)
+}
