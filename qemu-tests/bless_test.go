@@ -35,14 +35,23 @@ func upgradeWithCmdline(t *testing.T, dir, dst, title string, cmdline []string) 
 // once systemd-boot has spent the slot's three tries the old slot boots
 // again, with its network, and names the failed slot. The same upgrade
 // with the driver is marked good once its network is committed and the
-// daemons stayed up through the settle period.
+// daemons stayed up through the settle period. Under OVMF systemd-boot
+// counts the tries, under SeaBIOS GRUB does.
 func TestDiskUpgradeWithoutNetworkFallsBack(t *testing.T) {
+	t.Run("uefi", func(t *testing.T) { upgradeWithoutNetworkFallsBack(t, true) })
+	t.Run("bios", func(t *testing.T) { upgradeWithoutNetworkFallsBack(t, false) })
+}
+
+func upgradeWithoutNetworkFallsBack(t *testing.T, uefi bool) {
 	dir := buildDiskRecipe(t)
 	tmp := t.TempDir()
 	d := filepath.Join(tmp, "disk.raw")
 	sparseCopy(t, filepath.Join(dir, image.RawFile("control-plane")), d, 0)
-	vars := filepath.Join(tmp, "vars.fd")
-	must(t, copyFile(ovmfVars, vars))
+	var vars string
+	if uefi {
+		vars = filepath.Join(tmp, "vars.fd")
+		must(t, copyFile(ovmfVars, vars))
+	}
 	r, err := image.LoadRecipe("control-plane")
 	must(t, err)
 	// Short settle and deadline: TCG boots are slow, and a hang would cost
@@ -55,7 +64,7 @@ func TestDiskUpgradeWithoutNetworkFallsBack(t *testing.T) {
 	upgradeWithCmdline(t, dir, good, "ballast", cmdline)
 
 	sock := filepath.Join(tmp, "api.sock")
-	vm := startFirmwareVM(t, firmwareVM{UEFI: true, Vars: vars, Reboot: true, Args: []string{
+	vm := startFirmwareVM(t, firmwareVM{UEFI: uefi, Vars: vars, Reboot: true, Args: []string{
 		"-drive", "if=virtio,format=raw,file=" + d,
 		// QEMU's user network: its gateway 10.0.2.2 answers ARP.
 		"-nic", "user,model=virtio-net-pci,mac=52:54:00:00:00:41",

@@ -38,6 +38,13 @@ func TestLayoutRefusesBadSizes(t *testing.T) {
 	var names []string
 	for i, p := range parts {
 		names = append(names, p.Name)
+		if p.Name == sysslot.PartBIOSBoot {
+			// In the gap between the GPT and the first MiB, last in the table.
+			if p.Start != 34 || p.End != 2047 || i != len(parts)-1 {
+				t.Errorf("%s is entry %d at LBAs %d–%d, want the last entry at 34–2047", p.Name, i+1, p.Start, p.End)
+			}
+			continue
+		}
 		if p.Start%2048 != 0 || (p.End+1)%2048 != 0 {
 			t.Errorf("%s spans LBAs %d–%d, not MiB-aligned", p.Name, p.Start, p.End)
 		}
@@ -45,7 +52,7 @@ func TestLayoutRefusesBadSizes(t *testing.T) {
 			t.Errorf("%s does not follow %s", p.Name, parts[i-1].Name)
 		}
 	}
-	if got := strings.Join(names, ","); got != "ESP,SYSTEM-A,SYSTEM-B,CONFIG-A,CONFIG-B,STATE" {
+	if got := strings.Join(names, ","); got != "ESP,SYSTEM-A,SYSTEM-B,CONFIG-A,CONFIG-B,STATE,BIOS-BOOT" {
 		t.Errorf("partition order %s", got)
 	}
 }
@@ -108,6 +115,27 @@ func TestWriteRaw(t *testing.T) {
 	e, err := sysslot.ParseEntry("ballast-a.conf", entry)
 	if err != nil || e.Options != "console=ttyS0 ballast.slot=a" || e.Linux != "/ballast/a/vmlinuz" || !e.Good() {
 		t.Errorf("slot a entry %+v, %v", e, err)
+	}
+	if cfg, err := fs.ReadFile("/" + sysslot.GrubCfg); err != nil || !strings.Contains(string(cfg), "linux /ballast/a/vmlinuz console=ttyS0 ballast.slot=a\n") {
+		t.Errorf("grub.cfg on the ESP does not boot slot a (%v):\n%s", err, cfg)
+	}
+	if env, err := fs.ReadFile("/" + sysslot.GrubEnv); err != nil || len(env) != 1024 {
+		t.Errorf("grubenv on the ESP: %d bytes, %v; GRUB writes only a 1024-byte block", len(env), err)
+	}
+	// BIOS: boot.img's code in the protective MBR (its partition table
+	// kept) loads core.img from BIOS-BOOT, whose first sector's blocklist
+	// loads the rest.
+	mbr := make([]byte, 512)
+	f.ReadAt(mbr, 0)
+	bios := parts[len(parts)-1]
+	if got := binary.LittleEndian.Uint64(mbr[0x5c:]); got != bios.Start || mbr[0x64] != 0xff || mbr[0x1be+4] != 0xEE || mbr[510] != 0x55 || mbr[511] != 0xAA {
+		t.Errorf("MBR: core.img at LBA %d (want %d), boot drive %#x, partition type %#x, signature %x", got, bios.Start, mbr[0x64], mbr[0x1be+4], mbr[510:])
+	}
+	core := make([]byte, 512)
+	f.ReadAt(core, bios.Offset())
+	start, n := binary.LittleEndian.Uint64(core[0x1f4:]), binary.LittleEndian.Uint16(core[0x1fc:])
+	if start != bios.Start+1 || n == 0 || uint64(n)+1 > bios.End-bios.Start+1 {
+		t.Errorf("core.img blocklist: %d sectors at LBA %d, want the rest of core.img from LBA %d inside %s", n, start, bios.Start+1, bios.Name)
 	}
 	if k, err := fs.ReadFile("/ballast/a/vmlinuz"); err != nil || len(k) != 3<<20 {
 		t.Errorf("kernel on the ESP: %d bytes, %v", len(k), err)

@@ -8,6 +8,7 @@ package disk
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -26,6 +27,7 @@ const (
 	IsolinuxBin    = "/usr/lib/ISOLINUX/isolinux.bin"                // isolinux
 	IsohybridMBR   = "/usr/lib/ISOLINUX/isohdpfx.bin"                // isolinux
 	LdlinuxC32     = "/usr/lib/syslinux/modules/bios/ldlinux.c32"    // syslinux-common
+	GrubPCDir      = "/usr/lib/grub/i386-pc"                         // grub-pc-bin; grub-mkimage is grub-common's
 )
 
 // Sizes of a raw image.
@@ -51,6 +53,7 @@ const (
 	sector   = 512
 	mib      = 1 << 20
 	firstLBA = mib / sector // 1 MiB alignment, as partitioning tools do
+	gptEnd   = 34           // protective MBR, GPT header and 128 entries
 )
 
 // Part is one partition of the layout.
@@ -67,7 +70,9 @@ func (p Part) Offset() int64 { return int64(p.Start) * sector }
 func (p Part) Size() int64 { return int64(p.End-p.Start+1) * sector }
 
 // Layout places the partitions: ESP, SYSTEM-A, SYSTEM-B, CONFIG-A,
-// CONFIG-B, then STATE up to the last usable LBA (it grows on first boot).
+// CONFIG-B, then STATE up to the last usable LBA (it grows on first boot),
+// and last in the table BIOS-BOOT, GRUB's core.img in the gap between the
+// GPT and the first MiB.
 func Layout(s Sizes) ([]Part, error) {
 	for _, c := range []struct {
 		name string
@@ -104,6 +109,7 @@ func Layout(s Sizes) ([]Part, error) {
 		return nil, fmt.Errorf("disk.sizeMiB: %d MiB leaves less than 16 MiB for STATE after ESP and both system slots: make the disk larger", s.Disk/mib)
 	}
 	parts = append(parts, Part{Index: len(parts) + 1, Name: sysslot.PartState, Type: sysslot.TypeState, Start: lba, End: last})
+	parts = append(parts, Part{Index: len(parts) + 1, Name: sysslot.PartBIOSBoot, Type: sysslot.TypeBIOSBoot, Start: gptEnd, End: firstLBA - 1})
 	return parts, nil
 }
 
@@ -129,7 +135,10 @@ func ESPFiles(spec RawSpec) []File {
 		boot = SystemdBootEFI
 	}
 	e := sysslot.NewEntry("a", spec.Title+" (slot a)", 1, spec.Cmdline)
+	env, _ := sysslot.GrubEnvBlock(nil) // an empty block always fits
 	return []File{
+		{Name: "/" + sysslot.GrubCfg, Data: sysslot.GrubConfig(map[string]sysslot.Entry{"a": e})},
+		{Name: "/" + sysslot.GrubEnv, Data: env},
 		{Name: "/EFI/BOOT/BOOTX64.EFI", Src: boot},
 		{Name: "/EFI/systemd/systemd-bootx64.efi", Src: boot},
 		{Name: "/loader/loader.conf", Data: []byte(LoaderConf)},
@@ -166,6 +175,9 @@ func WriteRaw(ctx context.Context, out *os.File, spec RawSpec) error {
 	byName := map[string]Part{}
 	for _, p := range parts {
 		byName[p.Name] = p
+	}
+	if err := writeBIOSBoot(ctx, out, byName[sysslot.PartBIOSBoot]); err != nil {
+		return err
 	}
 	esp := byName[sysslot.PartESP]
 	if err := writeFAT(out, esp.Offset(), esp.Size(), "ESP", ESPFiles(spec)); err != nil {
@@ -219,6 +231,75 @@ func mkfsExt4(ctx context.Context, image string, off, size int64, uuid string) e
 	cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1", "SOURCE_DATE_EPOCH=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("mkfs.ext4 for STATE: %w\n%s", err, b)
+	}
+	return nil
+}
+
+// grubModules go into core.img: with them GRUB reads grub.cfg from the ESP
+// and boots Linux without loading anything else from disk.
+var grubModules = []string{"biosdisk", "part_gpt", "fat", "normal", "linux", "echo", "test", "regexp", "loadenv", "serial", "terminal"}
+
+// GRUB's i386-pc boot sector and core.img fields (grub/i386/pc/boot.h).
+const (
+	grubKernelSector = 0x5c  // boot.img: LBA of core.img's first sector
+	grubBootDrive    = 0x64  // boot.img: 0xff means the drive the BIOS booted
+	grubDriveCheck   = 0x66  // boot.img: jump over the check, replaced by NOPs on disks
+	mbrKeep          = 0x1b8 // disk signature, partition table and 0x55AA stay
+	grubBlocklist    = 0x200 - 12
+)
+
+// writeBIOSBoot makes the disk boot on BIOS machines the way grub-install
+// does with a BIOS boot partition: core.img (GRUB with grubModules, its
+// prefix the ESP of the disk it booted from) into part, its first sector's
+// blocklist pointing at the rest, and boot.img's code in the protective
+// MBR pointing at core.img.
+func writeBIOSBoot(ctx context.Context, out *os.File, part Part) error {
+	mkimage, err := exec.LookPath("grub-mkimage")
+	if err != nil {
+		return fmt.Errorf("grub-mkimage not found: install Debian's grub-common and grub-pc-bin (tools/deps.sh build)")
+	}
+	bootImg, err := os.ReadFile(GrubPCDir + "/boot.img")
+	if err != nil {
+		return fmt.Errorf("GRUB boot.img: %w (install Debian's grub-pc-bin)", err)
+	}
+	if len(bootImg) != sector {
+		return fmt.Errorf("GRUB boot.img has %d bytes, want %d", len(bootImg), sector)
+	}
+	tmp, err := os.CreateTemp("", "core-*.img")
+	if err != nil {
+		return err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	args := append([]string{"-O", "i386-pc", "-d", GrubPCDir, "-o", tmp.Name(), "-p", "(,gpt1)/" + sysslot.GrubDir}, grubModules...)
+	if b, err := exec.CommandContext(ctx, mkimage, args...).CombinedOutput(); err != nil {
+		return fmt.Errorf("grub-mkimage: %w\n%s", err, b)
+	}
+	core, err := os.ReadFile(tmp.Name())
+	if err != nil {
+		return err
+	}
+	sectors := (int64(len(core)) + sector - 1) / sector
+	if sectors*sector > part.Size() {
+		return fmt.Errorf("GRUB core.img has %d bytes, %s holds %d", len(core), sysslot.PartBIOSBoot, part.Size())
+	}
+	core = append(core, make([]byte, sectors*sector-int64(len(core)))...)
+	bl := core[grubBlocklist:]
+	binary.LittleEndian.PutUint64(bl[0:], part.Start+1)
+	binary.LittleEndian.PutUint16(bl[8:], uint16(sectors-1))
+	if _, err := out.WriteAt(core, part.Offset()); err != nil {
+		return fmt.Errorf("write core.img: %w", err)
+	}
+	mbr := make([]byte, sector)
+	if _, err := out.ReadAt(mbr, 0); err != nil {
+		return fmt.Errorf("read protective MBR: %w", err)
+	}
+	copy(mbr[:mbrKeep], bootImg[:mbrKeep])
+	binary.LittleEndian.PutUint64(mbr[grubKernelSector:], part.Start)
+	mbr[grubBootDrive] = 0xff
+	mbr[grubDriveCheck], mbr[grubDriveCheck+1] = 0x90, 0x90
+	if _, err := out.WriteAt(mbr, 0); err != nil {
+		return fmt.Errorf("write MBR boot code: %w", err)
 	}
 	return nil
 }

@@ -194,6 +194,11 @@ func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
 	}
 	if err == nil {
 		a.system = m
+		// A BIOS boot went through GRUB, which counted the tries in its
+		// environment block; a UEFI boot leaves it alone.
+		if _, err := m.ReconcileGrub(); err != nil {
+			a.Log.Error("boot counting: GRUB's spent tries not folded into the entries", "err", err)
+		}
 	}
 	return err
 }

@@ -28,6 +28,9 @@ const (
 	PartConfigA = "CONFIG-A"
 	PartConfigB = "CONFIG-B"
 	PartState   = "STATE"
+	// PartBIOSBoot holds GRUB's core.img for BIOS boots, in the gap
+	// before the first MiB-aligned partition.
+	PartBIOSBoot = "BIOS-BOOT"
 )
 
 // GPT partition type GUIDs.
@@ -36,6 +39,8 @@ const (
 	// TypeSystem is ballast's own type, so no other OS's auto-mounter claims a slot.
 	TypeSystem = "1F4C2D7A-3B5E-4C8F-9A61-0D2B7E5C4A93"
 	TypeState  = "4D21B016-B534-45C2-A9FB-5C16E091FD2D" // Linux /var (Discoverable Partitions Spec)
+	// TypeBIOSBoot is GRUB's "BIOS boot partition".
+	TypeBIOSBoot = "21686148-6449-6E6F-744E-656564454649"
 )
 
 // SlotParam on the kernel command line names the system slot the entry boots.
@@ -158,6 +163,9 @@ func (m *Manager) Bless() (bool, error) {
 	if err := syncDir(m.ESP); err != nil {
 		return false, fmt.Errorf("bless slot %s: %w", m.Running, err)
 	}
+	if err := writeGrubConfig(m.ESP); err != nil {
+		return true, fmt.Errorf("bless slot %s: %w", m.Running, err)
+	}
 	m.log().Info("system slot marked good", "slot", m.Running, "entry", e.FileName(), "was", filepath.Base(from))
 	return true, nil
 }
@@ -184,6 +192,9 @@ func (m *Manager) Rollback() (string, error) {
 	}
 	e.Version = maxVersion(entries) + 1
 	if err := writeEntry(m.ESP, e); err != nil {
+		return "", fmt.Errorf("roll back to slot %s: %w", target, err)
+	}
+	if err := writeGrubConfig(m.ESP); err != nil {
 		return "", fmt.Errorf("roll back to slot %s: %w", target, err)
 	}
 	m.log().Info("system slot rollback: next boot uses the other slot", "slot", target, "version", e.Version)

@@ -114,6 +114,9 @@ func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string,
 	if err := removeEntries(m.ESP, target); err != nil {
 		return "", fmt.Errorf("upgrade: retire slot %s entry: %w", target, err)
 	}
+	if err := writeGrubConfig(m.ESP); err != nil {
+		return "", fmt.Errorf("upgrade: retire slot %s entry: %w", target, err)
+	}
 	if err := m.writeSlot(sp, target, dev); err != nil {
 		return "", fmt.Errorf("upgrade: %w (slot %s has no boot entry now; the running slot is unchanged)", err, target)
 	}
@@ -130,6 +133,9 @@ func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string,
 	e.Counting, e.TriesLeft = true, DefaultTries
 	if err := writeEntry(m.ESP, e); err != nil {
 		return "", fmt.Errorf("upgrade: write boot entry: %w", err)
+	}
+	if err := writeGrubConfig(m.ESP); err != nil {
+		return "", fmt.Errorf("upgrade: %w", err)
 	}
 	log.Info("system upgrade: slot is the default for the next boot, on trial", "entry", e.FileName(), "version", e.Version)
 	return target, nil
