@@ -114,6 +114,35 @@ func writeGrubConfig(esp string) error {
 	return syncDir(esp)
 }
 
+// startGrubTrial writes grub.cfg for a slot just put on trial and clears
+// GRUB's counter, so nothing left from an earlier trial is counted.
+func startGrubTrial(esp string) error {
+	if !HasGrub(esp) {
+		return nil
+	}
+	env, err := GrubEnvBlock(nil)
+	if err != nil {
+		return err
+	}
+	// In place: GRUB finds the block by the file's sectors at every boot,
+	// and a rename would leave a moment without the file.
+	f, err := os.OpenFile(filepath.Join(esp, GrubEnv), os.O_WRONLY|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("reset %s: %w", GrubEnv, err)
+	}
+	_, err = f.WriteAt(env, 0)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("reset %s: %w", GrubEnv, err)
+	}
+	return writeGrubConfig(esp)
+}
+
 // ReconcileGrub folds the tries GRUB spent on the entry on trial (a BIOS
 // boot) into the entry's file name, as systemd-boot renames it on a UEFI
 // boot, so Status, Bless and Rollback see one truth; then grub.cfg is

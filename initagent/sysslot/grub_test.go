@@ -1,6 +1,8 @@
 package sysslot
 
 import (
+	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,5 +156,34 @@ func TestGrubLeftAloneWithoutBIOSPath(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(m.ESP, GrubDir)); !os.IsNotExist(err) {
 		t.Errorf("a grub directory appeared: %v", err)
+	}
+}
+
+// TestGrubNewTrialAfterAFailedOne: the next upgrade of a slot that failed
+// its tries under GRUB is a new trial (a higher version, the counter
+// cleared), not the old one with no tries left.
+func TestGrubNewTrialAfterAFailedOne(t *testing.T) {
+	m := grubNode(t)
+	spendGrubTries(t, m, "b-2", 0)
+	if _, err := m.ReconcileGrub(); err != nil {
+		t.Fatal(err)
+	}
+	tar, sum := upgradeTar(t, upgradeFiles{kernel: []byte("k2"), initrd: []byte("i2"), system: []byte("s2")}, nil)
+	if _, err := m.Upgrade(context.Background(), bytes.NewReader(tar), sum); err != nil {
+		t.Fatal(err)
+	}
+	if changed, err := m.ReconcileGrub(); err != nil || changed {
+		t.Fatalf("ReconcileGrub after the upgrade = %v, %v: the new trial was counted as the old one", changed, err)
+	}
+	entries, _ := ReadEntries(m.ESP)
+	if e := entries["b"]; e.File != "ballast-b+3.conf" || e.Version <= 2 {
+		t.Errorf("new trial entry %s version %d, want ballast-b+3.conf above version 2", e.File, e.Version)
+	}
+	env, _ := os.ReadFile(filepath.Join(m.ESP, GrubEnv))
+	if v := ParseGrubEnv(env); len(env) != 1024 || len(v) != 0 {
+		t.Errorf("grubenv after the upgrade: %d bytes, %v; want an empty 1024-byte block", len(env), v)
+	}
+	if cfg := readGrubCfg(t, m); !strings.Contains(cfg, "set ballast_left=xxx\n") || !strings.Contains(cfg, "set default=ballast-b\n") {
+		t.Errorf("grub.cfg does not start the new trial:\n%s", cfg)
 	}
 }

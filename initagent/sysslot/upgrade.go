@@ -97,9 +97,14 @@ func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string,
 		return "", fmt.Errorf("upgrade: no %s partition found", PartitionName(target))
 	}
 	log := m.log().With("slot", target)
-	if entries, err := ReadEntries(m.ESP); err != nil {
+	before, err := ReadEntries(m.ESP)
+	if err != nil {
 		return "", fmt.Errorf("upgrade: %w", err)
-	} else if e, ok := entries[m.Running]; ok && !e.Good() {
+	}
+	// Versions only grow, so no two trials share one (GRUB's counter is
+	// kept per slot and version).
+	version := maxVersion(before) + 1
+	if e, ok := before[m.Running]; ok && !e.Good() {
 		// Overwriting the other slot now would leave nothing known-good to fall back to.
 		return "", fmt.Errorf("upgrade: the running slot %s is still on trial (entry %s): wait until it is marked good", m.Running, e.File)
 	}
@@ -120,21 +125,17 @@ func (m *Manager) Upgrade(ctx context.Context, r io.Reader, sum string) (string,
 	if err := m.writeSlot(sp, target, dev); err != nil {
 		return "", fmt.Errorf("upgrade: %w (slot %s has no boot entry now; the running slot is unchanged)", err, target)
 	}
-	entries, err := ReadEntries(m.ESP)
-	if err != nil {
-		return "", fmt.Errorf("upgrade: %w", err)
-	}
 	info := sp.info
 	title := info.Title
 	if title == "" {
 		title = "ballast " + info.Recipe
 	}
-	e := NewEntry(target, fmt.Sprintf("%s (slot %s)", title, target), maxVersion(entries)+1, info.Cmdline)
+	e := NewEntry(target, fmt.Sprintf("%s (slot %s)", title, target), version, info.Cmdline)
 	e.Counting, e.TriesLeft = true, DefaultTries
 	if err := writeEntry(m.ESP, e); err != nil {
 		return "", fmt.Errorf("upgrade: write boot entry: %w", err)
 	}
-	if err := writeGrubConfig(m.ESP); err != nil {
+	if err := startGrubTrial(m.ESP); err != nil {
 		return "", fmt.Errorf("upgrade: %w", err)
 	}
 	log.Info("system upgrade: slot is the default for the next boot, on trial", "entry", e.FileName(), "version", e.Version)
