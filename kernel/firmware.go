@@ -11,9 +11,10 @@ import (
 	"strings"
 )
 
-// FirmwarePin is one Debian firmware package from bookworm's
-// non-free-firmware component, verified by apt like the kernel.
-type FirmwarePin struct {
+// DebPin is one Debian package at one version (firmware and microcode
+// from bookworm's non-free-firmware component), verified by apt like the
+// kernel.
+type DebPin struct {
 	Package string
 	Version string
 }
@@ -21,8 +22,8 @@ type FirmwarePin struct {
 // firmwarePins are the packages holding the blobs the driver classes'
 // modules ask for: Intel ice DDP and Broadcom tg3 (misc), Realtek NICs,
 // Broadcom NetXtreme II 10G.
-func firmwarePins() []FirmwarePin {
-	return []FirmwarePin{
+func firmwarePins() []DebPin {
+	return []DebPin{
 		{Package: "firmware-misc-nonfree", Version: "20230210-5"},
 		{Package: "firmware-realtek", Version: "20230210-5"},
 		{Package: "firmware-bnx2x", Version: "20230210-5"},
@@ -37,16 +38,16 @@ type Firmware struct {
 	Source []string
 }
 
-// firmwareSources is the apt source list for the firmware component; apt
+// FirmwareSources is the apt source list for the firmware component; apt
 // verifies it against Debian's archive key like the main archive.
-const firmwareSources = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm non-free-firmware\n"
+const FirmwareSources = "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm non-free-firmware\n"
 
 // FetchFirmware returns the pinned firmware packages from the cache,
 // downloading them on a miss with apt (its own source list and state
 // under the cache, so the machine's apt configuration is left alone).
 func FetchFirmware(ctx context.Context, cacheDir string, log *slog.Logger) (*Firmware, error) {
 	pins := firmwarePins()
-	dirs, err := fetchNonFree(ctx, cacheDir, pins, log)
+	dirs, err := FetchDebian(ctx, cacheDir, FirmwareSources, pins, log)
 	if err != nil {
 		return nil, err
 	}
@@ -58,12 +59,14 @@ func FetchFirmware(ctx context.Context, cacheDir string, log *slog.Logger) (*Fir
 	return fw, nil
 }
 
-// fetchNonFree returns the directories the pinned non-free-firmware
-// packages are unpacked in (in the order of pins), downloading the ones
-// missing from the cache.
-func fetchNonFree(ctx context.Context, cacheDir string, pins []FirmwarePin, log *slog.Logger) ([]string, error) {
+// FetchDebian returns the directories the pinned packages are unpacked in
+// under cacheDir (in the order of pins), downloading the ones missing with
+// apt from sources (an apt source list; its own apt state lives in the
+// cache, so the machine's apt configuration is left alone). One cacheDir
+// holds the packages of one source list.
+func FetchDebian(ctx context.Context, cacheDir, sources string, pins []DebPin, log *slog.Logger) ([]string, error) {
 	var dirs []string
-	var missing []FirmwarePin
+	var missing []DebPin
 	for _, p := range pins {
 		dir := filepath.Join(cacheDir, p.Package+"_"+p.Version)
 		if _, err := os.Stat(filepath.Join(dir, completeMarker)); err != nil {
@@ -77,11 +80,11 @@ func fetchNonFree(ctx context.Context, cacheDir string, pins []FirmwarePin, log 
 	aptDir := filepath.Join(cacheDir, ".apt")
 	for _, d := range []string{"lists/partial", "parts"} {
 		if err := os.MkdirAll(filepath.Join(aptDir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("fetch firmware: %w", err)
+			return nil, fmt.Errorf("fetch Debian packages: %w", err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(aptDir, "sources.list"), []byte(firmwareSources), 0o644); err != nil {
-		return nil, fmt.Errorf("fetch firmware: %w", err)
+	if err := os.WriteFile(filepath.Join(aptDir, "sources.list"), []byte(sources), 0o644); err != nil {
+		return nil, fmt.Errorf("fetch Debian packages: %w", err)
 	}
 	apt := func(dir string, args ...string) (string, error) {
 		opts := []string{"-q", "-o", "Dir::Etc::SourceList=" + filepath.Join(aptDir, "sources.list"),
@@ -89,9 +92,9 @@ func fetchNonFree(ctx context.Context, cacheDir string, pins []FirmwarePin, log 
 			"-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=", "-o", "APT::Sandbox::User=root"}
 		return run(ctx, dir, "apt-get", append(opts, args...)...)
 	}
-	log.Info("fetching firmware packages", "component", "bookworm/non-free-firmware", "packages", len(missing))
+	log.Info("fetching Debian packages", "sources", strings.TrimSpace(sources), "packages", len(missing))
 	if out, err := apt(aptDir, "update"); err != nil {
-		return nil, fmt.Errorf("apt-get update (non-free-firmware): %w\n%s", err, out)
+		return nil, fmt.Errorf("apt-get update (%s): %w\n%s", strings.TrimSpace(sources), err, out)
 	}
 	for _, p := range missing {
 		if err := fetchDeb(ctx, cacheDir, p, apt); err != nil {
@@ -102,15 +105,15 @@ func fetchNonFree(ctx context.Context, cacheDir string, pins []FirmwarePin, log 
 }
 
 // fetchDeb downloads one pinned package and unpacks it into the cache.
-func fetchDeb(ctx context.Context, cacheDir string, p FirmwarePin, apt func(dir string, args ...string) (string, error)) error {
+func fetchDeb(ctx context.Context, cacheDir string, p DebPin, apt func(dir string, args ...string) (string, error)) error {
 	work, err := os.MkdirTemp(cacheDir, ".fetch-")
 	if err != nil {
-		return fmt.Errorf("fetch firmware: %w", err)
+		return fmt.Errorf("fetch Debian packages: %w", err)
 	}
 	defer os.RemoveAll(work)
 	spec := p.Package + "=" + p.Version
 	if out, err := apt(work, "download", spec); err != nil {
-		return fmt.Errorf("apt-get download %s: %w\n%s\nIf the version is gone from the archive, re-pin it in kernel/firmware.go or kernel/microcode.go", spec, err, out)
+		return fmt.Errorf("apt-get download %s: %w\n%s\nIf the version is gone from the archive, pin the one the archive has now (apt-cache policy %s)", spec, err, out, p.Package)
 	}
 	debs, _ := filepath.Glob(filepath.Join(work, p.Package+"_*.deb"))
 	if len(debs) != 1 {
@@ -126,7 +129,7 @@ func fetchDeb(ctx context.Context, cacheDir string, p FirmwarePin, apt func(dir 
 	dir := filepath.Join(cacheDir, p.Package+"_"+p.Version)
 	_ = os.RemoveAll(dir)
 	if err := os.Rename(root, dir); err != nil {
-		return fmt.Errorf("fetch firmware: %w", err)
+		return fmt.Errorf("fetch Debian packages: %w", err)
 	}
 	return nil
 }

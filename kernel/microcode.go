@@ -18,7 +18,7 @@ const MicrocodeDir = "kernel/x86/microcode"
 
 // microcodeVendor is one CPU vendor's microcode package.
 type microcodeVendor struct {
-	pin FirmwarePin
+	pin DebPin
 	// dir is the package's directory of blobs under lib/firmware, and
 	// match picks the files the kernel reads from it (Debian's
 	// amd64-microcode also ships SEV firmware beside the patches).
@@ -28,11 +28,11 @@ type microcodeVendor struct {
 }
 
 var microcodeVendors = map[string]microcodeVendor{
-	"intel": {pin: FirmwarePin{Package: "intel-microcode", Version: "3.20251111.1~deb12u1"},
+	"intel": {pin: DebPin{Package: "intel-microcode", Version: "3.20251111.1~deb12u1"},
 		// Every file: Debian ships some CPUs' patches only as
 		// FF-MM-SS.initramfs, for early loading alone.
 		dir: "intel-ucode", match: "*", cpuID: "GenuineIntel"},
-	"amd": {pin: FirmwarePin{Package: "amd64-microcode", Version: "3.20250311.1~deb12u1"},
+	"amd": {pin: DebPin{Package: "amd64-microcode", Version: "3.20250311.1~deb12u1"},
 		dir: "amd-ucode", match: "microcode_amd*.bin", cpuID: "AuthenticAMD"},
 }
 
@@ -70,14 +70,14 @@ type Microcode struct {
 // FetchMicrocode returns the early microcode files of vendors (in the
 // order given), fetching Debian's microcode packages like the firmware.
 func FetchMicrocode(ctx context.Context, cacheDir string, vendors []string, log *slog.Logger) ([]Microcode, error) {
-	var pins []FirmwarePin
+	var pins []DebPin
 	for _, v := range vendors {
 		if err := CheckMicrocodeVendor(v); err != nil {
 			return nil, err
 		}
 		pins = append(pins, microcodeVendors[v].pin)
 	}
-	dirs, err := fetchNonFree(ctx, cacheDir, pins, log)
+	dirs, err := FetchDebian(ctx, cacheDir, FirmwareSources, pins, log)
 	if err != nil {
 		return nil, err
 	}

@@ -36,6 +36,8 @@ type VMOptions struct {
 	// NoVirtio leaves out the virtio RNG StartVM adds otherwise: a machine
 	// with only emulated real hardware.
 	NoVirtio bool
+	// QEMU is the emulator binary; empty means qemu-system-x86_64 from PATH.
+	QEMU string
 }
 
 // VM is a running QEMU with its serial console captured.
@@ -56,9 +58,12 @@ const consoleTail = 100
 
 // StartVM starts QEMU. Stop it with Kill (always safe) when done.
 func StartVM(opts VMOptions) (*VM, error) {
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		return nil, errors.New("qemu-system-x86_64 not found: run `apt-get install -y qemu-system-x86` (or `make deps`)")
+	qemu := opts.QEMU
+	if qemu == "" {
+		var err error
+		if qemu, err = exec.LookPath("qemu-system-x86_64"); err != nil {
+			return nil, errors.New("qemu-system-x86_64 not found: run `apt-get install -y qemu-system-x86` (or `make deps`)")
+		}
 	}
 	if opts.MemoryMiB == 0 {
 		opts.MemoryMiB = 512
