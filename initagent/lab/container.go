@@ -404,14 +404,19 @@ func (s *State) Start(n Node) error {
 }
 
 // ExtractInitramfs unpacks imgbuild's initramfs.img (a zstd-compressed
-// newc cpio) into dir.
+// newc cpio, after the uncompressed early microcode cpio when the recipe
+// has one: a container node runs on the host's CPUs and leaves it out)
+// into dir.
 func ExtractInitramfs(img, dir string) error {
-	f, err := os.Open(img)
+	raw, err := os.ReadFile(img)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	zr, err := zstd.NewReader(f)
+	skip, err := boot.EarlyArchivesEnd(raw)
+	if err != nil {
+		return fmt.Errorf("%s: %w", img, err)
+	}
+	zr, err := zstd.NewReader(bytes.NewReader(raw[skip:]))
 	if err != nil {
 		return fmt.Errorf("%s: %w", img, err)
 	}

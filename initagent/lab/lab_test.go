@@ -171,7 +171,7 @@ func assertGone(t *testing.T, s *State, pid int) {
 }
 
 // buildInitramfs makes the control-plane recipe's initramfs with this
-// tree's agent, as imgbuild does.
+// tree's agent, as imgbuild does (early cpio first, then the archive).
 func buildInitramfs(t *testing.T, ctx context.Context) string {
 	t.Helper()
 	src, err := image.FindSourceDir(".")
@@ -209,6 +209,12 @@ func buildInitramfs(t *testing.T, ctx context.Context) string {
 	out := filepath.Join(tmp, image.InitramfsFile)
 	f, err := os.Create(out)
 	if err != nil {
+		t.Fatal(err)
+	}
+	// imgbuild puts the recipe's early microcode cpio first; the lab must
+	// skip it as the kernel's unpacking does (a stand-in blob: the lab does
+	// not use it).
+	if _, err := image.WriteEarlyCPIO(f, []image.EarlyFile{{Name: kernel.MicrocodeDir + "/GenuineIntel.bin", Data: []byte("microcode stand-in")}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.WriteTo(f); err != nil {
