@@ -39,6 +39,22 @@ type hardwareStatus struct {
 	CPU      *boot.CPU       `json:"cpu"`
 }
 
+// dhcpLab is a lab bridge (192.0.2.0/24) whose dnsmasq leases addr to mac;
+// a failed test shows dnsmasq's log.
+func dhcpLab(t *testing.T, mac, addr string) *Lab {
+	t.Helper()
+	lab, err := NewLab("192.0.2.1", 24)
+	must(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("dnsmasq log:\n%s", lab.DHCPLog())
+		}
+		lab.Close()
+	})
+	must(t, lab.DHCP("192.0.2.100", "192.0.2.150", "--dhcp-host="+mac+","+addr))
+	return lab
+}
+
 // TestRealHardwareDrivers boots the worker image (Debian's generic kernel)
 // on a machine with emulated real hardware and no virtio device at all: an
 // e1000e and an e1000 NIC, an ICH9 AHCI controller with a SATA disk, an
@@ -50,16 +66,8 @@ type hardwareStatus struct {
 // QEMU 7.2 (Debian 12) has no igb model, so the second NIC is an e1000.
 func TestRealHardwareDrivers(t *testing.T) {
 	dir := buildRecipe(t, "worker")
-	lab, err := NewLab("192.0.2.1", 24)
-	must(t, err)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("dnsmasq log:\n%s", lab.DHCPLog())
-		}
-		lab.Close()
-	})
 	const mac, addr = "52:54:00:00:00:41", "192.0.2.141"
-	must(t, lab.DHCP("192.0.2.100", "192.0.2.150", "--dhcp-host="+mac+","+addr))
+	lab := dhcpLab(t, mac, addr)
 
 	ca, caPair, err := pki.NewAuthority("lab CA", time.Hour)
 	must(t, err)

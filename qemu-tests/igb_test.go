@@ -40,16 +40,8 @@ func fetchBackportsQEMU(t *testing.T) string {
 func TestIGBNIC(t *testing.T) {
 	qemu := fetchBackportsQEMU(t)
 	dir := buildRecipe(t, "worker")
-	lab, err := NewLab("192.0.2.1", 24)
-	must(t, err)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("dnsmasq log:\n%s", lab.DHCPLog())
-		}
-		lab.Close()
-	})
 	const mac, addr = "52:54:00:00:00:61", "192.0.2.161"
-	must(t, lab.DHCP("192.0.2.100", "192.0.2.150", "--dhcp-host="+mac+","+addr))
+	lab := dhcpLab(t, mac, addr)
 	nic, err := lab.TapNIC("igb", mac)
 	must(t, err)
 	r, err := image.LoadRecipe("worker")

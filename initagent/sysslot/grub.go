@@ -100,18 +100,14 @@ func writeGrubConfig(esp string) error {
 	if err != nil {
 		return err
 	}
-	p := filepath.Join(esp, GrubCfg)
-	if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, GrubConfig(entries)) {
+	p, cfg := filepath.Join(esp, GrubCfg), GrubConfig(entries)
+	if old, err := os.ReadFile(p); err == nil && bytes.Equal(old, cfg) {
 		return nil
 	}
-	tmp := p + ".tmp"
-	if err := writeFileSync(tmp, GrubConfig(entries)); err != nil {
+	if err := replaceFile(esp, p+".tmp", p, cfg); err != nil {
 		return fmt.Errorf("write %s: %w", GrubCfg, err)
 	}
-	if err := os.Rename(tmp, p); err != nil {
-		return fmt.Errorf("write %s: %w", GrubCfg, err)
-	}
-	return syncDir(esp)
+	return nil
 }
 
 // startGrubTrial writes grub.cfg for a slot just put on trial and clears

@@ -215,11 +215,16 @@ func writeEntry(esp string, e Entry) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	tmp := filepath.Join(dir, "ballast-"+e.Slot+".tmp")
-	if err := writeFileSync(tmp, e.Marshal()); err != nil {
+	return replaceFile(esp, filepath.Join(dir, "ballast-"+e.Slot+".tmp"), filepath.Join(dir, e.FileName()), e.Marshal())
+}
+
+// replaceFile writes data to tmp, renames it to dst and syncs the ESP, so
+// dst is always whole: the old file or the new one.
+func replaceFile(esp, tmp, dst string, data []byte) error {
+	if err := writeFileSync(tmp, data); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, filepath.Join(dir, e.FileName())); err != nil {
+	if err := os.Rename(tmp, dst); err != nil {
 		return err
 	}
 	return syncDir(esp)
