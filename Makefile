@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 60m
 
-.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster clean
+.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall clean
 
 all: build
 
@@ -35,7 +35,7 @@ FUZZTIME ?= 10s
 # before the tests, so its cold build does not count against a test binary's timeout.
 payload:
 	$(GO) run ./image/payload/cmd/buildpayload -role control-plane
-	$(GO) run ./image/payload/cmd/buildpayload kubectl
+	$(GO) run ./image/payload/cmd/buildpayload kubectl ctr agnhost
 
 test: deps check payload
 	$(GO) test $(TESTFLAGS) ./...
@@ -56,6 +56,9 @@ bench-apiproxy: deps
 
 bench-vip: deps
 	$(GO) run ./tools/bench/vip
+
+bench-firewall: deps
+	$(GO) run ./tools/bench/firewall
 
 bench-cluster: image
 	$(GO) run ./tools/bench/cluster -artifacts $(OUT)/$(RECIPE)

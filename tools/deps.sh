@@ -4,7 +4,7 @@
 set -eu
 # gcc, libc6-dev, libseccomp-dev and pkg-config build the static runc (with seccomp) of the Kubernetes payload.
 build="apt dpkg kmod ca-certificates squashfs-tools e2fsprogs systemd-boot-efi isolinux syslinux-common grub-pc-bin grub-common gcc libc6-dev libseccomp-dev pkg-config"
-test="qemu-system-x86 busybox-static iproute2 iputils-ping dnsmasq-base dnsutils dosfstools mtools genisoimage e2fsprogs mount util-linux keepalived haproxy nginx-light ipxe ovmf dnsperf xorriso file cpio"
+test="qemu-system-x86 busybox-static iproute2 iputils-ping dnsmasq-base dnsutils curl nftables dosfstools mtools genisoimage e2fsprogs mount util-linux keepalived haproxy nginx-light ipxe ovmf dnsperf xorriso file cpio"
 want="$build"
 [ "${1:-test}" = test ] && want="$build $test"
 missing=""

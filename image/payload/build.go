@@ -47,11 +47,17 @@ const (
 	// cluster tests on the build machine; not in Components() (nodes do not
 	// ship it).
 	Kubectl = "kubectl"
+	// Agnhost is the Kubernetes e2e tests' multi-purpose test server
+	// (test/images/agnhost of the pinned Kubernetes), for the cluster
+	// tests; not in Components().
+	Agnhost = "agnhost"
+	// CoreDNS is the cluster DNS (the coredns image kubeadm deploys).
+	CoreDNS = "coredns"
 )
 
 // Components lists every component in build order (cheapest first).
 func Components() []string {
-	return []string{Pause, MountTools, CNIPlugins, Runc, Containerd, Etcd, Kubernetes}
+	return []string{Pause, MountTools, CNIPlugins, Runc, Containerd, CoreDNS, Etcd, Kubernetes}
 }
 
 // KubeBinary is the multi-call Kubernetes binary; KubeCommands are the names
@@ -60,7 +66,7 @@ const KubeBinary = "kube"
 
 // KubeCommands returns the commands of the multi-call binary.
 func KubeCommands() []string {
-	return []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubelet"}
+	return []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubeadm", "kubelet", "kube-proxy"}
 }
 
 // CNIPluginNames returns the CNI plugins built.
@@ -114,7 +120,7 @@ func (b *Builder) versions() Versions {
 		def string
 	}{
 		{&v.Kubernetes, p.Kubernetes}, {&v.Containerd, p.Containerd}, {&v.Runc, p.Runc},
-		{&v.CNIPlugins, p.CNIPlugins}, {&v.Etcd, p.Etcd}, {&v.Pause, p.Pause}, {&v.URoot, p.URoot},
+		{&v.CNIPlugins, p.CNIPlugins}, {&v.Etcd, p.Etcd}, {&v.Pause, p.Pause}, {&v.URoot, p.URoot}, {&v.CoreDNS, p.CoreDNS},
 	} {
 		if *f.dst == "" {
 			*f.dst = f.def
@@ -238,7 +244,14 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			files:    map[string][]byte{"main.go": []byte(etcdMain)},
 			binaries: []binary{{name: "etcd", pkg: "."}},
 		}, nil
-	case Kubernetes, Kubectl:
+	case CoreDNS:
+		const mod = "github.com/coredns/coredns"
+		return &unit{
+			name: CoreDNS, version: v.CoreDNS + "-" + shortHash([]byte(coreDNSMain())), requires: [][2]string{{mod, v.CoreDNS}},
+			files:    map[string][]byte{"main.go": []byte(coreDNSMain())},
+			binaries: []binary{{name: CoreDNS, pkg: ".", ldflags: []string{"-X " + mod + "/coremain.GitCommit=" + v.CoreDNS}}},
+		}, nil
+	case Kubernetes, Kubectl, Agnhost:
 		info, err := b.download(ctx, "k8s.io/kubernetes", v.Kubernetes)
 		if err != nil {
 			return nil, err
@@ -255,12 +268,15 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 		if err != nil {
 			return nil, err
 		}
-		if name == Kubectl {
-			const pkg = "k8s.io/kubernetes/cmd/kubectl"
+		if name == Kubectl || name == Agnhost {
+			pkg := "k8s.io/kubernetes/cmd/" + name
+			if name == Agnhost {
+				pkg = "k8s.io/kubernetes/test/images/agnhost"
+			}
 			return &unit{
-				name: Kubectl, version: v.Kubernetes,
+				name: name, version: v.Kubernetes,
 				requires: [][2]string{{"k8s.io/kubernetes", v.Kubernetes}}, replaces: replaces, tools: []string{pkg},
-				binaries: []binary{{name: Kubectl, pkg: pkg, ldflags: ld}},
+				binaries: []binary{{name: name, pkg: pkg, ldflags: ld}},
 			}, nil
 		}
 		return &unit{
@@ -271,7 +287,7 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			links:    KubeCommands(),
 		}, nil
 	}
-	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr, Kubectl), ", "))
+	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr, Kubectl, Agnhost), ", "))
 }
 
 // kubeVersionLdflags sets what `kubelet --version` etc. print, as
@@ -551,4 +567,23 @@ func (b *Builder) KubeadmImageTags(ctx context.Context) (etcd, pause string, err
 		return "", "", err
 	}
 	return kubeadmImageTags(src)
+}
+
+// checkCoreDNSTag makes sure the pinned CoreDNS is the version kubeadm's
+// addon phase deploys (its image tag), so the preloaded image is the one used.
+func (b *Builder) checkCoreDNSTag(ctx context.Context) error {
+	info, err := b.download(ctx, "k8s.io/kubernetes", b.versions().Kubernetes)
+	if err != nil {
+		return err
+	}
+	src, err := os.ReadFile(filepath.Join(info.Dir, "cmd", "kubeadm", "app", "constants", "constants.go"))
+	if err != nil {
+		return err
+	}
+	want := constantValue(src, "CoreDNSVersion")
+	if want != b.versions().CoreDNS {
+		return fmt.Errorf("CoreDNS %s is pinned, but kubeadm %s deploys coredns:%s: set CoreDNSVersion in image/payload/versions.go to it",
+			b.versions().CoreDNS, b.versions().Kubernetes, want)
+	}
+	return nil
 }

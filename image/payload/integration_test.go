@@ -101,28 +101,25 @@ func TestPayloadIntegration(t *testing.T) {
 			"/usr/bin/containerd", "/usr/bin/containerd-shim-runc-v2", "/usr/bin/runc", "/usr/bin/kube",
 			"/usr/bin/kubelet -> kube", "/usr/bin/kubeadm -> kube", "/usr/bin/mount", "/usr/bin/umount",
 			"/opt/cni/bin/bridge", "/opt/cni/bin/host-local", "/opt/cni/bin/loopback", "/opt/cni/bin/portmap",
-			"/usr/share/ballast/images/pause.tar", "/usr/share/ballast/images/control-plane.tar", SystemManifestPath,
+			"/usr/share/ballast/images/pause.tar", "/usr/share/ballast/images/control-plane.tar",
+			"/usr/share/ballast/images/cluster-addons.tar", SystemManifestPath,
 		} {
 			if !strings.Contains(listing, "squashfs-root"+p+"\n") {
 				t.Errorf("system.sqfs lacks %s", p)
 			}
 		}
-		// The names kubeadm pulls (less kube-proxy and CoreDNS, which are
-		// not part of the payload) must all be in the archives.
+		// Every name kubeadm pulls, its addons' included, must be in the archives.
 		out, err := exec.Command(bins["kubeadm"], "config", "images", "list", "--kubernetes-version", KubernetesVersion).Output()
 		if err != nil {
 			t.Fatalf("kubeadm config images list: %v", err)
 		}
 		have := map[string]bool{}
-		for _, archive := range []string{"pause.tar", "control-plane.tar"} {
+		for _, archive := range []string{"pause.tar", "control-plane.tar", "cluster-addons.tar"} {
 			for _, name := range archiveImageNames(t, sqfs, "usr/share/ballast/images/"+archive) {
 				have[name] = true
 			}
 		}
 		for _, want := range strings.Fields(string(out)) {
-			if strings.Contains(want, "kube-proxy") || strings.Contains(want, "coredns") {
-				continue
-			}
 			if !have[want] {
 				t.Errorf("kubeadm wants %s; the archives have %v", want, have)
 			}
@@ -136,6 +133,12 @@ func TestPayloadIntegration(t *testing.T) {
 		listing := unsquashfsList(t, worker)
 		if strings.Contains(listing, "control-plane.tar") || !strings.Contains(listing, "/usr/bin/kubelet -> kube") {
 			t.Errorf("worker system.sqfs content wrong:\n%s", listing)
+		}
+		addons := archiveImageNames(t, worker, "usr/share/ballast/images/cluster-addons.tar")
+		for _, want := range []string{"registry.k8s.io/kube-proxy:" + KubernetesVersion, "registry.k8s.io/coredns/coredns:" + CoreDNSVersion} {
+			if !slices.Contains(addons, want) {
+				t.Errorf("worker cluster-addons.tar has %v, want %s", addons, want)
+			}
 		}
 	})
 	t.Run("ContainerdImport", func(t *testing.T) { testContainerdImport(t, b, bins, sqfs) })
@@ -264,7 +267,7 @@ func testContainerdImport(t *testing.T, b *Builder, bins map[string]string, sqfs
 			t.Fatal("containerd did not answer within 2 minutes")
 		}
 	}
-	for _, archive := range []string{"pause.tar", "control-plane.tar"} {
+	for _, archive := range []string{"pause.tar", "control-plane.tar", "cluster-addons.tar"} {
 		data, err := exec.Command("unsquashfs", "-cat", sqfs, "usr/share/ballast/images/"+archive).Output()
 		if err != nil {
 			t.Fatal(err)
@@ -287,7 +290,9 @@ func testContainerdImport(t *testing.T, b *Builder, bins map[string]string, sqfs
 	}
 	apiserver := "registry.k8s.io/kube-apiserver:" + KubernetesVersion
 	etcd := "registry.k8s.io/etcd:" + etcdTag
-	for _, want := range []string{apiserver, "registry.k8s.io/kube-controller-manager:" + KubernetesVersion,
+	proxy := "registry.k8s.io/kube-proxy:" + KubernetesVersion
+	coreDNS := "registry.k8s.io/coredns/coredns:" + CoreDNSVersion
+	for _, want := range []string{apiserver, proxy, coreDNS, "registry.k8s.io/kube-controller-manager:" + KubernetesVersion,
 		"registry.k8s.io/kube-scheduler:" + KubernetesVersion, etcd, "registry.k8s.io/pause:" + pauseTag} {
 		if !slices.Contains(strings.Fields(list), want) {
 			t.Errorf("containerd lacks image %s after import; has:\n%s", want, list)
@@ -299,6 +304,10 @@ func testContainerdImport(t *testing.T, b *Builder, bins map[string]string, sqfs
 	}{
 		{apiserver, "Kubernetes " + KubernetesVersion, []string{"kube-apiserver", "--version"}},
 		{etcd, "etcd Version: " + strings.TrimPrefix(EtcdVersion, "v"), []string{"etcd", "--version"}},
+		{proxy, "Kubernetes " + KubernetesVersion, []string{"kube-proxy", "--version"}},
+		// kube-proxy's nftables mode execs nft: the layer must carry its whole library closure.
+		{proxy, "nftables v1.0.6", []string{"nft", "--version"}},
+		{coreDNS, "CoreDNS-" + strings.TrimPrefix(CoreDNSVersion, "v"), []string{"/coredns", "-version"}},
 	} {
 		out, err := ctr(append([]string{"run", "--rm", run.image, fmt.Sprintf("payload-test-%d", i)}, run.args...)...)
 		if err != nil || !strings.Contains(out, run.want) {

@@ -6,12 +6,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"github.com/ballast-os/ballast/image/disk"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"sort"
 	"time"
+
+	"github.com/ballast-os/ballast/image/disk"
+	"github.com/ballast-os/ballast/kernel"
 )
 
 // Node roles for Builder.System.
@@ -28,7 +31,7 @@ const (
 	SystemManifestPath = "/usr/share/ballast/payload.json"
 	// systemLayout changes whenever this file lays out system.sqfs
 	// differently, so cached images are not reused across such changes.
-	systemLayout = "6"
+	systemLayout = "7"
 )
 
 // SystemManifest is the file at SystemManifestPath: what a node finds in its system.sqfs.
@@ -45,7 +48,7 @@ type SystemManifest struct {
 // with), runc, mount and umount (u-root's, for kubelet's volume mounts), the CNI plugins, kubelet and kubeadm and the pause image; control-plane adds the kube-apiserver,
 // kube-controller-manager, kube-scheduler and etcd images.
 func (b *Builder) System(ctx context.Context, role string) (string, error) {
-	components := []string{Pause, MountTools, CNIPlugins, Runc, Containerd, Ctr, Kubernetes}
+	components := []string{Pause, MountTools, CNIPlugins, Runc, Containerd, Ctr, CoreDNS, Kubernetes}
 	switch role {
 	case RoleControlPlane:
 		components = append(components, Etcd)
@@ -61,11 +64,18 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	if err := b.checkCoreDNSTag(ctx); err != nil {
+		return "", err
+	}
+	nft, err := b.nftFiles(ctx)
+	if err != nil {
+		return "", err
+	}
 	cache, err := b.cacheDir()
 	if err != nil {
 		return "", err
 	}
-	key, err := systemKey(role, etcdTag, pauseTag, bins)
+	key, err := systemKey(role, etcdTag, pauseTag, bins, nftPins())
 	if err != nil {
 		return "", err
 	}
@@ -83,7 +93,7 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 	if err := os.Chmod(stage, 0o755); err != nil { // the squashfs root; MkdirTemp made it 0700
 		return "", err
 	}
-	if err := b.stageSystem(stage, role, etcdTag, pauseTag, bins); err != nil {
+	if err := b.stageSystem(stage, role, etcdTag, pauseTag, bins, nft); err != nil {
 		return "", fmt.Errorf("system image %s: %w", role, err)
 	}
 	b.log().Info("system tree staged", "role", role, "elapsed", time.Since(start).Round(100*time.Millisecond))
@@ -103,9 +113,12 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 
 // systemKey hashes everything system.sqfs is made of: role, layout, image
 // tags and each component's build record (versions, Go version, sizes).
-func systemKey(role, etcdTag, pauseTag string, bins map[string]string) (string, error) {
+func systemKey(role, etcdTag, pauseTag string, bins map[string]string, debs []kernel.DebPin) (string, error) {
 	h := sha256.New()
 	fmt.Fprintf(h, "layout=%s\nrole=%s\netcd=%s\npause=%s\n", systemLayout, role, etcdTag, pauseTag)
+	for _, d := range debs {
+		fmt.Fprintf(h, "deb=%s=%s\n", d.Package, d.Version)
+	}
 	dirs := map[string]bool{}
 	for _, p := range bins {
 		dirs[filepath.Dir(p)] = true
@@ -125,7 +138,7 @@ func systemKey(role, etcdTag, pauseTag string, bins map[string]string) (string, 
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[string]string) error {
+func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[string]string, nft []File) error {
 	v := b.versions()
 	put := func(dir, name string) error {
 		return copyFile(bins[name], filepath.Join(stage, dir, name))
@@ -162,9 +175,7 @@ func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[st
 			Entrypoint: []string{"/pause"},
 		}},
 	}
-	if role == RoleControlPlane {
-		archives["control-plane.tar"] = controlPlaneImages(v.Kubernetes, etcdTag, arch, bins)
-	}
+	maps.Copy(archives, kubeImages(role, v, etcdTag, arch, bins, nft))
 	names := make([]string, 0, len(archives))
 	for n := range archives {
 		names = append(names, n)
@@ -185,29 +196,49 @@ func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[st
 	return os.WriteFile(filepath.Join(stage, SystemManifestPath), append(data, '\n'), 0o644)
 }
 
-// controlPlaneImages are the images kubeadm's static pods run. The three
-// kube-* images share one layer (the multi-call binary and its command
-// names on PATH), so it is stored once in the archive and in containerd.
-func controlPlaneImages(kubeVersion, etcdTag, arch string, bins map[string]string) []ImageSpec {
+// kubeImages are the images kubeadm runs: the static pods' (control plane
+// only) and its addons' (kube-proxy, a DaemonSet on every node; CoreDNS,
+// which may land on any node). The kube-* images share one layer, the
+// multi-call binary and its command names on PATH, stored once per archive
+// and in containerd; kube-proxy's second layer is the nft userspace its
+// nftables mode execs. A control plane's kube-proxy sits in control-plane.tar
+// so the shared layer is not stored twice.
+func kubeImages(role string, v Versions, etcdTag, arch string, bins map[string]string, nft []File) map[string][]ImageSpec {
 	const bin = "/usr/local/bin/"
-	env := []string{"PATH=/usr/local/bin:/usr/bin:/bin"}
+	env := []string{"PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+	commands := []string{"kube-proxy"}
+	if role == RoleControlPlane {
+		commands = append(commands, "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+	}
 	kubeLayer := Layer{Files: []File{{Path: bin + KubeBinary, Source: bins[KubeBinary]}}}
-	commands := []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler"}
 	for _, c := range commands {
 		kubeLayer.Files = append(kubeLayer.Files, File{Path: bin + c, Symlink: KubeBinary})
 	}
-	var images []ImageSpec
+	var kube []ImageSpec
 	for _, c := range commands {
-		images = append(images, ImageSpec{
-			Name: "registry.k8s.io/" + c + ":" + kubeVersion, Architecture: arch, Uncompressed: true,
-			Layers: []Layer{kubeLayer}, Entrypoint: []string{bin + c}, Env: env,
+		layers := []Layer{kubeLayer}
+		if c == "kube-proxy" {
+			layers = append(layers, Layer{Files: nft})
+		}
+		kube = append(kube, ImageSpec{
+			Name: "registry.k8s.io/" + c + ":" + v.Kubernetes, Architecture: arch, Uncompressed: true,
+			Layers: layers, Entrypoint: []string{bin + c}, Env: env,
 		})
 	}
-	return append(images, ImageSpec{
+	coreDNS := ImageSpec{
+		Name: "registry.k8s.io/coredns/coredns:" + v.CoreDNS, Architecture: arch, Uncompressed: true,
+		Layers:     []Layer{{Files: []File{{Path: "/coredns", Source: bins[CoreDNS]}}}},
+		Entrypoint: []string{"/coredns"},
+	}
+	if role != RoleControlPlane {
+		return map[string][]ImageSpec{"cluster-addons.tar": append(kube, coreDNS)}
+	}
+	etcd := ImageSpec{
 		Name: "registry.k8s.io/etcd:" + etcdTag, Architecture: arch, Uncompressed: true,
 		Layers:     []Layer{{Files: []File{{Path: bin + "etcd", Source: bins["etcd"]}}}},
 		Entrypoint: []string{bin + "etcd"}, Env: env,
-	})
+	}
+	return map[string][]ImageSpec{"control-plane.tar": append(kube, etcd), "cluster-addons.tar": {coreDNS}}
 }
 
 func writeArchive(path string, images []ImageSpec) error {

@@ -10,6 +10,7 @@ const (
 	EtcdVersion       = "v3.7.3"  // go.etcd.io/etcd/server/v3
 	PauseVersion      = "3.10.2"  // our pause binary answers to this version; equals kubeadm's constants.PauseVersion
 	URootVersion      = "v0.16.0" // github.com/u-root/u-root: mount and umount, which kubelet runs for pod volumes
+	CoreDNSVersion    = "v1.14.6" // github.com/coredns/coredns; equals kubeadm's constants.CoreDNSVersion (its image tag)
 )
 
 // Versions are the upstream versions one payload is built from.
@@ -21,6 +22,7 @@ type Versions struct {
 	Etcd       string
 	Pause      string
 	URoot      string
+	CoreDNS    string
 }
 
 // Pinned returns the versions from the constants above.
@@ -33,5 +35,6 @@ func Pinned() Versions {
 		Etcd:       EtcdVersion,
 		Pause:      PauseVersion,
 		URoot:      URootVersion,
+		CoreDNS:    CoreDNSVersion,
 	}
 }

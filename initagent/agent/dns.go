@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -18,6 +19,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/dns"
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/pid1"
+	"github.com/ballast-os/ballast/initagent/runtime"
 )
 
 // Where the node's resolver listens: 127.0.0.53 for the host, and a
@@ -163,8 +165,8 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	} else {
 		listen = append(listen, podDNS.String())
 		allowed = append(allowed, netip.PrefixFrom(podDNS.Addr(), 32))
-		allowed = append(allowed, prefixes(cfg.Cluster.PodCIDRs, defaultPodCIDR)...)
-		allowed = append(allowed, prefixes(cfg.Cluster.ServiceCIDRs, defaultServiceCIDR)...)
+		allowed = append(allowed, config.Prefixes(cfg.Cluster.PodCIDRs, config.DefaultPodCIDR)...)
+		allowed = append(allowed, config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)...)
 		search := cfg.Network.DNS.Search
 		if content, err := dns.PodResolvConf(podDNS.Addr(), search); err != nil {
 			r.a.Log.Error("pod resolv.conf", "err", err)
@@ -181,7 +183,8 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 		r.a.Log.Error("dns: node addresses", "err", err)
 	}
 	own = append(own, nodeAddrs...)
-	srv, err := dns.New(dns.Config{Listen: listen, AllowedNets: allowed, NodeAddrs: own, Records: rec, Log: r.a.Log.With("part", "dns")})
+	stubs := clusterDNSStubs(cfg)
+	srv, err := dns.New(dns.Config{Listen: listen, AllowedNets: allowed, NodeAddrs: own, Records: rec, Stubs: stubs, Log: r.a.Log.With("part", "dns")})
 	if err != nil {
 		r.a.Log.Error("local dns", "err", err)
 		return
@@ -196,10 +199,35 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	r.server = srv
 	r.apply()
 	r.mu.Unlock()
-	r.a.Log.Info("local dns", "listen", strings.Join(listen, ","), "zone", cfg.Cluster.Name+"."+cfg.Cluster.Domain)
+	var stubZones []string
+	for _, st := range stubs {
+		stubZones = append(stubZones, st.Zone+"→"+st.Servers[0].String())
+	}
+	r.a.Log.Info("local dns", "listen", strings.Join(listen, ","), "zone", cfg.Cluster.Name+"."+cfg.Cluster.Domain, "stubs", strings.Join(stubZones, ","))
 }
 
-// ensurePodDNSLink creates the dummy link holding the pods' resolver address.
+// clusterDNSStubs sends the cluster's Service and pod names to its DNS
+// Service (CoreDNS, which kubeadm's addon phase deploys at the tenth address
+// of the first service CIDR), so the node and host-network pods resolve them
+// too. Only those zones go there: the node's own zone never depends on it.
+func clusterDNSStubs(cfg *config.MachineConfig) []dns.Stub {
+	svc := config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)[0]
+	ip := svc.Addr()
+	for range 10 {
+		ip = ip.Next()
+	}
+	if !svc.Contains(ip) {
+		return nil
+	}
+	server := []netip.AddrPort{netip.AddrPortFrom(ip, 53)}
+	domain := runtime.DefaultDNSDomain
+	return []dns.Stub{{Zone: "svc." + domain, Servers: server}, {Zone: "pod." + domain, Servers: server}}
+}
+
+// ensurePodDNSLink creates the dummy link holding the pods' resolver
+// address. Where the kernel has no dummy links (a container node on a host
+// without the module) the address goes on loopback: the kernel delivers to
+// a local address whichever link holds it.
 func ensurePodDNSLink() error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
@@ -210,16 +238,23 @@ func ensurePodDNSLink() error {
 	if err != nil {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = podDNSLink
-		if err := h.LinkAdd(&netlink.Dummy{LinkAttrs: attrs}); err != nil {
+		err := h.LinkAdd(&netlink.Dummy{LinkAttrs: attrs})
+		switch {
+		case errors.Is(err, unix.EOPNOTSUPP):
+			if link, err = h.LinkByName("lo"); err != nil {
+				return err
+			}
+		case err != nil:
 			return fmt.Errorf("create %s: %w", podDNSLink, err)
-		}
-		if link, err = h.LinkByName(podDNSLink); err != nil {
-			return err
+		default:
+			if link, err = h.LinkByName(podDNSLink); err != nil {
+				return err
+			}
 		}
 	}
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: podDNS.Addr().AsSlice(), Mask: net.CIDRMask(32, 32)}}
 	if err := h.AddrReplace(link, addr); err != nil {
-		return fmt.Errorf("address %s on %s: %w", podDNS.Addr(), podDNSLink, err)
+		return fmt.Errorf("address %s on %s: %w", podDNS.Addr(), link.Attrs().Name, err)
 	}
 	return h.LinkSetUp(link)
 }

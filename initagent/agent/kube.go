@@ -22,13 +22,6 @@ import (
 	"github.com/ballast-os/ballast/initagent/sysslot"
 )
 
-// Cluster networks used when the config names none (kubeadm's defaults for
-// services; the usual flannel/bridge range for pods).
-var (
-	defaultPodCIDR     = netip.MustParsePrefix("10.244.0.0/16")
-	defaultServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
-)
-
 // kubeLogDir keeps containerd's and kubelet's output, rotated.
 const kubeLogDir = "var/log/ballast"
 
@@ -66,7 +59,7 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 			c.APIVIPs = append(c.APIVIPs, ip.Unmap())
 		}
 	}
-	c.PodCIDRs, c.ServiceCIDRs = prefixes(cfg.Cluster.PodCIDRs, defaultPodCIDR), prefixes(cfg.Cluster.ServiceCIDRs, defaultServiceCIDR)
+	c.PodCIDRs, c.ServiceCIDRs = config.Prefixes(cfg.Cluster.PodCIDRs, config.DefaultPodCIDR), config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)
 	cc := cfg.Cluster
 	c.CACert, c.CAKey = []byte(cc.CA.Certificate), []byte(cc.CA.Key)
 	c.EtcdCACert, c.EtcdCAKey = []byte(cc.EtcdCA.Certificate), []byte(cc.EtcdCA.Key)
@@ -185,19 +178,6 @@ func (a *Agent) serviceOutput(service string) io.Writer {
 	}
 	a.outputs[service] = w
 	return w
-}
-
-func prefixes(ss []string, def netip.Prefix) []netip.Prefix {
-	var out []netip.Prefix
-	for _, s := range ss {
-		if p, err := netip.ParsePrefix(s); err == nil {
-			out = append(out, p.Masked())
-		}
-	}
-	if len(out) == 0 {
-		out = []netip.Prefix{def}
-	}
-	return out
 }
 
 // bootTime is when the kernel started (CLOCK_BOOTTIME counts from there);

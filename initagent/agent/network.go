@@ -16,6 +16,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/dhcp"
 	"github.com/ballast-os/ballast/initagent/ignite"
 	"github.com/ballast-os/ballast/initagent/netconf"
+	"github.com/ballast-os/ballast/initagent/netfilter"
 	"github.com/ballast-os/ballast/initagent/network"
 	"github.com/ballast-os/ballast/initagent/pid1"
 	"github.com/ballast-os/ballast/initagent/txn"
@@ -38,6 +39,13 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		Hostname:  hostname,
 		OnApplied: a.networkApplied,
 		OnDNS:     a.resolver.update,
+		ApplyNetfilter: func(rs netfilter.Ruleset) error {
+			conn, err := netfilter.New(0)
+			if err != nil {
+				return err
+			}
+			return netfilter.Apply(conn, rs)
+		},
 	}
 	m.VerifyLease = func(ctx context.Context, l dhcp.Lease) error { return verifyLease(ctx, l) }
 	m.OnLeaseVerdict = func(old, cur dhcp.Lease, err error) {

@@ -7,6 +7,8 @@
 //	cfg, warnings, err := config.Parse(data)
 package config
 
+import "net/netip"
+
 // APIVersion is the MachineConfig version this agent reads.
 const APIVersion = "ballast.dev/v1alpha1"
 
@@ -36,7 +38,49 @@ type Network struct {
 	// DNS servers and API servers the config implies.
 	Probes      []Probe     `yaml:"probes"`
 	Transaction Transaction `yaml:"transaction"`
+	// Egress chooses the source address of pod traffic that leaves the
+	// node for destinations outside the pod and service networks.
+	Egress []Egress `yaml:"egress"`
+	// Firewall filters traffic addressed to the node.
+	Firewall Firewall `yaml:"firewall"`
 }
+
+// Firewall is the node's inbound filter. Enabled, it drops every packet to
+// the node except replies, loopback, the ICMP that IPv4 and IPv6 need, and
+// the openings: those derived from what the node runs (DHCP, the node API,
+// the apiserver, kubelet and etcd from the control planes, VRRP from the
+// peers, DNS from pods, NodePorts) and the declared rules.
+type Firewall struct {
+	Enabled bool `yaml:"enabled"`
+	// ManagementNets may reach the node API; empty: any source.
+	ManagementNets []string       `yaml:"managementNets"`
+	Rules          []FirewallRule `yaml:"rules"`
+}
+
+// FirewallRule opens ports to sources.
+type FirewallRule struct {
+	Name      string   `yaml:"name"`      // why: shown in status and the ruleset
+	Protocol  string   `yaml:"protocol"`  // tcp or udp
+	Ports     []string `yaml:"ports"`     // "443" or "8000-8100"
+	From      []string `yaml:"from"`      // addresses or prefixes; empty: any
+	Interface string   `yaml:"interface"` // incoming interface; empty: any
+}
+
+// Egress is one pod egress rule; the first rule that matches a packet
+// (by destination and outgoing interface) decides its source address. With
+// no rules, pod traffic masquerades on every interface; with rules, pod
+// traffic that none matches leaves with its pod address.
+type Egress struct {
+	To        string `yaml:"to"`        // destination prefix; empty: any destination of the source's family
+	Interface string `yaml:"interface"` // outgoing interface; empty: any
+	// Source is an address of this node (a static address or a cluster
+	// VIP) pod traffic leaves with, or "masquerade" for the outgoing
+	// interface's primary address.
+	Source string `yaml:"source"`
+}
+
+// EgressMasquerade is Egress.Source for the outgoing interface's address.
+const EgressMasquerade = "masquerade"
 
 // Probe is a user-defined connectivity check; exactly one field is set.
 type Probe struct {
@@ -251,4 +295,25 @@ type Services struct {
 	DNS      *bool `yaml:"dns"`
 	APIProxy *bool `yaml:"apiProxy"`
 	VIP      *bool `yaml:"vip"`
+}
+
+// The cluster's networks when the config names none (kubeadm's and
+// flannel's usual choices).
+var (
+	DefaultPodCIDR     = netip.MustParsePrefix("10.244.0.0/16")
+	DefaultServiceCIDR = netip.MustParsePrefix("10.96.0.0/12")
+)
+
+// Prefixes parses a validated list of CIDRs (masked); an empty list is def.
+func Prefixes(cidrs []string, def netip.Prefix) []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range cidrs {
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+		}
+	}
+	if len(out) == 0 {
+		out = []netip.Prefix{def}
+	}
+	return out
 }

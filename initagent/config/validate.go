@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -49,6 +51,8 @@ func (v *validator) validate() {
 	v.dns()
 	v.probes()
 	v.cluster()
+	v.egress()
+	v.firewall()
 	v.kubelet()
 	v.api()
 	v.clusterSecrets()
@@ -630,6 +634,120 @@ func (v *validator) cluster() {
 			}
 		}
 	}
+}
+
+// egress checks network.egress: each rule's source is "masquerade" or an
+// address this node owns (a static address or a cluster VIP, which replies
+// come back to), of the destination's family, on a declared interface.
+func (v *validator) egress() {
+	c := v.cfg
+	declared := map[string]bool{}
+	for _, ifc := range c.Network.Interfaces {
+		declared[ifc.Name] = true
+	}
+	vips := map[netip.Addr]bool{}
+	for _, s := range append(slices.Clone(c.Cluster.APIVIPs), c.Cluster.IngressVIPs...) {
+		if a, err := netip.ParseAddr(s); err == nil {
+			vips[a] = true
+		}
+	}
+	for i := range c.Network.Egress {
+		e := &c.Network.Egress[i]
+		p := fmt.Sprintf("network.egress[%d]", i)
+		var to netip.Prefix
+		if e.To != "" {
+			pfx, ok := v.prefix(p+".to", &e.To)
+			if !ok {
+				continue
+			}
+			if pfx != pfx.Masked() {
+				v.fail(p+".to", "%s has host bits set: write %s", pfx, pfx.Masked())
+				continue
+			}
+			to = pfx
+		}
+		if e.Interface != "" && !declared[e.Interface] {
+			v.fail(p+".interface", "%q is not in network.interfaces: egress leaves through a declared interface", e.Interface)
+		}
+		switch e.Source {
+		case "":
+			v.fail(p+".source", "missing: give an address of this node or %q", EgressMasquerade)
+		case EgressMasquerade:
+		default:
+			a, ok := v.addr(p+".source", &e.Source)
+			if !ok {
+				continue
+			}
+			if !v.isNodeAddr(a) && !vips[a] {
+				v.fail(p+".source", "%s is not an address of this node: use one of its static addresses or a cluster VIP (replies must come back to the node), or %q", a, EgressMasquerade)
+			}
+			if to.IsValid() && to.Addr().Is4() != a.Is4() {
+				v.fail(p+".source", "%s and the destination %s are of different families: give a source of the destination's family", a, to)
+			}
+		}
+	}
+}
+
+// firewall checks network.firewall: rules name a protocol, valid ports and
+// sources, and a declared interface.
+func (v *validator) firewall() {
+	f := &v.cfg.Network.Firewall
+	for i := range f.ManagementNets {
+		v.source(fmt.Sprintf("network.firewall.managementNets[%d]", i), &f.ManagementNets[i])
+	}
+	declared := map[string]bool{}
+	for _, ifc := range v.cfg.Network.Interfaces {
+		declared[ifc.Name] = true
+	}
+	for i := range f.Rules {
+		r := &f.Rules[i]
+		p := fmt.Sprintf("network.firewall.rules[%d]", i)
+		if r.Protocol != "tcp" && r.Protocol != "udp" {
+			v.fail(p+".protocol", "%q: use tcp or udp", r.Protocol)
+		}
+		if len(r.Ports) == 0 {
+			v.fail(p+".ports", "missing: list the ports to open, e.g. [\"443\", \"8000-8100\"]")
+		}
+		for j, port := range r.Ports {
+			if _, _, err := PortRange(port); err != nil {
+				v.fail(fmt.Sprintf("%s.ports[%d]", p, j), "%v", err)
+			}
+		}
+		for j := range r.From {
+			v.source(fmt.Sprintf("%s.from[%d]", p, j), &r.From[j])
+		}
+		if r.Interface != "" && !declared[r.Interface] {
+			v.fail(p+".interface", "%q is not in network.interfaces", r.Interface)
+		}
+	}
+}
+
+// source parses an address or a prefix (an address becomes a /32 or /128).
+func (v *validator) source(path string, s *string) {
+	if !strings.Contains(*s, "/") {
+		if a, ok := v.addr(path, s); ok {
+			*s = netip.PrefixFrom(a, a.BitLen()).String()
+		}
+		return
+	}
+	if pfx, ok := v.prefix(path, s); ok && pfx != pfx.Masked() {
+		v.fail(path, "%s has host bits set: write %s", pfx, pfx.Masked())
+	}
+}
+
+// PortRange parses "443" or "8000-8100".
+func PortRange(s string) (first, last uint16, err error) {
+	a, b, isRange := strings.Cut(s, "-")
+	f, err1 := strconv.ParseUint(a, 10, 16)
+	l := f
+	var err2 error
+	if isRange {
+		l, err2 = strconv.ParseUint(b, 10, 16)
+	}
+	if err1 != nil || err2 != nil || f == 0 || l < f {
+		return 0, 0, fmt.Errorf("%q: write a port (1–65535) or a range first-last", s)
+	}
+	return uint16(f), uint16(l), nil
 }
 
 func (v *validator) kubelet() {

@@ -69,6 +69,10 @@ type Config struct {
 	// (loopback, NodeAddrs, the listen addresses).
 	// Default: 1000 qps with a burst of 2000.
 	RateLimit RateLimit
+	// Stubs send the names under a zone to servers of their own instead of
+	// the Upstreams (the cluster's DNS Service for svc.<cluster domain>).
+	// The most specific zone wins; the records are answered first.
+	Stubs []Stub
 	// UpstreamTimeout is the time one upstream gets to answer one query.
 	// Default: 2s.
 	UpstreamTimeout time.Duration
@@ -81,6 +85,12 @@ type Config struct {
 	// now is the clock of the cache (TTLs, serve-stale) and the rate
 	// limiter; tests set it. Default: time.Now.
 	now func() time.Time
+}
+
+// Stub is a zone forwarded to servers of its own.
+type Stub struct {
+	Zone    string // e.g. svc.cluster.local
+	Servers []netip.AddrPort
 }
 
 // RateLimit is a per-client token bucket.
@@ -115,6 +125,7 @@ type Server struct {
 
 	cache   *cache
 	fwd     *forwarder
+	stubs   []stubZone // fixed at New, most specific zone first
 	limiter *limiter
 
 	baseCtx atomic.Pointer[context.Context]
@@ -143,6 +154,7 @@ type Status struct {
 
 // UpstreamStatus is the health of one upstream.
 type UpstreamStatus struct {
+	Zone      string `json:",omitempty"` // a stub zone's; empty for the Upstreams
 	Addr      netip.AddrPort
 	Healthy   bool
 	LastOK    time.Time
@@ -196,6 +208,9 @@ func New(cfg Config) (*Server, error) {
 	s.allowed.Store(&allowed)
 	s.setOwn(cfg.NodeAddrs)
 	s.fwd = newForwarder(cfg.Upstreams, cfg.UpstreamTimeout, cfg.Log)
+	if s.stubs, err = newStubs(cfg.Stubs, cfg.UpstreamTimeout, cfg.Log); err != nil {
+		return nil, err
+	}
 	if cfg.MaxCacheEntries > 0 {
 		s.cache = newCache(cfg.MaxCacheEntries, cfg.now)
 	}
@@ -365,7 +380,7 @@ func (s *Server) allowedClient(a netip.Addr) bool {
 // Status returns a snapshot of the server's counters and upstream health.
 func (s *Server) Status() Status {
 	st := Status{
-		Upstreams:   s.fwd.status(),
+		Upstreams:   s.upstreamStatus(),
 		Queries:     s.stats.queries.Load(),
 		Local:       s.stats.local.Load(),
 		CacheHits:   s.stats.cacheHits.Load(),
@@ -528,6 +543,9 @@ func (s *Server) background(ctx context.Context) {
 			return
 		case <-t.C:
 			s.fwd.probeDown(ctx)
+			for _, z := range s.stubs {
+				z.fwd.probeDown(ctx)
+			}
 			if s.limiter != nil {
 				s.limiter.gc()
 			}

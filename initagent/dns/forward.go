@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -201,11 +203,59 @@ type forwardHandler struct {
 func (h *forwardHandler) Name() string { return "forward" }
 
 func (h *forwardHandler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	m, err := h.s.fwd.forward(ctx, r)
+	m, err := h.s.forwarderFor(r.Question[0].Name).forward(ctx, r)
 	if err != nil {
 		h.s.log.Debug("dns: forward failed", "name", r.Question[0].Name, "err", err)
 		return dns.RcodeServerFailure, err
 	}
 	h.s.stats.forwarded.Add(1)
 	return m.Rcode, w.WriteMsg(m)
+}
+
+// stubZone is one Config.Stubs entry with its own forwarder (and health).
+type stubZone struct {
+	zone string // canonical, with the trailing dot
+	fwd  *forwarder
+}
+
+func newStubs(stubs []Stub, timeout time.Duration, log *slog.Logger) ([]stubZone, error) {
+	var out []stubZone
+	for i, st := range stubs {
+		zone := dns.CanonicalName(st.Zone)
+		if _, ok := dns.IsDomainName(zone); !ok || zone == "." {
+			return nil, fmt.Errorf("dns stub %d: zone %q is not a domain name below the root", i, st.Zone)
+		}
+		if len(st.Servers) == 0 {
+			return nil, fmt.Errorf("dns stub %s: no servers", zone)
+		}
+		if err := checkUpstreams(st.Servers); err != nil {
+			return nil, fmt.Errorf("dns stub %s: %w", zone, err)
+		}
+		out = append(out, stubZone{zone: zone, fwd: newForwarder(st.Servers, timeout, log.With("zone", zone))})
+	}
+	// Most specific first: more labels wins.
+	sort.SliceStable(out, func(i, j int) bool { return dns.CountLabel(out[i].zone) > dns.CountLabel(out[j].zone) })
+	return out, nil
+}
+
+// forwarderFor is the forwarder of the most specific stub zone holding
+// name, else the Upstreams'.
+func (s *Server) forwarderFor(name string) *forwarder {
+	for _, z := range s.stubs {
+		if dns.IsSubDomain(z.zone, dns.CanonicalName(name)) {
+			return z.fwd
+		}
+	}
+	return s.fwd
+}
+
+func (s *Server) upstreamStatus() []UpstreamStatus {
+	out := s.fwd.status()
+	for _, z := range s.stubs {
+		for _, u := range z.fwd.status() {
+			u.Zone = strings.TrimSuffix(z.zone, ".")
+			out = append(out, u)
+		}
+	}
+	return out
 }

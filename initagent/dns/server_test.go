@@ -683,3 +683,47 @@ func TestRunErrorsAndShutdown(t *testing.T) {
 		}
 	}
 }
+
+// The cluster's service zone goes to its own server (CoreDNS in a cluster),
+// everything else to the upstreams; the node's own names never leave.
+func TestStubZone(t *testing.T) {
+	nstest.Handle(t)
+	up := startDnsmasq(t, "127.0.0.2", "--address=/example.test/192.0.2.7", "--address=/svc.cluster.local/198.51.100.1")
+	cluster := startDnsmasq(t, "127.0.0.3", "--address=/svc.cluster.local/10.96.0.20")
+	srv := "127.0.0.53:53"
+	s := startServer(t, Config{Listen: []string{srv}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:53")},
+		Stubs: []Stub{{Zone: "svc.cluster.local", Servers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.3:53")}}}})
+
+	if a, _ := firstA(query(t, nil, srv, "web.default.svc.cluster.local.", dns.TypeA)); a != "10.96.0.20" {
+		t.Errorf("web.default.svc.cluster.local = %q, want the stub's 10.96.0.20", a)
+	}
+	if a, _ := firstA(query(t, nil, srv, "www.example.test.", dns.TypeA)); a != "192.0.2.7" {
+		t.Errorf("www.example.test = %q, want the upstream's 192.0.2.7", a)
+	}
+	if cluster.queries(t, "A", "www.example.test") != 0 || up.queries(t, "A", "web.default.svc.cluster.local") != 0 {
+		t.Error("a name went to the wrong server")
+	}
+	// The stub down: its names fail, the node's own and the rest still answer.
+	cluster.stop()
+	if m := query(t, nil, srv, "other.default.svc.cluster.local.", dns.TypeA); m.Rcode != dns.RcodeServerFailure {
+		t.Errorf("stub down: other.default.svc = %s, want SERVFAIL (never the upstreams' answer)", dns.RcodeToString[m.Rcode])
+	}
+	if a, _ := firstA(query(t, nil, srv, "api.prod.example.com.", dns.TypeA)); a != "10.0.0.10" {
+		t.Errorf("stub down: api = %q, want 10.0.0.10", a)
+	}
+	if a, _ := firstA(query(t, nil, srv, "new.example.test.", dns.TypeA)); a != "192.0.2.7" {
+		t.Errorf("stub down: new.example.test = %q, want 192.0.2.7", a)
+	}
+	var stub *UpstreamStatus
+	for _, u := range s.Status().Upstreams {
+		if u.Zone == "svc.cluster.local" {
+			stub = &u
+		}
+	}
+	if stub == nil || stub.Healthy {
+		t.Errorf("status upstreams %+v: want the stub listed and down", s.Status().Upstreams)
+	}
+	if _, err := New(Config{Records: testRecords(), Stubs: []Stub{{Zone: ".", Servers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.3:53")}}}}); err == nil {
+		t.Error("a stub for the root zone was accepted")
+	}
+}

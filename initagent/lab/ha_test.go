@@ -28,6 +28,8 @@ import (
 //   - one etcd cluster of three voting members; a second bootstrap refused;
 //   - pod routes on every node to every other node's pod CIDR, and a pod on
 //     a control plane pings a pod on the worker with no overlay;
+//   - Services and cluster DNS (issue 20; see services), with every node's
+//     inbound firewall on: what is not opened is dropped (firewallScan);
 //   - a power cut of the VIP holder: the VIP moves, the API answers and
 //     writes (quorum kept); started again it rejoins as the same member;
 //   - a control plane whose STATE was wiped rejoins as a new member and the
@@ -44,14 +46,19 @@ func TestContainerLabHACluster(t *testing.T) {
 	if runc == "" {
 		t.Skip("no runc in the payload cache: run `make payload`")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 35*time.Minute)
 	defer cancel()
 	b := &payload.Builder{Log: slog.New(slog.DiscardHandler)}
 	sys, err := b.System(ctx, payload.RoleControlPlane)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bins, err := b.Build(ctx, payload.Kubectl)
+	bins, err := b.Build(ctx, payload.Kubectl, payload.Ctr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testArchive := filepath.Join(t.TempDir(), "test-images.tar")
+	testImages, err := b.TestImageArchive(ctx, testArchive)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,12 +70,20 @@ func TestContainerLabHACluster(t *testing.T) {
 
 	dir := filepath.Join(t.TempDir(), "lab")
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	gateway := netip.MustParsePrefix(DefaultSubnet).Addr().Next().String()
+	startUpstreamDNS(t, gateway)
 	start := time.Now()
 	s, err := Up(ctx, Options{Name: "h" + strconv.Itoa(os.Getpid()%100000), Dir: dir, Provisioner: ProvisionerContainer,
-		ControlPlanes: 3, Workers: 1, Runc: runc, Initramfs: initramfs, SystemImage: sys, Log: log})
+		ControlPlanes: 3, Workers: 1, Runc: runc, Initramfs: initramfs, SystemImage: sys, DNSServers: []string{gateway}, Firewall: true, Log: log})
 	if s != nil {
 		t.Cleanup(func() {
 			if t.Failed() {
+				if kubectl, ok := bins[payload.Kubectl]; ok {
+					for _, args := range [][]string{{"get", "pods", "-A", "-o", "wide"}, {"get", "events", "-A", "--sort-by=.lastTimestamp"}} {
+						out, _ := exec.Command(kubectl, append([]string{"--kubeconfig", s.AdminKubeconfig(), "--request-timeout", "10s"}, args...)...).CombinedOutput()
+						t.Logf("kubectl %s:\n%s", strings.Join(args, " "), lastLines(string(out), 60))
+					}
+				}
 				for _, n := range s.Nodes {
 					t.Logf("%s console:\n%s", n.Name, tail(s.ConsoleLog(n), 40))
 				}
@@ -118,6 +133,8 @@ func TestContainerLabHACluster(t *testing.T) {
 	}
 	h.waitPodRoutes(cidrs, "")
 	h.podToPod(pauseTag)
+	nodePort := h.services(bins[payload.Ctr], testArchive, testImages[0])
+	h.firewallScan(nodePort)
 
 	// Power cut of the VIP holder.
 	holder := h.vipHolder()
@@ -213,9 +230,14 @@ func (h *haCluster) node(name string) Node {
 	return n
 }
 
-// run runs kubectl against the lab's admin kubeconfig (server: the VIP).
-func (h *haCluster) run(args ...string) ([]byte, error) {
-	ctx, cancel := context.WithTimeout(h.ctx, time.Minute)
+// run runs kubectl against the lab's admin kubeconfig (server: the VIP),
+// for a minute at most.
+func (h *haCluster) run(args ...string) ([]byte, error) { return h.runFor(time.Minute, args...) }
+
+// runFor runs kubectl for up to d (kubectl wait and rollout status take
+// their own --timeout, which must be shorter).
+func (h *haCluster) runFor(d time.Duration, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(h.ctx, d)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, h.kubectl, append([]string{"--kubeconfig", h.s.AdminKubeconfig(), "--request-timeout", "20s"}, args...)...)
 	var stderr bytes.Buffer
@@ -353,7 +375,7 @@ func (h *haCluster) podToPod(pauseTag string) {
 			h.t.Fatalf("create %s: %v: %s", name, err, out)
 		}
 	}
-	if _, err := h.run("wait", "--for=condition=Ready", "pod/pod-a", "pod/pod-b", "--timeout=3m"); err != nil {
+	if _, err := h.runFor(4*time.Minute, "wait", "--for=condition=Ready", "pod/pod-a", "pod/pod-b", "--timeout=3m"); err != nil {
 		h.t.Fatal(err)
 	}
 	ip := func(name string) netip.Addr {
@@ -438,6 +460,11 @@ func (h *haCluster) eventually(what string, within time.Duration, f func() error
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 func lastLine(s string) string {

@@ -59,7 +59,14 @@ type Options struct {
 	// is QEMU's accelerator (default tcg).
 	VM      VMArtifacts
 	VMAccel string
-	Log     *slog.Logger
+	// DNSServers are the nodes' upstream resolvers (network.dns.servers);
+	// none by default: the lab has no way out.
+	DNSServers []string
+	// Firewall turns on the nodes' inbound firewall (network.firewall),
+	// with the lab host allowed to reach etcd's client port (the lab reads
+	// etcd's member list from there).
+	Firewall bool
+	Log      *slog.Logger
 }
 
 // VMArtifacts are the image files a QEMU node boots from.
@@ -87,9 +94,11 @@ type State struct {
 	// CgroupParent holds the nodes' cgroups in every hierarchy.
 	CgroupParent string `json:"cgroupParent"`
 	// VM and VMAccel are for QEMU nodes.
-	VM      VMArtifacts `json:"vm"`
-	VMAccel string      `json:"vmAccel,omitempty"`
-	Nodes   []Node      `json:"nodes"`
+	VM         VMArtifacts `json:"vm"`
+	VMAccel    string      `json:"vmAccel,omitempty"`
+	DNSServers []string    `json:"dnsServers,omitempty"`
+	Firewall   bool        `json:"firewall,omitempty"`
+	Nodes      []Node      `json:"nodes"`
 }
 
 // Node is one node of a lab.
@@ -172,7 +181,8 @@ func plan(o Options) (*State, error) {
 		Name: o.Name, Dir: dir, Provisioner: o.Provisioner, Subnet: prefix.String(),
 		Gateway: nth(1).String(), APIVIP: nth(2).String(), Bridge: "bl-" + o.Name,
 		Runc: o.Runc, Initramfs: o.Initramfs, SystemImage: o.SystemImage,
-		CgroupParent: "/ballast-lab-" + o.Name, VM: o.VM, VMAccel: o.VMAccel,
+		CgroupParent: "/ballast-lab-" + o.Name, VM: o.VM, VMAccel: o.VMAccel, DNSServers: o.DNSServers,
+		Firewall: o.Firewall,
 	}
 	add := func(role, name string, addr netip.Addr) {
 		i := len(s.Nodes)

@@ -53,17 +53,26 @@ func MachineConfig(s *State, n Node, sec Secrets, cred NodeCredentials) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("lab subnet %q: %w", s.Subnet, err)
 	}
+	network := map[string]any{
+		"interfaces": []any{map[string]any{
+			"name":      "eth0",
+			"addresses": []string{fmt.Sprintf("%s/%d", n.Address, prefix.Bits())},
+			"routes":    []any{map[string]string{"to": "default", "via": s.Gateway}},
+		}},
+	}
+	if len(s.DNSServers) > 0 {
+		network["dns"] = map[string]any{"servers": s.DNSServers}
+	}
+	if s.Firewall {
+		network["firewall"] = map[string]any{"enabled": true, "rules": []any{map[string]any{
+			"name": "lab host to etcd", "protocol": "tcp", "ports": []string{"2379"}, "from": []string{s.Gateway},
+		}}}
+	}
 	doc := map[string]any{
 		"apiVersion": "ballast.dev/v1alpha1",
 		"kind":       "MachineConfig",
-		"network": map[string]any{
-			"interfaces": []any{map[string]any{
-				"name":      "eth0",
-				"addresses": []string{fmt.Sprintf("%s/%d", n.Address, prefix.Bits())},
-				"routes":    []any{map[string]string{"to": "default", "via": s.Gateway}},
-			}},
-		},
-		"cluster": clusterSection(s, n, sec),
+		"network":    network,
+		"cluster":    clusterSection(s, n, sec),
 		"api": map[string]any{"tls": map[string]string{
 			"certificate": string(cred.CertPEM), "key": string(cred.KeyPEM), "clientCA": string(sec.APICACert),
 		}},

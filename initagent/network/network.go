@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -29,6 +30,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/dhcp"
 	"github.com/ballast-os/ballast/initagent/netconf"
+	"github.com/ballast-os/ballast/initagent/netfilter"
 )
 
 // Desired is one layer of configuration: static state plus which interfaces
@@ -39,7 +41,9 @@ type Desired struct {
 	DHCP6  map[string]string // interface name → "stateful" or "stateless"
 	DNS    []netip.Addr
 	Search []string
-	Source string // where it came from, for logs and status
+	// Netfilter is ballast's nftables table (pod egress NAT).
+	Netfilter netfilter.Ruleset
+	Source    string // where it came from, for logs and status
 }
 
 // Manager reconciles the kernel with Desired plus the current DHCP leases.
@@ -61,6 +65,9 @@ type Manager struct {
 	OnLeaseVerdict func(old, new dhcp.Lease, err error)
 	// OnApplied is called after every apply that changed the kernel; nil: ignored.
 	OnApplied func()
+	// ApplyNetfilter replaces ballast's nftables table with a ruleset
+	// that differs from the last one applied; nil: the table is not managed.
+	ApplyNetfilter func(netfilter.Ruleset) error
 	// NIC selects the links the default network (DHCPv4 on every NIC)
 	// covers; nil: the physical NICs (links of no kind but loopback).
 	NIC func(netlink.Link) bool
@@ -74,6 +81,8 @@ type Manager struct {
 	desiredGen int // bumped by SetDesired
 	appliedGen int // desiredGen of the last apply
 	leases     map[string]dhcp.Lease
+	// netfilter is the ruleset in the kernel, as last applied.
+	netfilter *netfilter.Ruleset
 	// verify holds the clients whose new lease awaits VerifyLease, with the
 	// lease it replaced (zero when there was none).
 	verify  map[string]dhcp.Lease
@@ -91,6 +100,11 @@ type Status struct {
 	Changes   int // kernel changes made by the last apply
 	Addresses []netip.Prefix
 	Leases    []dhcp.Lease
+	// Firewall and Egress are ballast's nftables table as applied: one line
+	// per opening (name: match) and per egress rule; Firewall is empty when
+	// the node accepts everything.
+	Firewall []string `json:",omitempty"`
+	Egress   []string `json:",omitempty"`
 }
 
 func (m *Manager) init() {
@@ -320,6 +334,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.mu.Unlock()
 
 		res, err := m.Applier.Apply(ctx, spec)
+		if err == nil {
+			var changed bool
+			if changed, err = m.applyNetfilter(d.Netfilter); changed {
+				res.Changes = append(res.Changes, "nftables table "+netfilter.TableName)
+			}
+		}
 		m.mu.Lock()
 		m.status.Source = d.Source
 		m.status.Applied = time.Now()
@@ -387,6 +407,25 @@ func (m *Manager) Run(ctx context.Context) error {
 			})
 		}
 	}
+}
+
+// applyNetfilter applies rs unless it is what the kernel has.
+func (m *Manager) applyNetfilter(rs netfilter.Ruleset) (bool, error) {
+	if m.ApplyNetfilter == nil || (m.netfilter != nil && reflect.DeepEqual(*m.netfilter, rs)) {
+		return false, nil
+	}
+	if m.netfilter == nil && reflect.DeepEqual(rs, netfilter.Ruleset{}) {
+		return false, nil // nothing of ours to remove (a kernel without nf_tables stays fine)
+	}
+	if err := m.ApplyNetfilter(rs); err != nil {
+		m.netfilter = nil // unknown now: the next apply rewrites it
+		return false, err
+	}
+	m.netfilter = &rs
+	m.mu.Lock()
+	m.status.Firewall, m.status.Egress = rs.Describe()
+	m.mu.Unlock()
+	return true, nil
 }
 
 // leaseChanged reports whether b differs from a in what reaches the kernel
@@ -604,7 +643,8 @@ func FromConfig(cfg *config.MachineConfig, source string) (Desired, error) {
 	if err != nil {
 		return Desired{}, err
 	}
-	d := Desired{Spec: spec, Source: source, Search: cfg.Network.DNS.Search, DHCP6: map[string]string{}}
+	d := Desired{Spec: spec, Source: source, Search: cfg.Network.DNS.Search, DHCP6: map[string]string{},
+		Netfilter: netfilter.Ruleset{Egress: egressOf(cfg), Firewall: firewallOf(cfg)}}
 	for _, s := range cfg.Network.DNS.Servers {
 		a, err := netip.ParseAddr(s)
 		if err != nil {
@@ -621,6 +661,26 @@ func FromConfig(cfg *config.MachineConfig, source string) (Desired, error) {
 		}
 	}
 	return d, nil
+}
+
+// egressOf is the pod egress NAT of a validated config: pods are in the
+// cluster's pod networks, which with the service networks are never
+// rewritten as destinations.
+func egressOf(cfg *config.MachineConfig) *netfilter.Egress {
+	pods := config.Prefixes(cfg.Cluster.PodCIDRs, config.DefaultPodCIDR)
+	e := &netfilter.Egress{Pods: pods, Internal: append(slices.Clone(pods), config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)...)}
+	for _, r := range cfg.Network.Egress {
+		var rule netfilter.EgressRule
+		if r.To != "" {
+			rule.To = netip.MustParsePrefix(r.To)
+		}
+		if r.Source != config.EgressMasquerade {
+			rule.Source = netip.MustParseAddr(r.Source)
+		}
+		rule.Interface = r.Interface
+		e.Rules = append(e.Rules, rule)
+	}
+	return e
 }
 
 // ResolvConf renders /etc/resolv.conf.

@@ -61,10 +61,14 @@ func readPayload(system string) (*systemPayload, error) {
 	return &sp, nil
 }
 
+// DefaultDNSDomain is the cluster's in-cluster DNS domain (kubelet's
+// clusterDomain, CoreDNS's zone) unless Cluster.Domain says otherwise.
+const DefaultDNSDomain = "cluster.local"
+
 // Cluster is what the node needs to know about its cluster.
 type Cluster struct {
 	Name         string
-	Domain       string // in-cluster DNS domain; empty means cluster.local
+	Domain       string // in-cluster DNS domain; empty means DefaultDNSDomain
 	APIVIPs      []netip.Addr
 	ExtraSANs    []string // more names for the apiserver certificate
 	PodCIDRs     []netip.Prefix
@@ -574,12 +578,13 @@ func (k *Kube) finishControlPlane(ctx context.Context) error {
 }
 
 // finishPhases are the kubeadm phases a control plane runs once the API
-// answers: the cluster's config and tokens are the bootstrapping node's.
+// answers: the cluster's config, tokens and addons (kube-proxy and CoreDNS,
+// from the preloaded images) are the bootstrapping node's.
 func (k *Kube) finishPhases() [][]string {
 	if k.hasPeers() && !k.exists(etcdBootstrapMark) {
 		return [][]string{{"mark-control-plane"}}
 	}
-	return [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}}
+	return [][]string{{"upload-config", "all"}, {"mark-control-plane"}, {"bootstrap-token"}, {"addon", "all"}}
 }
 
 // writeKubeletFiles writes kubelet's config and its kubeconfig, which
@@ -610,7 +615,7 @@ func (k *Kube) writeKubeletFiles(p Paths) error {
 
 func (k *Kube) domain() string {
 	if k.Cluster.Domain == "" {
-		return "cluster.local"
+		return DefaultDNSDomain
 	}
 	return k.Cluster.Domain
 }
@@ -674,7 +679,9 @@ func (k *Kube) waitNode(ctx context.Context, c *KubeClient) (*Node, error) {
 }
 
 // writeCNI writes the bridge network for the pod CIDRs the controller
-// manager gave the node (the cluster's pod CIDRs if it gives none).
+// manager gave the node. Until it gives some there is no CNI config, so
+// kubelet reports the network not ready and no pod lands on a bridge whose
+// subnet would change under it (the bridge plugin then refuses every pod).
 func (k *Kube) writeCNI(p Paths, n *Node) error {
 	var cidrs []netip.Prefix
 	for _, c := range n.Spec.PodCIDRs {
@@ -683,11 +690,8 @@ func (k *Kube) writeCNI(p Paths, n *Node) error {
 		}
 	}
 	if len(cidrs) == 0 {
-		cidrs = k.Cluster.PodCIDRs
-		k.Log.Warn("node has no podCIDRs; the CNI config uses the cluster's", "podCIDRs", fmt.Sprint(cidrs))
-	}
-	if len(cidrs) == 0 {
-		return errors.New("no pod CIDR: set cluster.podCIDRs")
+		k.Log.Info("node has no podCIDRs yet: the CNI config waits for the controller manager's allocation")
+		return nil
 	}
 	conf, err := CNIConfig(cidrs)
 	if err != nil {
@@ -732,7 +736,7 @@ func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 		if err == nil {
 			if len(n.Spec.PodCIDRs) > 0 {
 				// The controller manager may allocate the node's range after
-				// the first CNI config was written from the cluster's.
+				// the node registered.
 				if err := k.writeCNI(p, n); err != nil {
 					k.Log.Error("CNI config", "err", err)
 				}

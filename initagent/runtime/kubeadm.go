@@ -109,8 +109,19 @@ func KubeadmConfig(cp ControlPlane) ([]byte, error) {
 		},
 		"etcd": map[string]any{"local": etcdLocal},
 	}
+	// kube-proxy (kubeadm's addon phase deploys it as a DaemonSet from the
+	// preloaded image) programs Services with nftables. maxPerCore 0 keeps
+	// the kernel's nf_conntrack_max: that sysctl is global, and a container
+	// node cannot set it.
+	proxy := map[string]any{
+		"apiVersion":  "kubeproxy.config.k8s.io/v1alpha1",
+		"kind":        "KubeProxyConfiguration",
+		"mode":        "nftables",
+		"clusterCIDR": joinPrefixes(cp.PodCIDRs),
+		"conntrack":   map[string]any{"maxPerCore": 0},
+	}
 	var b strings.Builder
-	for i, doc := range []any{init, cluster} {
+	for i, doc := range []any{init, cluster, proxy} {
 		if i > 0 {
 			b.WriteString("---\n")
 		}

@@ -22,7 +22,7 @@ import (
 // runLab makes, shows and removes a lab cluster on this machine:
 //
 //	nodectl lab up [--control-planes 1] [--workers 0] [--provisioner container|qemu] [--worker-provisioner P]
-//	               [--artifacts out/control-plane] [--vm-artifacts DIR] [--vm-accel tcg|kvm] [--wait 15m]
+//	               [--artifacts out/control-plane] [--vm-artifacts DIR] [--vm-accel tcg|kvm] [--dns ADDR,...] [--firewall] [--wait 15m]
 //	nodectl lab status [-o json]
 //	nodectl lab down [--keep]
 //	nodectl lab stop|start --node NAME   (a power cut; a boot, also after the node rebooted)
@@ -47,6 +47,8 @@ func runLab(args []string, out io.Writer) error {
 	system := fs.String("system", "", "up: system.sqfs (default: in --artifacts)")
 	runc := fs.String("runc", "", "up: runc binary (default: the payload's)")
 	subnet := fs.String("subnet", "", "up: the lab bridge's IPv4 subnet (default "+lab.DefaultSubnet+")")
+	dnsServers := fs.String("dns", "", "up: the nodes' upstream DNS servers, comma-separated (default none)")
+	firewall := fs.Bool("firewall", false, "up: turn on the nodes' inbound firewall (network.firewall)")
 	wait := fs.Duration("wait", 15*time.Minute, "up: wait this long for every node to be Ready (0: do not wait)")
 	keep := fs.Bool("keep", false, "down: keep the lab directory (nodes' STATE, console logs, credentials)")
 	output := fs.String("o", "table", "status: table or json")
@@ -78,7 +80,7 @@ func runLab(args []string, out io.Writer) error {
 		start := time.Now()
 		s, err := lab.Up(ctx, lab.Options{Name: *name, Dir: *dir, Provisioner: *provisioner, WorkerProvisioner: *workerProvisioner,
 			ControlPlanes: *cps, Workers: *workers, Subnet: *subnet, Runc: *runc, Initramfs: *initramfs, SystemImage: *system,
-			VM: vm, VMAccel: *vmAccel, Log: log})
+			VM: vm, VMAccel: *vmAccel, DNSServers: splitList(*dnsServers), Firewall: *firewall, Log: log})
 		if err != nil {
 			if s != nil {
 				return fmt.Errorf("%w\nwhat was made is recorded: remove it with `nodectl lab down --dir %s`", err, s.Dir)

@@ -278,6 +278,17 @@ func (t *target) status(out io.Writer, output string) error {
 			fmt.Fprintf(out, "  %s\n", c)
 		}
 	}
+	if n, ok := st.Network.(map[string]any); ok {
+		for _, part := range []string{"Firewall", "Egress"} {
+			lines, _ := n[part].([]any)
+			if len(lines) > 0 {
+				fmt.Fprintf(out, "%s:\n", strings.ToLower(part))
+			}
+			for _, l := range lines {
+				fmt.Fprintf(out, "  %v\n", l)
+			}
+		}
+	}
 	var names []string
 	for name := range st.Sections {
 		names = append(names, name)
