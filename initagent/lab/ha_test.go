@@ -30,6 +30,8 @@ import (
 //     a control plane pings a pod on the worker with no overlay;
 //   - Services and cluster DNS (issue 20; see services), with every node's
 //     inbound firewall on: what is not opened is dropped (firewallScan);
+//   - pod egress leaves with the source the config declares, changed by a
+//     network transaction (egress);
 //   - a power cut of the VIP holder: the VIP moves, the API answers and
 //     writes (quorum kept); started again it rejoins as the same member;
 //   - a control plane whose STATE was wiped rejoins as a new member and the
@@ -135,6 +137,7 @@ func TestContainerLabHACluster(t *testing.T) {
 	h.podToPod(pauseTag)
 	nodePort := h.services(bins[payload.Ctr], testArchive, testImages[0])
 	h.firewallScan(nodePort)
+	h.egress("web-worker-1")
 
 	// Power cut of the VIP holder.
 	holder := h.vipHolder()
