@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 60m
 
-.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall clean
+.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall bench-services clean
 
 all: build
 
@@ -59,6 +59,9 @@ bench-vip: deps
 
 bench-firewall: deps
 	$(GO) run ./tools/bench/firewall
+
+bench-services: image
+	$(GO) run ./tools/bench/services -artifacts $(OUT)/$(RECIPE)
 
 bench-cluster: image
 	$(GO) run ./tools/bench/cluster -artifacts $(OUT)/$(RECIPE)
