@@ -97,14 +97,20 @@ func request(target string) error {
 	if _, err := io.WriteString(c, "GET /hostname HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"); err != nil {
 		return err
 	}
-	status, err := bufio.NewReader(c).ReadString('\n')
+	r := bufio.NewReader(c)
+	status, err := r.ReadString('\n')
 	if err != nil {
 		return err
 	}
 	if !strings.Contains(status, " 200 ") {
 		return fmt.Errorf("status %q", status)
 	}
-	return nil
+	// Read to the server's close: the server ends the connection, so the
+	// client keeps no TIME_WAIT socket, which would slow its next
+	// connect() to the same destination (one ClusterIP) more than to ten
+	// pod IPs in turn.
+	_, err = io.Copy(io.Discard, r)
+	return err
 }
 
 func run(ctx context.Context, artifacts string, runs int, d time.Duration) error {
