@@ -137,6 +137,8 @@ func TestContainerLabHACluster(t *testing.T) {
 	h.podToPod(pauseTag)
 	nodePort := h.services(bins[payload.Ctr], testArchive, testImages[0])
 	h.firewallScan(nodePort)
+	h.vrrpFromStranger()
+	h.lockoutReverts()
 	h.egress("web-worker-1")
 
 	// Power cut of the VIP holder.

@@ -252,10 +252,10 @@ func TestBootstrap(t *testing.T) {
 
 // TestFinishPhases: the bootstrapping control plane (alone, or the one an
 // operator bootstrapped) uploads the cluster config and creates the
-// token; a joiner only marks itself.
+// token and deploys the addons; a joiner only marks itself.
 func TestFinishPhases(t *testing.T) {
 	k := testKube(t)
-	if got := fmt.Sprint(k.finishPhases()); got != "[[upload-config all] [mark-control-plane] [bootstrap-token]]" {
+	if got := fmt.Sprint(k.finishPhases()); got != "[[upload-config all] [mark-control-plane] [bootstrap-token] [addon all]]" {
 		t.Errorf("lone control plane: %s", got)
 	}
 	k.Cluster.Peers = []netip.Addr{netip.MustParseAddr("10.0.0.6")}

@@ -35,12 +35,14 @@ func TestKubeadmConfig(t *testing.T) {
 		}
 		docs = append(docs, d)
 	}
-	if len(docs) != 2 || docs[0]["kind"] != "InitConfiguration" || docs[1]["kind"] != "ClusterConfiguration" {
+	if len(docs) != 3 || docs[0]["kind"] != "InitConfiguration" || docs[1]["kind"] != "ClusterConfiguration" ||
+		docs[2]["kind"] != "KubeProxyConfiguration" || docs[2]["mode"] != "nftables" {
 		t.Fatalf("documents: %s", data)
 	}
 	text := string(data)
 	for _, want := range []string{"controlPlaneEndpoint: 10.0.0.100:6443", "advertiseAddress: 10.0.0.5", "imagePullPolicy: Never",
-		"name: bind-address", "value: 10.0.0.5", "- api.prod.example.com", "podSubnet: 10.244.0.0/16", "dataDir: /var/lib/etcd"} {
+		"name: bind-address", "value: 10.0.0.5", "- api.prod.example.com", "podSubnet: 10.244.0.0/16", "dataDir: /var/lib/etcd",
+		"clusterCIDR: 10.244.0.0/16", "maxPerCore: 0"} {
 		if !strings.Contains(text, want) {
 			t.Errorf("config lacks %q:\n%s", want, text)
 		}
