@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -89,12 +90,21 @@ func (rs Ruleset) Describe() (firewall, egress []string) {
 // acknowledged.
 const batchBuffer = 16 << 20
 
+// opTimeout bounds one netlink operation (a batch and its acknowledgements).
+const opTimeout = 10 * time.Second
+
 // New returns a connection to nftables in the network namespace netnsFD
 // (0: the caller's) that can send a large table in one batch. It forces
 // the buffers past net.core.wmem_max and rmem_max (CAP_NET_ADMIN, which changing
 // nftables needs anyway).
 func New(netnsFD int) (*nftables.Conn, error) {
 	opts := []nftables.ConnOption{nftables.WithSockOptions(func(c *netlink.Conn) error {
+		// Each operation dials its own socket: bound it, so a kernel that
+		// never answers fails the apply (a network transaction then rolls
+		// back) instead of blocking the network manager.
+		if err := c.SetDeadline(time.Now().Add(opTimeout)); err != nil {
+			return err
+		}
 		raw, err := c.SyscallConn()
 		if err != nil {
 			return err
