@@ -398,33 +398,15 @@ func (h *haCluster) podToPod(pauseTag string) {
 	if a.Compare(b) == 0 || netip.MustParsePrefix(DefaultSubnet).Contains(a) {
 		h.t.Fatalf("pod IPs %s and %s are not pod-network addresses", a, b)
 	}
-	pid := pausePID(h.t, a)
+	pid, err := PodPID(a.String())
+	if err != nil {
+		h.t.Fatal(err)
+	}
 	out, err := exec.CommandContext(h.ctx, "nsenter", "-t", strconv.Itoa(pid), "-n", "ping", "-c", "3", "-W", "2", b.String()).CombinedOutput()
 	if err != nil {
 		h.t.Fatalf("pod-a (%s on cp-1) cannot ping pod-b (%s on worker-1): %v\n%s", a, b, err, out)
 	}
 	h.t.Logf("pod-a %s on cp-1 → pod-b %s on worker-1: %s", a, b, lastLine(string(out)))
-}
-
-// pausePID finds the pause process whose network namespace holds addr:
-// container nodes share the host's kernel, so their pods' processes are
-// visible here.
-func pausePID(t *testing.T, addr netip.Addr) int {
-	t.Helper()
-	procs, _ := filepath.Glob("/proc/[0-9]*/comm")
-	for _, p := range procs {
-		comm, err := os.ReadFile(p)
-		if err != nil || strings.TrimSpace(string(comm)) != "pause" {
-			continue
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-o", "addr", "show").Output()
-		if err == nil && strings.Contains(string(out), " "+addr.String()+"/") {
-			return pid
-		}
-	}
-	t.Fatalf("no pause process has %s", addr)
-	return 0
 }
 
 func (h *haCluster) vipHolderOrErr() (Node, error) {

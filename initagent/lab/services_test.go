@@ -44,14 +44,8 @@ func startUpstreamDNS(t *testing.T, gateway string) {
 // resolver; with CoreDNS scaled to zero the node still resolves its
 // cluster's names and forwarded names. It returns the NodePort.
 func (h *haCluster) services(ctr, testArchive, agnhost string) int {
-	for _, n := range h.s.Nodes {
-		_, pid := h.s.NodeProcess(n)
-		sock := fmt.Sprintf("/proc/%d/root/run/containerd/containerd.sock", pid)
-		out, err := exec.CommandContext(h.ctx, ctr, "--address", sock, "--namespace", "k8s.io",
-			"images", "import", "--snapshotter", "overlayfs", testArchive).CombinedOutput()
-		if err != nil {
-			h.t.Fatalf("import the test images into %s: %v\n%s", n.Name, err, out)
-		}
+	if err := h.s.ImportImages(h.ctx, ctr, testArchive); err != nil {
+		h.t.Fatal(err)
 	}
 	if _, err := h.runFor(6*time.Minute, "-n", "kube-system", "rollout", "status", "daemonset/kube-proxy", "--timeout=5m"); err != nil {
 		h.t.Fatal(err)

@@ -157,13 +157,8 @@ func run(ctx context.Context, artifacts string, runs int, d time.Duration) error
 		}
 		return strings.TrimSpace(string(out)), nil
 	}
-	for _, n := range s.Nodes {
-		_, pid := s.NodeProcess(n)
-		sock := fmt.Sprintf("/proc/%d/root/run/containerd/containerd.sock", pid)
-		if out, err := exec.CommandContext(ctx, bins[payload.Ctr], "--address", sock, "--namespace", "k8s.io",
-			"images", "import", "--snapshotter", "overlayfs", archive).CombinedOutput(); err != nil {
-			return fmt.Errorf("import into %s: %v: %s", n.Name, err, out)
-		}
+	if err := s.ImportImages(ctx, bins[payload.Ctr], archive); err != nil {
+		return err
 	}
 	manifest := fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
@@ -218,7 +213,7 @@ spec:
 	if err != nil {
 		return err
 	}
-	pid, err := podPID(clientIP)
+	pid, err := lab.PodPID(clientIP)
 	if err != nil {
 		return err
 	}
@@ -275,22 +270,4 @@ func median(v []float64) float64 {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
-}
-
-// podPID finds a process in the pod whose network namespace holds addr
-// (container nodes share this kernel, so pods' processes are visible).
-func podPID(addr string) (int, error) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/comm")
-	for _, p := range procs {
-		comm, err := os.ReadFile(p)
-		if err != nil || strings.TrimSpace(string(comm)) != "pause" {
-			continue
-		}
-		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		out, err := exec.Command("nsenter", "-t", strconv.Itoa(pid), "-n", "ip", "-o", "addr", "show").Output()
-		if err == nil && strings.Contains(string(out), " "+addr+"/") {
-			return pid, nil
-		}
-	}
-	return 0, fmt.Errorf("no pause process has %s", addr)
 }
