@@ -206,22 +206,33 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	r.a.Log.Info("local dns", "listen", strings.Join(listen, ","), "zone", cfg.Cluster.Name+"."+cfg.Cluster.Domain, "stubs", strings.Join(stubZones, ","))
 }
 
-// clusterDNSStubs sends the cluster's Service and pod names to its DNS
-// Service (CoreDNS, which kubeadm's addon phase deploys at the tenth address
-// of the first service CIDR), so the node and host-network pods resolve them
-// too. Only those zones go there: the node's own zone never depends on it.
+// clusterDNSStubs sends the cluster's Service and pod names, and the
+// reverse names of its Service addresses, to its DNS Service (CoreDNS,
+// which kubeadm's addon phase deploys at the tenth address of the first
+// service CIDR), so the node and pods resolve them, PTR included. Only
+// those zones go there: the node's own zone never depends on it.
 func clusterDNSStubs(cfg *config.MachineConfig) []dns.Stub {
-	svc := config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)[0]
-	ip := svc.Addr()
+	svcs := config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)
+	ip := svcs[0].Addr()
 	for range 10 {
 		ip = ip.Next()
 	}
-	if !svc.Contains(ip) {
+	if !svcs[0].Contains(ip) {
 		return nil
 	}
 	server := []netip.AddrPort{netip.AddrPortFrom(ip, 53)}
 	domain := runtime.DefaultDNSDomain
-	return []dns.Stub{{Zone: "svc." + domain, Servers: server}, {Zone: "pod." + domain, Servers: server}}
+	stubs := []dns.Stub{{Zone: "svc." + domain, Servers: server}, {Zone: "pod." + domain, Servers: server}}
+	for _, p := range svcs {
+		zones, err := dns.ReverseZones(p)
+		if err != nil {
+			continue // only for an invalid prefix, which validation refuses
+		}
+		for _, z := range zones {
+			stubs = append(stubs, dns.Stub{Zone: z, Servers: server})
+		}
+	}
+	return stubs
 }
 
 // ensurePodDNSLink creates the dummy link holding the pods' resolver

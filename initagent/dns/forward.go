@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -35,6 +37,63 @@ type forwarder struct {
 	log     *slog.Logger
 	udp     *dns.Client
 	tcp     *dns.Client
+	// stub is set on a stub zone's forwarder: its queries carry the stub
+	// mark (see stubMarkOption).
+	stub bool
+}
+
+// stubMarkOption is an EDNS0 option (from the local/experimental range,
+// RFC 6891 §9) on every query sent to a stub zone's servers. The cluster
+// DNS sends the names of those zones it has no record for (the reverse name
+// of an unassigned Service address) on to its own upstream, which is this
+// server on some node: a query that comes back with the mark goes to the
+// Upstreams, as the cluster DNS meant, instead of round the loop again.
+const stubMarkOption = 65301
+
+func hasStubMark(r *dns.Msg) bool {
+	if opt := r.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if o.Option() == stubMarkOption {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// setStubMark adds the mark to r (a copy the caller owns), with an OPT
+// record if r had none, or removes it.
+func setStubMark(r *dns.Msg, on bool) {
+	opt := r.IsEdns0()
+	if opt == nil {
+		if !on {
+			return
+		}
+		r.SetEdns0(ednsSize, false)
+		opt = r.IsEdns0()
+	}
+	kept := opt.Option[:0]
+	for _, o := range opt.Option {
+		if o.Option() != stubMarkOption {
+			kept = append(kept, o)
+		}
+	}
+	opt.Option = kept
+	if on {
+		opt.Option = append(opt.Option, &dns.EDNS0_LOCAL{Code: stubMarkOption, Data: []byte("ballast")})
+	}
+}
+
+// removeOPT drops the OPT record from a reply to a query that had none
+// (RFC 6891 §7).
+func removeOPT(m *dns.Msg) {
+	kept := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if rr.Header().Rrtype != dns.TypeOPT {
+			kept = append(kept, rr)
+		}
+	}
+	m.Extra = kept
 }
 
 func newForwarder(ups []netip.AddrPort, timeout time.Duration, log *slog.Logger) *forwarder {
@@ -148,6 +207,7 @@ func (f *forwarder) forward(ctx context.Context, r *dns.Msg) (*dns.Msg, error) {
 	defer cancel()
 	req := r.Copy()
 	req.Id = dns.Id()
+	setStubMark(req, f.stub)
 	var errs []error
 	for _, u := range ups {
 		if ctx.Err() != nil {
@@ -167,6 +227,9 @@ func (f *forwarder) forward(ctx context.Context, r *dns.Msg) (*dns.Msg, error) {
 		}
 		m.Id = r.Id
 		m.Question = r.Question
+		if r.IsEdns0() == nil {
+			removeOPT(m)
+		}
 		return m, nil
 	}
 	return nil, fmt.Errorf("%w: %w", ErrNoUpstream, errors.Join(errs...))
@@ -203,7 +266,7 @@ type forwardHandler struct {
 func (h *forwardHandler) Name() string { return "forward" }
 
 func (h *forwardHandler) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	m, err := h.s.forwarderFor(r.Question[0].Name).forward(ctx, r)
+	m, err := h.s.forwarderFor(r).forward(ctx, r)
 	if err != nil {
 		h.s.log.Debug("dns: forward failed", "name", r.Question[0].Name, "err", err)
 		return dns.RcodeServerFailure, err
@@ -231,16 +294,23 @@ func newStubs(stubs []Stub, timeout time.Duration, log *slog.Logger) ([]stubZone
 		if err := checkUpstreams(st.Servers); err != nil {
 			return nil, fmt.Errorf("dns stub %s: %w", zone, err)
 		}
-		out = append(out, stubZone{zone: zone, fwd: newForwarder(st.Servers, timeout, log.With("zone", zone))})
+		fwd := newForwarder(st.Servers, timeout, log.With("zone", zone))
+		fwd.stub = true
+		out = append(out, stubZone{zone: zone, fwd: fwd})
 	}
 	// Most specific first: more labels wins.
 	sort.SliceStable(out, func(i, j int) bool { return dns.CountLabel(out[i].zone) > dns.CountLabel(out[j].zone) })
 	return out, nil
 }
 
-// forwarderFor is the forwarder of the most specific stub zone holding
-// name, else the Upstreams'.
-func (s *Server) forwarderFor(name string) *forwarder {
+// forwarderFor is the forwarder of the most specific stub zone holding the
+// question's name, else (or when the query has been through a stub zone's
+// servers already) the Upstreams'.
+func (s *Server) forwarderFor(r *dns.Msg) *forwarder {
+	if hasStubMark(r) {
+		return s.fwd
+	}
+	name := r.Question[0].Name
 	for _, z := range s.stubs {
 		if dns.IsSubDomain(z.zone, dns.CanonicalName(name)) {
 			return z.fwd
@@ -258,4 +328,51 @@ func (s *Server) upstreamStatus() []UpstreamStatus {
 		}
 	}
 	return out
+}
+
+// ReverseZones returns the reverse-lookup zones (in-addr.arpa. or
+// ip6.arpa.) that together hold exactly the addresses of p: one zone when
+// p ends on an octet (IPv4) or nibble (IPv6) boundary, else one per
+// combination of the bits up to the next boundary (at most 128), e.g. 16
+// zones for 10.96.0.0/12.
+func ReverseZones(p netip.Prefix) ([]string, error) {
+	if !p.IsValid() {
+		return nil, fmt.Errorf("reverse zones: invalid prefix")
+	}
+	p = p.Masked()
+	unit, suffix := 8, "in-addr.arpa."
+	if p.Addr().Is6() {
+		unit, suffix = 4, "ip6.arpa."
+	}
+	boundary := (p.Bits() + unit - 1) / unit * unit
+	if boundary == 0 {
+		return []string{suffix}, nil
+	}
+	addr := p.Addr().AsSlice()
+	var zones []string
+	for i := range 1 << (boundary - p.Bits()) {
+		a := slices.Clone(addr)
+		// add i at the bit just above the boundary
+		shift := len(a)*8 - boundary
+		carry := uint(i) << (shift % 8)
+		for j := len(a) - 1 - shift/8; j >= 0 && carry > 0; j-- {
+			sum := uint(a[j]) + carry&0xff
+			a[j] = byte(sum)
+			carry = carry>>8 + sum>>8
+		}
+		var labels []string
+		for k := boundary/unit - 1; k >= 0; k-- {
+			if unit == 8 {
+				labels = append(labels, strconv.Itoa(int(a[k])))
+				continue
+			}
+			nib := a[k/2] >> 4
+			if k%2 == 1 {
+				nib = a[k/2] & 0xf
+			}
+			labels = append(labels, strconv.FormatUint(uint64(nib), 16))
+		}
+		zones = append(zones, strings.Join(labels, ".")+"."+suffix)
+	}
+	return zones, nil
 }

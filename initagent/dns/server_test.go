@@ -727,3 +727,94 @@ func TestStubZone(t *testing.T) {
 		t.Error("a stub for the root zone was accepted")
 	}
 }
+
+// A stub zone's server (CoreDNS) sends the names of the zone it has no
+// record for on to its own upstream, which is this server: the query comes
+// back once, carrying the stub mark, and goes to the upstreams instead of
+// round the loop again. A known name is answered by the stub's server.
+func TestStubLoopGoesUpstream(t *testing.T) {
+	nstest.Handle(t)
+	srv := "127.0.0.53:53"
+	up := startDnsmasq(t, "127.0.0.2", "--ptr-record=20.0.96.10.in-addr.arpa,upstream-knows.example.test")
+	fallthroughClient := &dns.Client{Timeout: 3 * time.Second}
+	cluster := startUpstream(t, "127.0.0.3", func(w dns.ResponseWriter, r *dns.Msg) {
+		if r.Question[0].Name == "10.0.96.10.in-addr.arpa." {
+			m := new(dns.Msg)
+			m.SetReply(r)
+			m.Answer = append(m.Answer, &dns.PTR{Hdr: dns.RR_Header{Name: r.Question[0].Name, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: 5},
+				Ptr: "kube-dns.kube-system.svc.cluster.local."})
+			_ = w.WriteMsg(m)
+			return
+		}
+		// CoreDNS's kubernetes plugin falls through, its forward plugin
+		// sends the query as received to the node's resolver.
+		m, _, err := fallthroughClient.Exchange(r, srv)
+		if err != nil {
+			m = new(dns.Msg)
+			m.SetRcode(r, dns.RcodeServerFailure)
+		}
+		m.Id = r.Id
+		_ = w.WriteMsg(m)
+	})
+	zones, err := ReverseZones(netip.MustParsePrefix("10.96.0.0/12"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stubs []Stub
+	for _, z := range zones {
+		stubs = append(stubs, Stub{Zone: z, Servers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.3:53")}})
+	}
+	startServer(t, Config{Listen: []string{srv}, Upstreams: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.2:53")}, Stubs: stubs})
+
+	m := query(t, nil, srv, "10.0.96.10.in-addr.arpa.", dns.TypePTR)
+	if len(m.Answer) != 1 || m.Answer[0].(*dns.PTR).Ptr != "kube-dns.kube-system.svc.cluster.local." {
+		t.Errorf("PTR 10.96.0.10 = %v, want the stub's kube-dns name", m.Answer)
+	}
+	if m.IsEdns0() != nil {
+		t.Error("a query without EDNS got an OPT record back")
+	}
+	m = query(t, nil, srv, "20.0.96.10.in-addr.arpa.", dns.TypePTR)
+	if len(m.Answer) != 1 || m.Answer[0].(*dns.PTR).Ptr != "upstream-knows.example.test." {
+		t.Errorf("PTR 10.96.0.20 = %s %v, want the upstream's name through the stub's fallthrough", dns.RcodeToString[m.Rcode], m.Answer)
+	}
+	if n := cluster.count("udp", "20.0.96.10.in-addr.arpa."); n != 1 {
+		t.Errorf("the stub's server saw 10.96.0.20's reverse name %d times, want once (no loop)", n)
+	}
+	if n := up.queries(t, "PTR", "20.0.96.10.in-addr.arpa"); n != 1 {
+		t.Errorf("the upstream saw 10.96.0.20's reverse name %d times, want once", n)
+	}
+	if n := cluster.count("udp", "9.9.9.10.in-addr.arpa."); n != 0 {
+		t.Errorf("a name outside 10.96.0.0/12 went to the stub (%d times)", n)
+	}
+}
+
+func TestReverseZones(t *testing.T) {
+	for _, c := range []struct {
+		prefix string
+		n      int
+		first  string
+		last   string
+	}{
+		{"10.96.0.0/12", 16, "96.10.in-addr.arpa.", "111.10.in-addr.arpa."},
+		{"10.96.0.0/16", 1, "96.10.in-addr.arpa.", "96.10.in-addr.arpa."},
+		{"10.96.5.0/24", 1, "5.96.10.in-addr.arpa.", "5.96.10.in-addr.arpa."},
+		{"192.168.0.0/23", 2, "0.168.192.in-addr.arpa.", "1.168.192.in-addr.arpa."},
+		{"10.96.0.128/25", 128, "128.0.96.10.in-addr.arpa.", "255.0.96.10.in-addr.arpa."},
+		{"0.0.0.0/0", 1, "in-addr.arpa.", "in-addr.arpa."},
+		{"fd00:10:96::/112", 1, "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.", ""},
+		{"fd00:10:96::/110", 4, "0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.",
+			"3.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa."},
+	} {
+		zones, err := ReverseZones(netip.MustParsePrefix(c.prefix))
+		if err != nil {
+			t.Fatalf("%s: %v", c.prefix, err)
+		}
+		last := c.last
+		if last == "" {
+			last = c.first
+		}
+		if len(zones) != c.n || zones[0] != c.first || zones[len(zones)-1] != last {
+			t.Errorf("%s: %d zones %s … %s, want %d %s … %s", c.prefix, len(zones), zones[0], zones[len(zones)-1], c.n, c.first, last)
+		}
+	}
+}
