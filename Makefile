@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 60m
 
-.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall bench-services clean
+.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall bench-services conformance clean
 
 all: build
 
@@ -41,6 +41,11 @@ test: deps check payload
 	$(GO) test $(TESTFLAGS) ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initagent/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./initagent/api/
+
+# The upstream Kubernetes conformance tests ballast runs (tools/conformance)
+# against a lab cluster of container nodes built from the image.
+conformance: image
+	$(GO) run ./tools/conformance -artifacts $(OUT)/$(RECIPE)
 
 bench-netconf: deps
 	$(GO) run ./tools/bench/netconf

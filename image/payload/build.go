@@ -53,7 +53,14 @@ const (
 	Agnhost = "agnhost"
 	// CoreDNS is the cluster DNS (the coredns image kubeadm deploys).
 	CoreDNS = "coredns"
+	// E2E is the upstream end-to-end suite of the pinned Kubernetes
+	// (test/e2e with its network and node tests) as one test binary,
+	// e2e.test, for `make conformance`; not in Components().
+	E2E = "e2e"
 )
+
+// E2EBinary is the test binary the E2E component builds.
+const E2EBinary = "e2e.test"
 
 // Components lists every component in build order (cheapest first).
 func Components() []string {
@@ -170,6 +177,7 @@ type unit struct {
 type binary struct {
 	name, pkg string
 	cgoStatic bool // CGO_ENABLED=1 linked with -extldflags -static; else CGO_ENABLED=0
+	test      bool // a test binary (go test -c) of pkg's tests
 	tags      string
 	ldflags   []string
 }
@@ -251,7 +259,7 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			files:    map[string][]byte{"main.go": []byte(coreDNSMain())},
 			binaries: []binary{{name: CoreDNS, pkg: ".", ldflags: []string{"-X " + mod + "/coremain.GitCommit=" + v.CoreDNS}}},
 		}, nil
-	case Kubernetes, Kubectl, Agnhost:
+	case Kubernetes, Kubectl, Agnhost, E2E:
 		info, err := b.download(ctx, "k8s.io/kubernetes", v.Kubernetes)
 		if err != nil {
 			return nil, err
@@ -267,6 +275,14 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 		ld, err := kubeVersionLdflags(v.Kubernetes)
 		if err != nil {
 			return nil, err
+		}
+		if name == E2E {
+			return &unit{
+				name: E2E, version: v.Kubernetes + "-" + shortHash([]byte(e2eSuite)),
+				requires: [][2]string{{"k8s.io/kubernetes", v.Kubernetes}}, replaces: replaces,
+				files:    map[string][]byte{"e2e_test.go": []byte(e2eSuite)},
+				binaries: []binary{{name: E2EBinary, pkg: ".", test: true, ldflags: ld}},
+			}, nil
 		}
 		if name == Kubectl || name == Agnhost {
 			pkg := "k8s.io/kubernetes/cmd/" + name
@@ -287,7 +303,7 @@ func (b *Builder) unit(ctx context.Context, name string) (*unit, error) {
 			links:    KubeCommands(),
 		}, nil
 	}
-	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr, Kubectl, Agnhost), ", "))
+	return nil, fmt.Errorf("payload component %q: unknown, want one of %s", name, strings.Join(append(Components(), Ctr, Kubectl, Agnhost, E2E), ", "))
 }
 
 // kubeVersionLdflags sets what `kubelet --version` etc. print, as
@@ -439,6 +455,9 @@ func (b *Builder) goBuildArgs(bin binary, out string) (args, env []string) {
 		ldflags = append(ldflags, "-linkmode=external", "-extldflags=-static")
 	}
 	args = []string{"build", "-trimpath", "-buildvcs=false", "-o", out}
+	if bin.test {
+		args = []string{"test", "-c", "-vet=off", "-trimpath", "-buildvcs=false", "-o", out}
+	}
 	if bin.tags != "" {
 		args = append(args, "-tags", bin.tags)
 	}

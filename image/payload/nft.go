@@ -34,11 +34,12 @@ func nftPins() []kernel.DebPin {
 	}
 }
 
-// Where nft and its libraries sit in the kube-proxy image.
+// Where nft sits in the kube-proxy image, and where the libraries and the
+// ELF interpreter of every Debian program sit in an image.
 const (
-	nftPath   = "/usr/sbin/nft"
-	nftLibDir = "/lib/x86_64-linux-gnu"
-	nftLoader = "/lib64/ld-linux-x86-64.so.2"
+	nftPath      = "/usr/sbin/nft"
+	debianLibDir = "/lib/x86_64-linux-gnu"
+	debianLoader = "/lib64/ld-linux-x86-64.so.2"
 )
 
 // nftFiles fetches the pinned packages (cached under the payload cache) and
@@ -46,16 +47,29 @@ const (
 // entries, transitively, resolved in the unpacked packages) and the ELF
 // interpreter.
 func (b *Builder) nftFiles(ctx context.Context) ([]File, error) {
+	files, err := b.debianFiles(ctx, nftPins(), []string{nftPath})
+	if err != nil {
+		return nil, fmt.Errorf("nft userspace: %w", err)
+	}
+	return files, nil
+}
+
+// debianFiles fetches pins from Debian bookworm main (cached under the
+// payload cache) and returns the layer files for bins (paths inside the
+// packages, kept as they are): the programs, every shared library they
+// need (DT_NEEDED, transitively, resolved in the unpacked packages) and the
+// ELF interpreter.
+func (b *Builder) debianFiles(ctx context.Context, pins []kernel.DebPin, bins []string) ([]File, error) {
 	if b.goarch() != "amd64" {
-		return nil, fmt.Errorf("nft userspace: pinned for amd64 only, not %s", b.goarch())
+		return nil, fmt.Errorf("Debian packages are pinned for amd64 only, not %s", b.goarch())
 	}
 	cache, err := b.cacheDir()
 	if err != nil {
 		return nil, err
 	}
-	dirs, err := kernel.FetchDebian(ctx, filepath.Join(cache, "debian-main"), debianMainSources, nftPins(), b.log())
+	dirs, err := kernel.FetchDebian(ctx, filepath.Join(cache, "debian-main"), debianMainSources, pins, b.log())
 	if err != nil {
-		return nil, fmt.Errorf("nft userspace: %w", err)
+		return nil, err
 	}
 	find := func(rel string) (string, bool) {
 		for _, d := range dirs {
@@ -65,29 +79,35 @@ func (b *Builder) nftFiles(ctx context.Context) ([]File, error) {
 		}
 		return "", false
 	}
-	nft, ok := find(nftPath)
+	loader, ok := find(debianLoader)
 	if !ok {
-		return nil, fmt.Errorf("nft userspace: %s not in package nftables", nftPath)
+		return nil, fmt.Errorf("ELF interpreter %s not in package libc6", debianLoader)
 	}
-	files := []File{{Path: nftPath, Source: nft}}
-	loader, ok := find(nftLoader)
-	if !ok {
-		return nil, fmt.Errorf("nft userspace: ELF interpreter %s not in package libc6", nftLoader)
-	}
-	files = append(files, File{Path: nftLoader, Source: loader})
-	libs, err := neededClosure(nft, func(lib string) (string, bool) {
-		for _, dir := range []string{"lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"} {
-			if p, ok := find(filepath.Join(dir, lib)); ok {
-				return p, true
+	files := []File{{Path: debianLoader, Source: loader}}
+	seen := map[string]bool{}
+	for _, bin := range bins {
+		src, ok := find(bin)
+		if !ok {
+			return nil, fmt.Errorf("%s is in none of the pinned packages", bin)
+		}
+		files = append(files, File{Path: bin, Source: src})
+		libs, err := neededClosure(src, func(lib string) (string, bool) {
+			for _, dir := range []string{"lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"} {
+				if p, ok := find(filepath.Join(dir, lib)); ok {
+					return p, true
+				}
+			}
+			return "", false
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range libs {
+			if !seen[l.name] {
+				seen[l.name] = true
+				files = append(files, File{Path: debianLibDir + "/" + filepath.Base(l.name), Source: l.path, Mode: 0o644})
 			}
 		}
-		return "", false
-	})
-	if err != nil {
-		return nil, fmt.Errorf("nft userspace: %w", err)
-	}
-	for _, l := range libs {
-		files = append(files, File{Path: nftLibDir + "/" + filepath.Base(l.name), Source: l.path, Mode: 0o644})
 	}
 	return files, nil
 }
@@ -145,7 +165,7 @@ func neededClosure(bin string, resolve func(soname string) (string, bool)) ([]ne
 			seen[n] = true
 			p, ok := resolve(n)
 			if !ok {
-				return nil, fmt.Errorf("%s needs %s, which no pinned package holds: add its package to nftPins", filepath.Base(from), n)
+				return nil, fmt.Errorf("%s needs %s, which no pinned package holds: add its package to the pins", filepath.Base(from), n)
 			}
 			out = append(out, neededLib{name: n, path: p})
 			queue = append(queue, p)

@@ -25,7 +25,7 @@ func startUpstreamDNS(t *testing.T, gateway string) {
 	t.Helper()
 	cmd := exec.Command("dnsmasq", "--keep-in-foreground", "--no-resolv", "--no-hosts", "--bind-dynamic",
 		"--listen-address="+gateway, "--port=53", "--pid-file=", "--user=root",
-		"--local=/"+domain+"/", "--address=/"+upstreamName+"/"+upstreamAddr)
+		"--local=/"+domain+"/", "--address=/"+upstreamName+"/"+upstreamAddr, "--bogus-priv")
 	cmd.Stdout, cmd.Stderr = testWriter{t}, testWriter{t}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("dnsmasq (the lab's upstream DNS): %v", err)
@@ -166,6 +166,17 @@ func (h *haCluster) services(ctr, testArchive, agnhost string) int {
 		return h.digWant(cp1, "web-headless.default.svc.cluster.local", backendIPs...)
 	})
 
+	// Reverse names of Service addresses: a ClusterIP's comes from CoreDNS;
+	// an unassigned address's goes through CoreDNS's fallthrough back to a
+	// node's resolver once and on to the upstream, which says NXDOMAIN (a
+	// loop would time out as SERVFAIL).
+	h.eventually("cp-1 resolves the ClusterIP's reverse name", time.Minute, func() error {
+		return h.digStatus(cp1, "NOERROR", "web.default.svc.cluster.local.", "-x", clusterIP)
+	})
+	if err := h.digStatus(cp1, "NXDOMAIN", "", "-x", "10.111.255.254"); err != nil {
+		h.t.Errorf("an unassigned Service address's reverse name: %v", err)
+	}
+
 	// Without CoreDNS the node's own names and forwarded names still resolve.
 	if _, err := h.run("-n", "kube-system", "scale", "deployment/coredns", "--replicas=0"); err != nil {
 		h.t.Fatal(err)
@@ -219,6 +230,30 @@ func (h *haCluster) jsonpath(kind, name, path string) string {
 		h.t.Fatalf("%s/%s: %s is empty", kind, name, path)
 	}
 	return v
+}
+
+// digStatus asks n's own resolver (127.0.0.53) the query in args and
+// compares the reply's status and first answer's data with want.
+func (h *haCluster) digStatus(n Node, status, answer string, args ...string) error {
+	argv := append([]string{"netns", "exec", n.Netns, "dig", "+time=3", "+tries=1", "+noall", "+comments", "+answer", "@127.0.0.53"}, args...)
+	out, err := exec.CommandContext(h.ctx, "ip", argv...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("dig %s on %s: %v: %s", strings.Join(args, " "), n.Name, err, out)
+	}
+	if !strings.Contains(string(out), "status: "+status) {
+		return fmt.Errorf("dig %s on %s: want status %s:\n%s", strings.Join(args, " "), n.Name, status, out)
+	}
+	var got string
+	for _, l := range strings.Split(string(out), "\n") {
+		if f := strings.Fields(l); len(f) >= 5 && !strings.HasPrefix(l, ";") {
+			got = f[len(f)-1]
+			break
+		}
+	}
+	if got != answer {
+		return fmt.Errorf("dig %s on %s: answer %q, want %q:\n%s", strings.Join(args, " "), n.Name, got, answer, out)
+	}
+	return nil
 }
 
 // digWant asks n's own resolver (127.0.0.53 in its network namespace) for
