@@ -206,11 +206,13 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	r.a.Log.Info("local dns", "listen", strings.Join(listen, ","), "zone", cfg.Cluster.Name+"."+cfg.Cluster.Domain, "stubs", strings.Join(stubZones, ","))
 }
 
-// clusterDNSStubs sends the cluster's Service and pod names, and the
-// reverse names of its Service addresses, to its DNS Service (CoreDNS,
-// which kubeadm's addon phase deploys at the tenth address of the first
-// service CIDR), so the node and pods resolve them, PTR included. Only
-// those zones go there: the node's own zone never depends on it.
+// clusterDNSStubs sends the in-cluster domain (cluster.local: Service and
+// pod names, and the NXDOMAIN for every other name in it that the pods'
+// search list produces) and the reverse names of the Service addresses to
+// the cluster's DNS Service (CoreDNS, which kubeadm's addon phase deploys
+// at the tenth address of the first service CIDR), so the node and pods
+// resolve them, PTR included. Only those zones go there: the node's own
+// zone is answered first and never depends on it.
 func clusterDNSStubs(cfg *config.MachineConfig) []dns.Stub {
 	svcs := config.Prefixes(cfg.Cluster.ServiceCIDRs, config.DefaultServiceCIDR)
 	ip := svcs[0].Addr()
@@ -222,7 +224,7 @@ func clusterDNSStubs(cfg *config.MachineConfig) []dns.Stub {
 	}
 	server := []netip.AddrPort{netip.AddrPortFrom(ip, 53)}
 	domain := runtime.DefaultDNSDomain
-	stubs := []dns.Stub{{Zone: "svc." + domain, Servers: server}, {Zone: "pod." + domain, Servers: server}}
+	stubs := []dns.Stub{{Zone: domain, Servers: server}}
 	for _, p := range svcs {
 		zones, err := dns.ReverseZones(p)
 		if err != nil {

@@ -179,12 +179,12 @@ func run(ctx context.Context, artifacts, reportDir, focus string, keep bool) err
 		"--dns-domain=cluster.local", "--report-dir=" + reportDir, "--ginkgo.no-color", "--ginkgo.timeout=2h",
 	}
 	for _, t := range tests {
-		args = append(args, "--ginkgo.focus="+regexp.QuoteMeta(t)+`( \[|$)`)
+		args = append(args, "--ginkgo.focus="+conformanceSpec(t))
 	}
 	progress("running %d conformance tests; log: %s", len(tests), logPath)
 	e2eStart := time.Now()
 	cmd := exec.CommandContext(ctx, bins[payload.E2EBinary], args...)
-	cmd.Stdout, cmd.Stderr = io.MultiWriter(logFile, specLines{}), logFile
+	cmd.Stdout, cmd.Stderr = io.MultiWriter(logFile, &specProgress{total: len(tests), start: time.Now()}), logFile
 	runErr := cmd.Run()
 	results, err := readJUnit(filepath.Join(reportDir, "junit_01.xml"))
 	if err != nil {
@@ -217,19 +217,28 @@ func run(ctx context.Context, artifacts, reportDir, focus string, keep bool) err
 	return runErr
 }
 
-// specLines prints the e2e.test output lines that say a spec started or
-// ended, so a long run shows where it is.
-type specLines struct{}
+// specProgress follows e2e.test's output (the default reporter prints a
+// "•" for every spec that ran) and prints a line per spec done, and the
+// lines that say one failed.
+type specProgress struct {
+	total, done int
+	start       time.Time
+}
 
-var specLine = regexp.MustCompile(`^(• \[|\[sig-|• FAIL|• SKIP|Ran \d+ of)`)
+var failureLine = regexp.MustCompile(`^(• \[(FAILED|PANICKED|TIMEDOUT)\]|\[sig-)`)
 
-func (specLines) Write(p []byte) (int, error) {
-	for _, l := range strings.Split(string(p), "\n") {
-		if specLine.MatchString(strings.TrimSpace(l)) {
-			fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), strings.TrimSpace(l))
+func (p *specProgress) Write(b []byte) (int, error) {
+	for _, l := range strings.Split(string(b), "\n") {
+		l = strings.TrimSpace(l)
+		if failureLine.MatchString(l) {
+			fmt.Printf("%s  %s\n", time.Now().Format("15:04:05"), l)
+		}
+		for range strings.Count(l, "•") {
+			p.done++
+			fmt.Printf("%s  %d of %d specs done (%v)\n", time.Now().Format("15:04:05"), p.done, p.total, time.Since(p.start).Round(time.Second))
 		}
 	}
-	return len(p), nil
+	return len(b), nil
 }
 
 type junitCase struct {
@@ -261,12 +270,19 @@ func readJUnit(path string) (junitReport, error) {
 	return out, nil
 }
 
-// find is the case whose name holds the test's text followed by its tags
-// or nothing (JUnit names carry a "[It] " prefix and the tags).
+// conformanceSpec matches the full text of the [Conformance] spec test
+// (its text, then tags): not the provider-specific variants some tests
+// have under the same text with other tags.
+func conformanceSpec(test string) string {
+	return regexp.QuoteMeta(test) + `( \[[^]]+\])* \[Conformance\]`
+}
+
+// find is the [Conformance] case of test (JUnit names carry an "[It] "
+// between the container's text and the spec's, and the tags).
 func (r junitReport) find(test string) (junitCase, bool) {
-	re := regexp.MustCompile(regexp.QuoteMeta(test) + `( \[|$)`)
+	re := regexp.MustCompile(conformanceSpec(test))
 	for _, c := range r {
-		if re.MatchString(c.Name) {
+		if re.MatchString(strings.Replace(c.Name, "[It] ", "", 1)) {
 			return c, true
 		}
 	}
