@@ -35,12 +35,13 @@ FUZZTIME ?= 10s
 # before the tests, so its cold build does not count against a test binary's timeout.
 payload:
 	$(GO) run ./image/payload/cmd/buildpayload -role control-plane
-	$(GO) run ./image/payload/cmd/buildpayload kubectl ctr agnhost
+	$(GO) run ./image/payload/cmd/buildpayload kubectl ctr agnhost e2e
 
 test: deps check payload
 	$(GO) test $(TESTFLAGS) ./...
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) ./initagent/config/
 	$(GO) test -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME) ./initagent/api/
+	$(MAKE) conformance
 
 # The upstream Kubernetes conformance tests ballast runs (tools/conformance)
 # against a lab cluster of container nodes built from the image.
