@@ -26,6 +26,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -95,6 +96,10 @@ type Builder struct {
 	// Stderr, if set, receives the go command's output as it runs (it is
 	// otherwise kept and quoted in errors).
 	Stderr io.Writer
+	// Jobs is how many components may build at once; zero means half the
+	// CPUs plus one (at most 5): each go command runs a compile per CPU,
+	// a second one fills the CPUs while the first links or resolves.
+	Jobs int
 }
 
 // DefaultCacheDir is where payload builds are cached unless Builder.CacheDir says otherwise.
@@ -146,21 +151,243 @@ func (b *Builder) goarch() string {
 // Build builds the named components (all of Components() if none) unless
 // cached and returns each binary's name → absolute path. For Kubernetes the
 // map holds KubeBinary and each of KubeCommands() (symlinks to it).
+//
+// Components that share no Go packages build side by side (Jobs at a
+// time); those that do (the Kubernetes family, containerd and ctr) build one
+// after the other, since the go command would compile their shared packages
+// twice at once. Progress goes to Log: each component as it starts and ends
+// (done/total, elapsed, the time its last build took where the cache
+// remembers one) and, every 30 s, what is still building.
 func (b *Builder) Build(ctx context.Context, components ...string) (map[string]string, error) {
 	if len(components) == 0 {
 		components = Components()
 	}
-	out := map[string]string{}
-	for _, c := range components {
-		bins, err := b.buildComponent(ctx, c)
+	cache, err := b.cacheDir()
+	if err != nil {
+		return nil, err
+	}
+	units := make([]*unit, len(components))
+	results := make([]map[string]string, len(components))
+	var todo []int
+	for i, c := range components {
+		u, err := b.unit(ctx, c)
 		if err != nil {
 			return nil, err
 		}
+		units[i] = u
+		final := filepath.Join(cache, u.key())
+		if _, err := os.Stat(final); err == nil {
+			b.log().Info("payload component cached", "component", u.name, "version", u.version, "dir", final)
+			results[i] = u.paths(final)
+			continue
+		}
+		todo = append(todo, i)
+	}
+	if len(todo) > 0 {
+		if err := b.buildAll(ctx, units, todo, results); err != nil {
+			return nil, err
+		}
+	}
+	out := map[string]string{}
+	for _, bins := range results {
 		for name, path := range bins {
 			out[name] = path
 		}
 	}
 	return out, nil
+}
+
+// family groups the components that compile the same Go packages.
+func family(component string) string {
+	switch component {
+	case Kubernetes, Kubectl, Agnhost, E2E:
+		return Kubernetes
+	case Containerd, Ctr:
+		return Containerd
+	}
+	return component
+}
+
+func (b *Builder) jobs() int {
+	if b.Jobs > 0 {
+		return b.Jobs
+	}
+	return min(max(runtime.NumCPU()/2, 1), 4) + 1
+}
+
+// buildAll builds units[todo...] into results, lane by lane (a lane is a
+// family, built in order), the lanes with the most work first.
+func (b *Builder) buildAll(ctx context.Context, units []*unit, todo []int, results []map[string]string) error {
+	times := b.lastBuildTimes()
+	lanes := map[string][]int{}
+	var order []string
+	for _, i := range todo {
+		f := family(units[i].name)
+		if _, ok := lanes[f]; !ok {
+			order = append(order, f)
+		}
+		lanes[f] = append(lanes[f], i)
+	}
+	work := func(f string) float64 {
+		var sec float64
+		for _, i := range lanes[f] {
+			sec += times[units[i].name]
+		}
+		return sec
+	}
+	sort.SliceStable(order, func(a, c int) bool { return work(order[a]) > work(order[c]) })
+	var names []string
+	for _, i := range todo {
+		names = append(names, units[i].name)
+	}
+	b.log().Info("payload: building", "components", strings.Join(names, ","), "at_once", min(b.jobs(), len(order)),
+		"last_build", estimate(work, order))
+
+	pr := &progress{total: len(todo), running: map[string]time.Time{}, start: time.Now()}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go b.heartbeat(ctx, pr, times)
+	sem := make(chan struct{}, b.jobs())
+	// The first failure is the one reported; it cancels the rest, whose
+	// errors (killed builds) are its consequence.
+	var failed sync.Once
+	var firstErr error
+	fail := func(err error) { failed.Do(func() { firstErr = err; cancel() }) }
+	var wg sync.WaitGroup
+	for _, f := range order {
+		wg.Go(func() {
+			for _, i := range lanes[f] {
+				select {
+				case sem <- struct{}{}:
+				case <-ctx.Done():
+					fail(ctx.Err())
+					return
+				}
+				u := units[i]
+				pr.started(u.name)
+				b.log().Info("payload component building", "component", u.name, "version", u.version,
+					"last_build", fmtSeconds(times[u.name]))
+				t := time.Now()
+				bins, err := b.buildUnit(ctx, u)
+				<-sem
+				done := pr.finished(u.name)
+				if err != nil {
+					fail(err)
+					return
+				}
+				results[i] = bins
+				b.recordBuildTime(u.name, time.Since(t))
+				b.log().Info("payload component built", "component", u.name, "version", u.version,
+					"done", fmt.Sprintf("%d/%d", done, pr.total), "elapsed", time.Since(t).Round(time.Second))
+			}
+		})
+	}
+	wg.Wait()
+	return firstErr
+}
+
+func estimate(work func(string) float64, lanes []string) string {
+	var longest, total float64
+	for _, f := range lanes {
+		longest = max(longest, work(f))
+		total += work(f)
+	}
+	if total == 0 {
+		return "unknown"
+	}
+	return fmtSeconds(total) + " of work, longest lane " + fmtSeconds(longest)
+}
+
+func fmtSeconds(sec float64) string {
+	if sec == 0 {
+		return "unknown"
+	}
+	return time.Duration(sec * float64(time.Second)).Round(time.Second).String()
+}
+
+// progress is what Build has under way, for the heartbeat.
+type progress struct {
+	mu      sync.Mutex
+	total   int
+	done    int
+	running map[string]time.Time
+	start   time.Time
+}
+
+func (p *progress) started(name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.running[name] = time.Now()
+}
+
+func (p *progress) finished(name string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.running, name)
+	p.done++
+	return p.done
+}
+
+// heartbeat logs what is still building every 30 s.
+func (b *Builder) heartbeat(ctx context.Context, p *progress, times map[string]float64) {
+	t := time.NewTicker(30 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		var parts []string
+		for name, since := range p.running {
+			part := name + " " + time.Since(since).Round(time.Second).String()
+			if last := times[name]; last > 0 {
+				part += " (last " + fmtSeconds(last) + ")"
+			}
+			parts = append(parts, part)
+		}
+		done, total := p.done, p.total
+		p.mu.Unlock()
+		sort.Strings(parts)
+		b.log().Info("payload still building", "running", strings.Join(parts, ", "),
+			"done", fmt.Sprintf("%d/%d", done, total), "elapsed", time.Since(p.start).Round(time.Second))
+	}
+}
+
+// buildTimesFile remembers, per component, how long its last build took
+// (any version), for the estimates.
+const buildTimesFile = "build-times.json"
+
+func (b *Builder) lastBuildTimes() map[string]float64 {
+	times := map[string]float64{}
+	cache, err := b.cacheDir()
+	if err != nil {
+		return times
+	}
+	data, err := os.ReadFile(filepath.Join(cache, buildTimesFile))
+	if err == nil {
+		_ = json.Unmarshal(data, &times)
+	}
+	return times
+}
+
+var buildTimesMu sync.Mutex
+
+func (b *Builder) recordBuildTime(component string, d time.Duration) {
+	buildTimesMu.Lock()
+	defer buildTimesMu.Unlock()
+	times := b.lastBuildTimes()
+	times[component] = d.Round(100 * time.Millisecond).Seconds()
+	cache, err := b.cacheDir()
+	if err != nil {
+		return
+	}
+	data, _ := json.MarshalIndent(times, "", "  ")
+	tmp := filepath.Join(cache, "."+buildTimesFile+".tmp")
+	if os.WriteFile(tmp, append(data, '\n'), 0o644) == nil {
+		_ = os.Rename(tmp, filepath.Join(cache, buildTimesFile))
+	}
 }
 
 // unit is one component: a generated module and the binaries built from it.
@@ -325,22 +552,13 @@ func kubeVersionLdflags(version string) ([]string, error) {
 	return ld, nil
 }
 
-func (b *Builder) buildComponent(ctx context.Context, name string) (map[string]string, error) {
+// buildUnit builds u into the cache (atomically) and returns its paths.
+func (b *Builder) buildUnit(ctx context.Context, u *unit) (map[string]string, error) {
 	cache, err := b.cacheDir()
 	if err != nil {
 		return nil, err
 	}
-	u, err := b.unit(ctx, name)
-	if err != nil {
-		return nil, err
-	}
 	final := filepath.Join(cache, u.key())
-	if _, err := os.Stat(final); err == nil {
-		b.log().Info("payload component cached", "component", u.name, "version", u.version, "dir", final)
-		return u.paths(final), nil
-	}
-	start := time.Now()
-	b.log().Info("payload component building", "component", u.name, "version", u.version)
 	src := filepath.Join(cache, "src", u.key())
 	if err := b.generate(ctx, u, src); err != nil {
 		return nil, fmt.Errorf("payload %s %s: %w", u.name, u.version, err)
@@ -389,8 +607,6 @@ func (b *Builder) buildComponent(ctx context.Context, name string) (map[string]s
 		}
 		// A concurrent build got there first; its result is as good as ours.
 	}
-	b.log().Info("payload component built", "component", u.name, "version", u.version,
-		"elapsed", time.Since(start).Round(time.Second), "dir", final)
 	return u.paths(final), nil
 }
 

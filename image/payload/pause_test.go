@@ -72,6 +72,10 @@ func testPauseBuildCached(t *testing.T, cache, bin string) {
 	if _, err := os.Stat(filepath.Join(filepath.Dir(bin), "build.json")); err != nil {
 		t.Errorf("no build record: %v", err)
 	}
+	// The build time is remembered (any version) for the next cold build's estimates.
+	if times := (&Builder{CacheDir: cache}).lastBuildTimes(); times[Pause] <= 0 {
+		t.Errorf("build times %v: no time recorded for %s", times, Pause)
+	}
 }
 
 func TestBuildUnknownComponent(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/boot"
+	"github.com/ballast-os/ballast/initagent/boottime"
 	"github.com/ballast-os/ballast/initagent/coldplug"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/logring"
@@ -48,9 +49,10 @@ type Agent struct {
 	resolver  *resolver
 	api       apiState
 	ha        haServices
-	reaper    *pid1.Reaper      // external programs are started through it
-	kube      *runtime.Kube     // nil unless the system image carries Kubernetes
-	started   time.Time         // when Run began
+	reaper    *pid1.Reaper  // external programs are started through it
+	kube      *runtime.Kube // nil unless the system image carries Kubernetes
+	started   time.Time     // when Run began
+	timeline  *boottime.Timeline
 	podRoutes *podroutes.Daemon // routes to the other nodes' pod CIDRs; nil without Kubernetes
 	system    *sysslot.Manager  // the system slots this boot came from; nil on netboot and live media
 	bless     *blessing         // judges a boot of a system slot that is not good yet; nil otherwise
@@ -95,6 +97,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	a.sup.Log = a.Log
 	bootStart := time.Now()
 	a.started = bootStart
+	a.timeline = boottime.New(!a.Container)
 
 	if err := boot.MountEssential(a.Root, a.Log); err != nil {
 		return pid1.Request{}, err
@@ -133,6 +136,7 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		res := boot.LoadModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
 		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
+		a.timeline.Mark(boottime.ModulesLoaded)
 		a.startColdplug(ctx, info)
 	}
 	a.readCPU()
@@ -215,6 +219,8 @@ func (a *Agent) bringUp(ctx context.Context, cmdline boot.Cmdline, info *boot.Im
 	settled := a.waitNetwork(ctx, net, cmdline, a.Log)
 	if settled != nil {
 		a.Log.Error("network degraded", "err", settled)
+	} else {
+		a.timeline.Mark(boottime.NetworkCommitted)
 	}
 	bn := bootNetwork{Running: cfg, Records: bootRecords(a.txn.History(), since), Settled: settled}
 	if cfg == nil {
@@ -240,6 +246,7 @@ func (a *Agent) bringUp(ctx context.Context, cmdline boot.Cmdline, info *boot.Im
 		cfg = withLocalAPIServer(cfg, nodeAddrs)
 	}
 	a.startServices(ctx, cfg, role)
+	a.timeline.Mark(boottime.ServicesStarted)
 	if kube {
 		a.startKube(ctx, cfg, role, hostname, nodeAddrs)
 	} else if cfg != nil {
@@ -249,6 +256,7 @@ func (a *Agent) bringUp(ctx context.Context, cmdline boot.Cmdline, info *boot.Im
 	st := net.Status()
 	readiness.Announce(a.importantConsole(), readiness.Line{Hostname: hostname, Recipe: info.Recipe, Role: info.Role,
 		Uptime: time.Since(bootStart), Addresses: st.Addresses})
+	a.timeline.Mark(boottime.NodeAPIServing)
 	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
 	a.afterReady(ctx, cmdline, bn)
 }

@@ -89,6 +89,10 @@ func (a *Agent) startAPI(ctx context.Context, hostname string, net *network.Mana
 		},
 	}
 	srv.Metrics = a.haSections(srv.Sections)
+	if t := a.timeline; t != nil {
+		srv.Sections["boot"] = func() any { return t.Marks() }
+		srv.Metrics = append(srv.Metrics, t.WriteMetrics)
+	}
 	if k := a.kube; k != nil {
 		srv.Sections["kubernetes"] = func() any { return k.Status() }
 		srv.Cluster = ClusterCalls(k)

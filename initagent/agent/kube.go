@@ -73,7 +73,7 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 	k := &runtime.Kube{
 		Root: a.Root, System: filepath.Join(a.Root, sysslot.SystemMount), Role: role, NodeName: hostname,
 		NodeIPs: nodeAddrs, Cluster: c, KubeletExtraArgs: cfg.Kubelet.ExtraArgs,
-		Log: a.Log.With("part", "kube"), Reaper: a.reaper, Since: a.bootTime(),
+		Log: a.Log.With("part", "kube"), Reaper: a.reaper, Since: a.bootTime(), Timeline: a.timeline,
 		StartDaemon: func(d pid1.Daemon) { a.sup.Start(ctx, d) },
 		Output:      a.serviceOutput,
 	}

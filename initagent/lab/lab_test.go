@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/ballast-os/ballast/image"
 	"github.com/ballast-os/ballast/image/payload"
+	"github.com/ballast-os/ballast/initagent/boottime"
 	"github.com/ballast-os/ballast/initagent/internal/nstest"
 	"github.com/ballast-os/ballast/initagent/runtime"
 	"github.com/ballast-os/ballast/kernel"
@@ -74,6 +76,28 @@ func TestContainerLabReadyAndDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	st, err := s.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot := st[0].Boot
+	// The boot timeline has every milestone of a container node, in order
+	// (no kernel handover or modules: the host's kernel did those).
+	var reached []string
+	for i, m := range boot {
+		reached = append(reached, m.Name)
+		if i > 0 && m.Seconds < boot[i-1].Seconds {
+			t.Errorf("boot timeline out of order: %v", boot)
+		}
+	}
+	wantBoot := []string{boottime.NetworkCommitted, boottime.ServicesStarted, boottime.NodeAPIServing, boottime.ContainerdReady,
+		boottime.ImagesReady, boottime.KubeletStarted, boottime.APIServerHealthy, boottime.NodeReady}
+	for _, w := range wantBoot {
+		if !slices.Contains(reached, w) {
+			t.Errorf("boot timeline %v lacks %q", boot, w)
+		}
+	}
+	t.Logf("boot timeline: %v", boot)
 	toReady := time.Since(start)
 	kc, err := runtime.LoadKubeconfig(s.AdminKubeconfig(), "")
 	if err != nil {

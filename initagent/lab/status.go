@@ -14,6 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/ballast-os/ballast/initagent/boottime"
 )
 
 // NodeStatus is one node's progress as its node API reports it.
@@ -31,6 +33,8 @@ type NodeStatus struct {
 	ReadyAt   float64 `json:"readyAt,omitempty"`   // seconds from boot to node Ready
 	LastError string  `json:"lastError,omitempty"` // the runtime's or the API's
 	Ready     bool    `json:"ready"`
+	// Boot is the node's boot timeline (seconds since its agent started).
+	Boot []boottime.Mark `json:"boot,omitempty"`
 }
 
 // Milestones in order; Progress is one of them.
@@ -51,6 +55,7 @@ type apiStatus struct {
 		State string `json:"state"`
 	} `json:"transactions"`
 	Sections struct {
+		Boot       []boottime.Mark `json:"boot"`
 		Kubernetes *struct {
 			Phase           string  `json:"phase"`
 			ContainerdReady float64 `json:"containerdReadySeconds"`
@@ -110,6 +115,7 @@ func (s *State) nodeProgress(ctx context.Context, client *http.Client, n Node, s
 			st.Progress = ProgressNetwork
 		}
 	}
+	st.Boot = a.Sections.Boot
 	k := a.Sections.Kubernetes
 	if k == nil {
 		return

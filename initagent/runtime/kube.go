@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ballast-os/ballast/initagent/boottime"
 	"github.com/ballast-os/ballast/initagent/pid1"
 )
 
@@ -119,6 +120,8 @@ type Kube struct {
 	StartDaemon func(pid1.Daemon)
 	// Since is when the boot started; the status reports times from it.
 	Since time.Time
+	// Timeline, if set, gets the Kubernetes milestones of the boot.
+	Timeline *boottime.Timeline
 	// APIServers, if set, gets the apiservers registered in the cluster
 	// (host:port) whenever they change: the API proxy's backends.
 	APIServers func([]string)
@@ -223,13 +226,13 @@ func (k *Kube) Run(ctx context.Context) error {
 	if err != nil {
 		return k.fail("containerd: %v", err)
 	}
-	k.milestone("containerd ready", func(s *KubeStatus) { s.ContainerdReady = k.since() })
+	k.milestone("containerd ready", boottime.ContainerdReady, func(s *KubeStatus) { s.ContainerdReady = k.since() })
 
 	k.update(func(s *KubeStatus) { s.Phase = "importing images" })
 	if err := k.importImages(ctx, p); err != nil {
 		return k.fail("import images: %v", err)
 	}
-	k.milestone("images imported", func(s *KubeStatus) { s.ImagesImported = k.since() })
+	k.milestone("images imported", boottime.ImagesReady, func(s *KubeStatus) { s.ImagesImported = k.since() })
 
 	controlPlane := k.Role == "control-plane"
 	kind, learner := bootstraps, uint64(0)
@@ -258,7 +261,7 @@ func (k *Kube) Run(ctx context.Context) error {
 		return k.fail("kubelet files: %v", err)
 	}
 	k.startOnce("kubelet", k.kubeletProcess(p).Run)
-	k.milestone("kubelet started", func(s *KubeStatus) { s.KubeletStarted = k.since() })
+	k.milestone("kubelet started", boottime.KubeletStarted, func(s *KubeStatus) { s.KubeletStarted = k.since() })
 	if learner != 0 {
 		k.update(func(s *KubeStatus) { s.Phase = "waiting for etcd to promote this learner" })
 		if err := k.promote(ctx, learner); err != nil {
@@ -281,7 +284,7 @@ func (k *Kube) Run(ctx context.Context) error {
 		if err := k.waitAPIServer(ctx); err != nil {
 			return k.fail("kube-apiserver: %v", err)
 		}
-		k.milestone("kube-apiserver ready", func(s *KubeStatus) { s.APIServerReady = k.since() })
+		k.milestone("kube-apiserver ready", boottime.APIServerHealthy, func(s *KubeStatus) { s.APIServerReady = k.since() })
 	}
 	k.update(func(s *KubeStatus) { s.Phase = "waiting for the node object" })
 	n, err := k.waitNode(ctx, node)
@@ -320,8 +323,13 @@ func (k *Kube) fail(format string, args ...any) error {
 	return err
 }
 
-func (k *Kube) milestone(msg string, f func(*KubeStatus)) {
+// milestone records a step of the boot in the status, the log and the
+// boot timeline (as mark).
+func (k *Kube) milestone(msg, mark string, f func(*KubeStatus)) {
 	k.update(f)
+	if k.Timeline != nil {
+		k.Timeline.Mark(mark)
+	}
 	k.Log.Info(msg, "sinceBoot", time.Since(k.Since).Round(10*time.Millisecond))
 }
 
@@ -753,6 +761,9 @@ func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 			case ready && first:
 				first = false
 				k.update(func(s *KubeStatus) { s.NodeReady = k.since() })
+				if k.Timeline != nil {
+					k.Timeline.Mark(boottime.NodeReady)
+				}
 				rss, used := memory()
 				k.Log.Info("kubernetes node ready", "node", k.NodeName, "sinceBoot", time.Since(k.Since).Round(10*time.Millisecond),
 					"internalIPs", strings.Join(ips, ","), "agentRSSKiB", rss, "memUsedKiB", used)

@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/api"
+	"github.com/ballast-os/ballast/initagent/boottime"
 )
 
 func main() {
@@ -254,6 +255,26 @@ func nodeError(resp *http.Response) error {
 	return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(data)))
 }
 
+// printBoot prints the boot timeline section, one milestone a line with
+// its time since boot and since the one before; false if it is not one.
+func printBoot(out io.Writer, section any) bool {
+	raw, err := json.Marshal(section)
+	if err != nil {
+		return false
+	}
+	var marks []boottime.Mark
+	if json.Unmarshal(raw, &marks) != nil {
+		return false
+	}
+	fmt.Fprintln(out, "boot:")
+	prev := 0.0
+	for _, m := range marks {
+		fmt.Fprintf(out, "  %8.3fs  +%7.3fs  %s\n", m.Seconds, m.Seconds-prev, m.Name)
+		prev = m.Seconds
+	}
+	return true
+}
+
 func (t *target) status(out io.Writer, output string) error {
 	resp, err := t.do("GET", "/v1/status", nil, "")
 	if err != nil {
@@ -295,6 +316,9 @@ func (t *target) status(out io.Writer, output string) error {
 	}
 	sort.Strings(names)
 	for _, name := range names {
+		if name == "boot" && printBoot(out, st.Sections[name]) {
+			continue
+		}
 		b, _ := json.MarshalIndent(st.Sections[name], "  ", "  ")
 		fmt.Fprintf(out, "%s:\n  %s\n", name, b)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/api"
+	"github.com/ballast-os/ballast/initagent/boottime"
 	"github.com/ballast-os/ballast/initagent/config"
 	"github.com/ballast-os/ballast/initagent/txn"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
@@ -31,7 +32,10 @@ func TestNodectlAgainstLocalAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := &txn.Manager{Store: store, Network: hostless{}}
-	srv := &api.Server{Log: slog.New(slog.DiscardHandler), Txn: m, Hostname: "node-1", ConsoleAccess: api.Full}
+	srv := &api.Server{Log: slog.New(slog.DiscardHandler), Txn: m, Hostname: "node-1", ConsoleAccess: api.Full,
+		Sections: map[string]func() any{"boot": func() any {
+			return []boottime.Mark{{Name: boottime.KernelHandover, Seconds: 1.5}, {Name: boottime.NetworkCommitted, Seconds: 2.25}}
+		}}}
 	sock := filepath.Join(dir, "agent.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -80,7 +84,8 @@ func TestNodectlAgainstLocalAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	table := out.String()
-	if !strings.Contains(table, "node node-1") || !strings.Contains(table, "Available") || !strings.Contains(table, "InvalidConfig") {
+	if !strings.Contains(table, "node node-1") || !strings.Contains(table, "Available") || !strings.Contains(table, "InvalidConfig") ||
+		!strings.Contains(table, "boot:\n     1.500s  +  1.500s  kernel handover\n     2.250s  +  0.750s  network committed\n") {
 		t.Errorf("status table:\n%s", table)
 	}
 	if err := run([]string{"status", "--socket", filepath.Join(dir, "nope.sock")}, &out); err == nil || !strings.Contains(err.Error(), "unreachable") {
