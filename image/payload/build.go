@@ -41,8 +41,9 @@ const (
 	// MountTools are u-root's mount and umount: kubelet execs them to mount
 	// pod volumes (service-account tokens, secrets, emptyDir in memory).
 	MountTools = "mount-tools"
-	// Ctr is containerd's ctr: the node imports the preloaded images with
-	// it. Built from the same pinned containerd; not in Components().
+	// Ctr is containerd's ctr, for the tests and lab tools on the build
+	// machine (nodes register their images without it). Built from the
+	// same pinned containerd; not in Components().
 	Ctr = "ctr"
 	// Kubectl is kubectl of the pinned Kubernetes, for operators and the
 	// cluster tests on the build machine; not in Components() (nodes do not

@@ -147,7 +147,7 @@ func OCIArchive(w io.Writer, images ...ImageSpec) error {
 			return fmt.Errorf("oci archive: image %q given twice", img.Name)
 		}
 		seen[img.Name] = true
-		desc, err := addImage(blobs, img)
+		desc, err := addImage(blobs, img, blobs.addLayer)
 		if err != nil {
 			return fmt.Errorf("oci image %s: %w", img.Name, err)
 		}
@@ -231,7 +231,11 @@ func epoch(t time.Time) time.Time {
 	return t.UTC()
 }
 
-func addImage(blobs *blobStore, img ImageSpec) (Descriptor, error) {
+// layerAdder stores a layer and returns its descriptor (digest and size of
+// the blob as the manifest lists it) and diff ID (digest of the plain tar).
+type layerAdder func(l Layer, mtime time.Time, compress bool) (Descriptor, string, error)
+
+func addImage(blobs *blobStore, img ImageSpec, addLayer layerAdder) (Descriptor, error) {
 	arch, osName := img.Architecture, img.OS
 	if arch == "" {
 		arch = "amd64"
@@ -251,7 +255,7 @@ func addImage(blobs *blobStore, img ImageSpec) (Descriptor, error) {
 	}
 	manifest := Manifest{SchemaVersion: 2, MediaType: MediaTypeManifest}
 	for i, l := range img.Layers {
-		desc, diffID, err := blobs.addLayer(l, mtime, !img.Uncompressed)
+		desc, diffID, err := addLayer(l, mtime, !img.Uncompressed)
 		if err != nil {
 			return Descriptor{}, fmt.Errorf("layer %d: %w", i, err)
 		}

@@ -6,11 +6,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
-	"maps"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/ballast-os/ballast/image/disk"
@@ -30,25 +29,28 @@ const (
 	SystemImageDir     = "/usr/share/ballast/images"
 	SystemManifestPath = "/usr/share/ballast/payload.json"
 	// systemLayout changes whenever this file lays out system.sqfs
-	// differently, so cached images are not reused across such changes.
-	systemLayout = "7"
+	// differently or disk.SquashFS packs it differently, so cached images
+	// are not reused across such changes.
+	systemLayout = "9"
 )
 
 // SystemManifest is the file at SystemManifestPath: what a node finds in its system.sqfs.
 type SystemManifest struct {
 	Role     string   `json:"role"`
 	Versions Versions `json:"versions"`
-	// Images maps each OCI archive under SystemImageDir to the image names it holds.
-	Images map[string][]string `json:"images"`
+	// Images names the images of the image store at SystemImageDir.
+	Images []string `json:"images"`
 }
 
 // System builds what the role needs and packs it into a system.sqfs, cached
 // in CacheDir by a hash of its inputs; it returns the file's path.
-// Both roles get containerd (with ctr, which the node imports the images
-// with), runc, mount and umount (u-root's, for kubelet's volume mounts), the CNI plugins, kubelet and kubeadm and the pause image; control-plane adds the kube-apiserver,
-// kube-controller-manager, kube-scheduler and etcd images.
+// Both roles get containerd, runc, mount and umount (u-root's, for
+// kubelet's volume mounts), the CNI plugins, kubelet and kubeadm, and an
+// image store (ImageStore) with the pause, kube-proxy and CoreDNS images;
+// control-plane adds the kube-apiserver, kube-controller-manager,
+// kube-scheduler and etcd images.
 func (b *Builder) System(ctx context.Context, role string) (string, error) {
-	components := []string{Pause, MountTools, CNIPlugins, Runc, Containerd, Ctr, CoreDNS, Kubernetes}
+	components := []string{Pause, MountTools, CNIPlugins, Runc, Containerd, CoreDNS, Kubernetes}
 	switch role {
 	case RoleControlPlane:
 		components = append(components, Etcd)
@@ -82,6 +84,9 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 	out := filepath.Join(cache, "system-"+role+"-"+key+".sqfs")
 	if _, err := os.Stat(out); err == nil {
 		b.log().Info("system image cached", "role", role, "path", out)
+		if sizes, err := ReadSizes(out); err == nil {
+			b.logSizes(role, sizes)
+		}
 		return out, nil
 	}
 	start := time.Now()
@@ -93,7 +98,11 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 	if err := os.Chmod(stage, 0o755); err != nil { // the squashfs root; MkdirTemp made it 0700
 		return "", err
 	}
-	if err := b.stageSystem(stage, role, etcdTag, pauseTag, bins, nft); err != nil {
+	owners, err := b.stageSystem(stage, role, etcdTag, pauseTag, bins, nft)
+	if err != nil {
+		return "", fmt.Errorf("system image %s: %w", role, err)
+	}
+	if err := checkNoDuplicates(stage); err != nil {
 		return "", fmt.Errorf("system image %s: %w", role, err)
 	}
 	b.log().Info("system tree staged", "role", role, "elapsed", time.Since(start).Round(100*time.Millisecond))
@@ -108,6 +117,14 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 	b.log().Info("system image built", "role", role, "path", out,
 		"size_mb", fmt.Sprintf("%.1f", float64(fi.Size())/1e6),
 		"mksquashfs", time.Since(t).Round(100*time.Millisecond), "elapsed", time.Since(start).Round(100*time.Millisecond))
+	sizes, err := componentSizes(ctx, stage, owners)
+	if err != nil {
+		return "", fmt.Errorf("system image %s size report: %w", role, err)
+	}
+	if err := writeSizes(out, sizes); err != nil {
+		return "", err
+	}
+	b.logSizes(role, sizes)
 	return out, nil
 }
 
@@ -138,72 +155,79 @@ func systemKey(role, etcdTag, pauseTag string, bins map[string]string, debs []ke
 	return hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[string]string, nft []File) error {
+// stageSystem lays out system.sqfs's tree in stage and returns which
+// component each host file and image layer directory belongs to (paths
+// relative to stage), for the size report.
+func (b *Builder) stageSystem(stage, role, etcdTag, pauseTag string, bins map[string]string, nft []File) (map[string]string, error) {
 	v := b.versions()
-	put := func(dir, name string) error {
-		return copyFile(bins[name], filepath.Join(stage, dir, name))
+	owners := map[string]string{}
+	put := func(dir, name, component string) error {
+		rel := filepath.Join(strings.TrimPrefix(dir, "/"), name)
+		owners[rel] = component
+		fi, err := os.Stat(bins[name])
+		if err != nil {
+			return err
+		}
+		return linkOrCopy(bins[name], filepath.Join(stage, rel), fi.Mode().Perm())
 	}
 	link := func(dir, name, target string) error {
 		return os.Symlink(target, filepath.Join(stage, dir, name))
 	}
 	for _, d := range []string{SystemBinDir, SystemCNIBinDir, SystemImageDir} {
 		if err := os.MkdirAll(filepath.Join(stage, d), 0o755); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	for _, name := range []string{"containerd", "containerd-shim-runc-v2", "ctr", "runc", KubeBinary, "mount", "umount"} {
-		if err := put(SystemBinDir, name); err != nil {
-			return err
+	for name, component := range map[string]string{
+		"containerd": Containerd, "containerd-shim-runc-v2": Containerd, "runc": Runc, KubeBinary: Kubernetes,
+		"mount": MountTools, "umount": MountTools,
+	} {
+		if err := put(SystemBinDir, name, component); err != nil {
+			return nil, err
 		}
 	}
 	for _, name := range []string{"kubelet", "kubeadm"} {
 		if err := link(SystemBinDir, name, KubeBinary); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	for _, name := range CNIPluginNames() {
-		if err := put(SystemCNIBinDir, name); err != nil {
-			return err
+		if err := put(SystemCNIBinDir, name, CNIPlugins); err != nil {
+			return nil, err
 		}
 	}
 	arch := b.goarch()
-	manifest := SystemManifest{Role: role, Versions: v, Images: map[string][]string{}}
-	archives := map[string][]ImageSpec{
-		"pause.tar": {{
-			Name: "registry.k8s.io/pause:" + pauseTag, Architecture: arch, Uncompressed: true,
-			Layers:     []Layer{{Files: []File{{Path: "/pause", Source: bins["pause"]}}}},
-			Entrypoint: []string{"/pause"},
-		}},
+	images := append([]ImageSpec{{
+		Name: "registry.k8s.io/pause:" + pauseTag, Architecture: arch, Uncompressed: true,
+		Layers:     []Layer{{Files: []File{{Path: "/pause", Source: bins["pause"]}}}},
+		Entrypoint: []string{"/pause"},
+	}}, kubeImages(role, v, etcdTag, arch, bins, nft)...)
+	layers, err := ImageStore(filepath.Join(stage, SystemImageDir), images...)
+	if err != nil {
+		return nil, err
 	}
-	maps.Copy(archives, kubeImages(role, v, etcdTag, arch, bins, nft))
-	names := make([]string, 0, len(archives))
-	for n := range archives {
-		names = append(names, n)
+	for rel, image := range layers {
+		owners[filepath.Join(strings.TrimPrefix(SystemImageDir, "/"), rel)] = "image layer of " + image
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		if err := writeArchive(filepath.Join(stage, SystemImageDir, n), archives[n]); err != nil {
-			return err
-		}
-		for _, img := range archives[n] {
-			manifest.Images[n] = append(manifest.Images[n], img.Name)
-		}
+	manifest := SystemManifest{Role: role, Versions: v}
+	for _, img := range images {
+		manifest.Images = append(manifest.Images, img.Name)
 	}
+	sort.Strings(manifest.Images)
 	data, err := json.MarshalIndent(manifest, "", "  ")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return os.WriteFile(filepath.Join(stage, SystemManifestPath), append(data, '\n'), 0o644)
+	return owners, os.WriteFile(filepath.Join(stage, SystemManifestPath), append(data, '\n'), 0o644)
 }
 
 // kubeImages are the images kubeadm runs: the static pods' (control plane
 // only) and its addons' (kube-proxy, a DaemonSet on every node; CoreDNS,
 // which may land on any node). The kube-* images share one layer, the
-// multi-call binary and its command names on PATH, stored once per archive
-// and in containerd; kube-proxy's second layer is the nft userspace its
-// nftables mode execs. A control plane's kube-proxy sits in control-plane.tar
-// so the shared layer is not stored twice.
-func kubeImages(role string, v Versions, etcdTag, arch string, bins map[string]string, nft []File) map[string][]ImageSpec {
+// multi-call binary (a hard link to the host's /usr/bin/kube) and its
+// command names on PATH; kube-proxy's second layer is the nft userspace its
+// nftables mode execs.
+func kubeImages(role string, v Versions, etcdTag, arch string, bins map[string]string, nft []File) []ImageSpec {
 	const bin = "/usr/local/bin/"
 	env := []string{"PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	commands := []string{"kube-proxy"}
@@ -214,31 +238,30 @@ func kubeImages(role string, v Versions, etcdTag, arch string, bins map[string]s
 	for _, c := range commands {
 		kubeLayer.Files = append(kubeLayer.Files, File{Path: bin + c, Symlink: KubeBinary})
 	}
-	var kube []ImageSpec
+	var images []ImageSpec
 	for _, c := range commands {
 		layers := []Layer{kubeLayer}
 		if c == "kube-proxy" {
 			layers = append(layers, Layer{Files: nft})
 		}
-		kube = append(kube, ImageSpec{
+		images = append(images, ImageSpec{
 			Name: "registry.k8s.io/" + c + ":" + v.Kubernetes, Architecture: arch, Uncompressed: true,
 			Layers: layers, Entrypoint: []string{bin + c}, Env: env,
 		})
 	}
-	coreDNS := ImageSpec{
+	images = append(images, ImageSpec{
 		Name: "registry.k8s.io/coredns/coredns:" + v.CoreDNS, Architecture: arch, Uncompressed: true,
 		Layers:     []Layer{{Files: []File{{Path: "/coredns", Source: bins[CoreDNS]}}}},
 		Entrypoint: []string{"/coredns"},
-	}
+	})
 	if role != RoleControlPlane {
-		return map[string][]ImageSpec{"cluster-addons.tar": append(kube, coreDNS)}
+		return images
 	}
-	etcd := ImageSpec{
+	return append(images, ImageSpec{
 		Name: "registry.k8s.io/etcd:" + etcdTag, Architecture: arch, Uncompressed: true,
 		Layers:     []Layer{{Files: []File{{Path: bin + "etcd", Source: bins["etcd"]}}}},
 		Entrypoint: []string{bin + "etcd"}, Env: env,
-	}
-	return map[string][]ImageSpec{"control-plane.tar": append(kube, etcd), "cluster-addons.tar": {coreDNS}}
+	})
 }
 
 func writeArchive(path string, images []ImageSpec) error {
@@ -251,27 +274,6 @@ func writeArchive(path string, images []ImageSpec) error {
 		return fmt.Errorf("%s: %w", filepath.Base(path), err)
 	}
 	return f.Close()
-}
-
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // SystemImage packs dir into the squashfs out (disk.SquashFS: zstd, root-owned,

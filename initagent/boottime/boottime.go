@@ -23,8 +23,8 @@ const (
 	NetworkCommitted = "network committed" // the boot's network transaction settled
 	ServicesStarted  = "services started"  // DNS, API proxy, VIP
 	NodeAPIServing   = "node API serving"  // the readiness line
+	ImagesReady      = "images ready"      // the system image's images registered with containerd
 	ContainerdReady  = "containerd ready"
-	ImagesReady      = "images ready"
 	KubeletStarted   = "kubelet started"
 	APIServerHealthy = "kube-apiserver healthy"
 	NodeReady        = "node Ready"

@@ -90,8 +90,8 @@ func TestContainerLabReadyAndDown(t *testing.T) {
 			t.Errorf("boot timeline out of order: %v", boot)
 		}
 	}
-	wantBoot := []string{boottime.NetworkCommitted, boottime.ServicesStarted, boottime.NodeAPIServing, boottime.ContainerdReady,
-		boottime.ImagesReady, boottime.KubeletStarted, boottime.APIServerHealthy, boottime.NodeReady}
+	wantBoot := []string{boottime.NetworkCommitted, boottime.ServicesStarted, boottime.NodeAPIServing, boottime.ImagesReady,
+		boottime.ContainerdReady, boottime.KubeletStarted, boottime.APIServerHealthy, boottime.NodeReady}
 	for _, w := range wantBoot {
 		if !slices.Contains(reached, w) {
 			t.Errorf("boot timeline %v lacks %q", boot, w)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/boottime"
+	"github.com/ballast-os/ballast/initagent/imagestore"
 	"github.com/ballast-os/ballast/initagent/pid1"
 )
 
@@ -37,7 +37,7 @@ type systemPayload struct {
 		Containerd string
 		Etcd       string
 	} `json:"versions"`
-	Images map[string][]string `json:"images"`
+	Images []string `json:"images"`
 }
 
 // ReadPayload reports whether the system image mounted at system carries
@@ -131,9 +131,10 @@ type Kube struct {
 	initOnce     sync.Once
 	bootstrapReq chan struct{}
 
-	mu      sync.Mutex
-	started map[string]bool
-	status  KubeStatus
+	mu               sync.Mutex
+	started          map[string]bool
+	imagesRegistered bool
+	status           KubeStatus
 }
 
 // KubeStatus is the runtime's part of the node status.
@@ -141,7 +142,7 @@ type KubeStatus struct {
 	Phase string `json:"phase"`
 	// Seconds from boot to each milestone; 0 until reached.
 	ContainerdReady float64  `json:"containerdReadySeconds,omitempty"`
-	ImagesImported  float64  `json:"imagesImportedSeconds,omitempty"`
+	ImagesReady     float64  `json:"imagesReadySeconds,omitempty"`
 	KubeletStarted  float64  `json:"kubeletStartedSeconds,omitempty"`
 	APIServerReady  float64  `json:"apiServerReadySeconds,omitempty"`
 	NodeReady       float64  `json:"nodeReadySeconds,omitempty"`
@@ -217,6 +218,9 @@ func (k *Kube) Run(ctx context.Context) error {
 	if err := k.prepareHost(); err != nil {
 		return k.fail("prepare host: %v", err)
 	}
+	if err := k.registerImages(ctx, p); err != nil {
+		return k.fail("register images: %v", err)
+	}
 	k.startOnce("containerd", (&Containerd{Paths: p, ConfigFile: k.path(containerdConfig), PauseImage: k.pauseImage(),
 		Output: k.output("containerd"), Reaper: k.Reaper}).Run)
 	k.update(func(s *KubeStatus) { s.Phase = "waiting for containerd" })
@@ -227,12 +231,6 @@ func (k *Kube) Run(ctx context.Context) error {
 		return k.fail("containerd: %v", err)
 	}
 	k.milestone("containerd ready", boottime.ContainerdReady, func(s *KubeStatus) { s.ContainerdReady = k.since() })
-
-	k.update(func(s *KubeStatus) { s.Phase = "importing images" })
-	if err := k.importImages(ctx, p); err != nil {
-		return k.fail("import images: %v", err)
-	}
-	k.milestone("images imported", boottime.ImagesReady, func(s *KubeStatus) { s.ImagesImported = k.since() })
 
 	controlPlane := k.Role == "control-plane"
 	kind, learner := bootstraps, uint64(0)
@@ -349,11 +347,9 @@ func (k *Kube) payload() (*systemPayload, error) { return readPayload(k.System) 
 func (k *Kube) pauseImage() string {
 	sp, err := k.payload()
 	if err == nil {
-		for _, names := range sp.Images {
-			for _, n := range names {
-				if strings.HasPrefix(n, "registry.k8s.io/pause:") {
-					return n
-				}
+		for _, n := range sp.Images {
+			if strings.HasPrefix(n, "registry.k8s.io/pause:") {
+				return n
 			}
 		}
 	}
@@ -437,53 +433,30 @@ func ensureMachineID(etc, kept string) error {
 	return os.WriteFile(etc, id, 0o444)
 }
 
-// importImages loads every OCI archive of the system image into
-// containerd's k8s.io namespace with containerd's own client (ctr). An
-// archive already imported from the same system image is skipped: the
-// record lives in containerd's root, so it goes when that is wiped.
-func (k *Kube) importImages(ctx context.Context, p Paths) error {
-	sp, err := k.payload()
+// registerImages makes the system image's images containerd's in place
+// (initagent/imagestore), once per agent: it must run before containerd
+// starts, and a Run retried after an error finds containerd running.
+func (k *Kube) registerImages(ctx context.Context, p Paths) error {
+	k.mu.Lock()
+	done := k.imagesRegistered
+	k.mu.Unlock()
+	if done {
+		return nil
+	}
+	k.update(func(s *KubeStatus) { s.Phase = "registering images" })
+	t := time.Now()
+	res, err := imagestore.Register(ctx, imagestore.Options{
+		Store: filepath.Join(k.System, systemImages), Root: p.ContainerdDir, Namespace: "k8s.io", Log: k.Log,
+	})
 	if err != nil {
 		return err
 	}
-	manifest, err := os.ReadFile(filepath.Join(k.System, systemManifest))
-	if err != nil {
-		return err
-	}
-	recordPath := filepath.Join(p.ContainerdDir, "ballast-imported.json")
-	imported := map[string]string{}
-	if data, err := os.ReadFile(recordPath); err == nil {
-		_ = json.Unmarshal(data, &imported)
-	}
-	names := make([]string, 0, len(sp.Images))
-	for n := range sp.Images {
-		names = append(names, n)
-	}
-	sortStrings(names)
-	for _, n := range names {
-		archive := filepath.Join(k.System, systemImages, n)
-		fi, err := os.Stat(archive)
-		if err != nil {
-			return err
-		}
-		key := fmt.Sprintf("%x-%d", sha256.Sum256(manifest), fi.Size())
-		if imported[n] == key {
-			k.Log.Info("images already imported", "archive", n)
-			continue
-		}
-		t := time.Now()
-		if err := k.run(ctx, "ctr", filepath.Join(p.BinDir, "ctr"), "--address", p.Socket(), "--namespace", "k8s.io",
-			"images", "import", "--snapshotter", "overlayfs", archive); err != nil {
-			return err
-		}
-		k.Log.Info("images imported", "archive", n, "images", strings.Join(sp.Images[n], ","),
-			"took", time.Since(t).Round(10*time.Millisecond))
-		imported[n] = key
-		data, _ := json.Marshal(imported)
-		if err := os.WriteFile(recordPath, data, 0o644); err != nil {
-			return err
-		}
-	}
+	k.mu.Lock()
+	k.imagesRegistered = true
+	k.mu.Unlock()
+	k.Log.Info("images registered", "images", len(res.Images), "added", strings.Join(res.Added, ","),
+		"removed", strings.Join(res.Removed, ","), "new_layers", res.Layers, "took", time.Since(t).Round(time.Millisecond))
+	k.milestone("images ready", boottime.ImagesReady, func(s *KubeStatus) { s.ImagesReady = k.since() })
 	return nil
 }
 

@@ -8,6 +8,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/console"
 	"github.com/ballast-os/ballast/initagent/logring"
 	"github.com/ballast-os/ballast/initagent/pid1"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -32,6 +34,10 @@ func main() {
 	log := slog.New(logs.Handler(slog.NewMultiHandler(
 		slog.NewTextHandler(consoles, &slog.HandlerOptions{Level: level}),
 		slog.NewTextHandler(consoles.ImportantExtrasOnly(), &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	// containerd's packages (initagent/imagestore) log through logrus's
+	// standard logger: their lines join the agent's log.
+	logrus.SetOutput(io.Discard)
+	logrus.AddHook(logrusHook{log.With("from", "containerd")})
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "initagent: must run as PID 1 (the kernel's init)")
 		os.Exit(2)
@@ -65,4 +71,27 @@ func runRecovered(log *slog.Logger, level *slog.LevelVar, logs *logring.Ring, co
 	}()
 	a := &agent.Agent{Log: log, LogLevel: level, Console: consoles, Logs: logs, Container: boot.InContainer()}
 	return a.Run(context.Background())
+}
+
+// logrusHook sends logrus entries to slog.
+type logrusHook struct{ log *slog.Logger }
+
+func (logrusHook) Levels() []logrus.Level { return logrus.AllLevels }
+
+func (h logrusHook) Fire(e *logrus.Entry) error {
+	level := slog.LevelInfo
+	switch {
+	case e.Level <= logrus.ErrorLevel:
+		level = slog.LevelError
+	case e.Level == logrus.WarnLevel:
+		level = slog.LevelWarn
+	case e.Level >= logrus.DebugLevel:
+		level = slog.LevelDebug
+	}
+	attrs := make([]any, 0, 2*len(e.Data))
+	for k, v := range e.Data {
+		attrs = append(attrs, k, v)
+	}
+	h.log.Log(context.Background(), level, e.Message, attrs...)
+	return nil
 }
