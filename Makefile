@@ -5,7 +5,7 @@ RECIPE  ?= control-plane
 # The race detector needs cgo; everything shipped to nodes is built with CGO_ENABLED=0 by imgbuild.
 TESTFLAGS ?= -race -count=1 -timeout 60m
 
-.PHONY: all deps build payload image images test check bench-boot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall bench-services conformance clean
+.PHONY: all deps build payload image images test check bench-boot bench-kubeboot bench-netconf bench-txn bench-netboot bench-vip bench-apiproxy bench-cluster bench-firewall bench-services conformance clean
 
 all: build
 
@@ -74,6 +74,9 @@ bench-cluster: image
 
 bench-boot: deps
 	$(GO) run ./tools/bench/boot
+
+bench-kubeboot: payload
+	$(GO) run ./tools/bench/kubeboot
 
 clean:
 	rm -rf bin $(OUT)

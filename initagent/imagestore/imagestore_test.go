@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -248,6 +249,28 @@ func unmountUnder(t *testing.T, dir string) {
 	for _, p := range points {
 		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
 			t.Errorf("unmount %s: %v", p, err)
+		}
+	}
+}
+
+// Register leaves nothing running and nothing open: it is a step of PID 1.
+func TestRegisterLeavesNoGoroutines(t *testing.T) {
+	ctx := context.Background()
+	store := t.TempDir()
+	if _, err := payload.ImageStore(store, image(t, "registry.k8s.io/a:1", "/a", "a", "/b", "b")); err != nil {
+		t.Fatal(err)
+	}
+	before := runtime.NumGoroutine()
+	root := t.TempDir()
+	for range 2 {
+		if _, err := Register(ctx, Options{Store: store, Root: root, Namespace: "k8s.io"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for deadline := time.Now().Add(2 * time.Second); runtime.NumGoroutine() > before; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines before Register, %d after:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
 	}
 }
