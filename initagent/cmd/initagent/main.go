@@ -73,7 +73,9 @@ func runRecovered(log *slog.Logger, level *slog.LevelVar, logs *logring.Ring, co
 	return a.Run(context.Background())
 }
 
-// logrusHook sends logrus entries to slog.
+// logrusHook sends logrus entries to slog. Warnings come in at info: the
+// packages warn about what is expected on a node (no fs-verity on the
+// containerd root), and a real failure reaches the agent as an error.
 type logrusHook struct{ log *slog.Logger }
 
 func (logrusHook) Levels() []logrus.Level { return logrus.AllLevels }
@@ -83,12 +85,11 @@ func (h logrusHook) Fire(e *logrus.Entry) error {
 	switch {
 	case e.Level <= logrus.ErrorLevel:
 		level = slog.LevelError
-	case e.Level == logrus.WarnLevel:
-		level = slog.LevelWarn
 	case e.Level >= logrus.DebugLevel:
 		level = slog.LevelDebug
 	}
-	attrs := make([]any, 0, 2*len(e.Data))
+	attrs := make([]any, 0, 2*len(e.Data)+2)
+	attrs = append(attrs, "containerd_level", e.Level.String())
 	for k, v := range e.Data {
 		attrs = append(attrs, k, v)
 	}
