@@ -136,7 +136,6 @@ func componentSizes(ctx context.Context, stage string, owners map[string]string)
 			return sizes, err
 		}
 		cs.Packed = fi.Size()
-		sizes.Image += fi.Size()
 		sizes.Components = append(sizes.Components, *cs)
 	}
 	sort.Slice(sizes.Components, func(i, j int) bool { return sizes.Components[i].Packed > sizes.Components[j].Packed })

@@ -121,6 +121,7 @@ func (b *Builder) System(ctx context.Context, role string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("system image %s size report: %w", role, err)
 	}
+	sizes.Image = fi.Size()
 	if err := writeSizes(out, sizes); err != nil {
 		return "", err
 	}
