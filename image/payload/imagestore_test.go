@@ -2,6 +2,7 @@ package payload
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -146,4 +147,46 @@ func sameInode(t *testing.T, a, b string) bool {
 		t.Fatal(err)
 	}
 	return fa.Sys().(*syscall.Stat_t).Ino == fb.Sys().(*syscall.Stat_t).Ino
+}
+
+// The size report counts a hard-linked binary once, for the host component
+// that owns it, and packs each component.
+func TestComponentSizes(t *testing.T) {
+	needTool(t, "mksquashfs", "squashfs-tools")
+	stage := filepath.Join(t.TempDir(), "stage")
+	kube := filepath.Join(stage, "usr/bin/kube")
+	layer := filepath.Join(stage, "usr/share/ballast/images/layers/abc/usr/local/bin/kube")
+	for _, d := range []string{filepath.Dir(kube), filepath.Dir(layer), filepath.Join(stage, "opt/cni/bin")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(kube, bytes.Repeat([]byte("kube binary "), 50000), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(kube, layer); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(stage, "opt/cni/bin/bridge"), []byte("bridge"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sizes, err := componentSizes(context.Background(), stage, map[string]string{
+		"usr/bin/kube": Kubernetes, "usr/share/ballast/images/layers/abc": "image layer of kube-apiserver",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]ComponentSize{}
+	for _, c := range sizes.Components {
+		got[c.Component] = c
+	}
+	if k := got[Kubernetes]; k.Files != 1 || k.Bytes != 600000 || k.Packed <= 0 || k.Packed >= k.Bytes {
+		t.Errorf("kubernetes: %+v, want 1 file of 600000 bytes packed smaller", k)
+	}
+	if _, ok := got["image layer of kube-apiserver"]; ok {
+		t.Errorf("the layer's hard link to kube counted again: %+v", sizes.Components)
+	}
+	if o := got["other"]; o.Files != 1 || o.Bytes != 6 {
+		t.Errorf("unowned files: %+v, want bridge under other", o)
+	}
 }

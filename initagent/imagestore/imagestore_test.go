@@ -134,6 +134,9 @@ func TestRegisterWithContainerd(t *testing.T) {
 	if got := c.imageFile(t, "registry.example/app:1", "etc/app-version"); got != "two" {
 		t.Errorf("after the upgrade app:1's /etc/app-version = %q, want two", got)
 	}
+	if out, err := c.ctr("run", "--rm", "registry.example/app:1", "imagestore-test-2", "/pause", "-v"); err != nil || !strings.Contains(out, payload.PauseVersion) {
+		t.Errorf("after the upgrade, ctr run app:1 /pause -v = %q, %v; want %s", out, err, payload.PauseVersion)
+	}
 	// The collection took the old snapshots: one per remaining layer is left.
 	if out, _ := c.ctr("snapshots", "--snapshotter", Snapshotter, "ls"); strings.Count(out, "Committed") != 2 {
 		t.Errorf("snapshots after the upgrade:\n%s\nwant 2 committed (pause, app:1's second layer)", out)

@@ -82,6 +82,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/apiproxy"
+	"github.com/ballast-os/ballast/tools/bench/internal/stats"
 )
 
 const (
@@ -256,7 +257,7 @@ func run(ctx context.Context, args []string, stdout io.Writer) error {
 	ballast := proxies[0]
 	for _, base := range proxies[1:] {
 		fmt.Fprintf(stdout, "ballast / %s: throughput %.2f×, connection rate %.2f×, CPU per connection %.2f×\n", base.name,
-			median(ballast.mbps)/median(base.mbps), median(ballast.cps)/median(base.cps), median(ballast.usPerConn)/median(base.usPerConn))
+			stats.Median(ballast.mbps)/stats.Median(base.mbps), stats.Median(ballast.cps)/stats.Median(base.cps), stats.Median(ballast.usPerConn)/stats.Median(base.usPerConn))
 	}
 	fmt.Fprintln(stdout)
 	fmt.Fprintf(stdout, "dead backend, client connecting every 2ms, watched for %v after the failure:\n", o.failover)
@@ -781,27 +782,18 @@ func parse(b []byte, port uint16) (packet, bool) {
 	return pk, pk.syn || pk.first != 0
 }
 
-func median(v []float64) float64 {
-	if len(v) == 0 {
-		return 0
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
 func spread(v []float64) string {
 	if len(v) == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.0f [%.0f–%.0f]", median(v), slices.Min(v), slices.Max(v))
+	return fmt.Sprintf("%.0f [%.0f–%.0f]", stats.Median(v), slices.Min(v), slices.Max(v))
 }
 
 func cpuPct(v []float64) string {
-	if len(v) == 0 || median(v) == 0 {
+	if len(v) == 0 || stats.Median(v) == 0 {
 		return "-"
 	}
-	return fmt.Sprintf("%.0f%%", 100*median(v))
+	return fmt.Sprintf("%.0f%%", 100*stats.Median(v))
 }
 
 // writeCert writes a self-signed apiserver certificate and returns the hex

@@ -26,6 +26,7 @@ import (
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 	"github.com/ballast-os/ballast/kernel"
 	qemutests "github.com/ballast-os/ballast/qemu-tests"
+	"github.com/ballast-os/ballast/tools/bench/internal/stats"
 )
 
 func main() {
@@ -168,14 +169,16 @@ func run() error {
 	for _, s := range subjects {
 		st, _ := os.Stat(s.initrd)
 		fmt.Printf("  %-42s median %6.3fs  min %6.3fs  max %6.3fs  initramfs %5.2f MiB\n", s.name,
-			median(s.times).Seconds(), slices.Min(s.times).Seconds(), slices.Max(s.times).Seconds(), float64(st.Size())/(1<<20))
+			stats.Median(s.times).Seconds(), slices.Min(s.times).Seconds(), slices.Max(s.times).Seconds(), float64(st.Size())/(1<<20))
 	}
-	ratio := func(a, b int) float64 { return float64(median(subjects[a].times)) / float64(median(subjects[b].times)) }
+	ratio := func(a, b int) float64 {
+		return float64(stats.Median(subjects[a].times)) / float64(stats.Median(subjects[b].times))
+	}
 	fmt.Printf("  ratio ballast/busybox, no devices: %.2f (target <= 2.0)\n", ratio(0, 1))
 	fmt.Printf("  ratio ballast/busybox, real hardware: %.2f; on virtio with the fixed list: %.2f\n", ratio(2, 3), ratio(4, 5))
 	fmt.Printf("  coldplug on real hardware / fixed list on virtio: %.2f (target <= 1.2)\n", ratio(2, 4))
 	fmt.Printf("imgbuild control-plane: first %.2fs (kernel cache and go build cache as found), warm median %.2fs over %d (target <= 5s)\n",
-		cold.Seconds(), median(warm).Seconds(), len(warm))
+		cold.Seconds(), stats.Median(warm).Seconds(), len(warm))
 	return nil
 }
 
@@ -226,10 +229,4 @@ func busyboxInitramfs(path string) error {
 		return err
 	}
 	return f.Close()
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

@@ -20,13 +20,13 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/vishvananda/netns"
 
 	"github.com/ballast-os/ballast/initagent/netfilter"
+	"github.com/ballast-os/ballast/tools/bench/internal/stats"
 )
 
 const (
@@ -122,9 +122,9 @@ func main() {
 	fmt.Printf("host firewall, %d declared openings after the base rules (replies, loopback, ICMP), %d alternating runs, kernel %s\n",
 		*rules, *runs, kernelRelease())
 	fmt.Printf("  apply the whole ruleset:   ballast (netlink batch) median %7.1f ms   nft -f (same rules) median %7.1f ms   ratio %.2fx\n",
-		ms(median(ballastApply)), ms(median(nftApply)), float64(median(nftApply))/float64(median(ballastApply)))
-	fmt.Printf("  TCP request/response, 1 connection: without %8.0f/s   with %8.0f/s   (%.3fx)\n", medianF(rrOff), medianF(rrOn), medianF(rrOn)/medianF(rrOff))
-	fmt.Printf("  new TCP connections (walk all rules): without %6.0f/s   with %6.0f/s   (%.3fx)\n", medianF(cpsOff), medianF(cpsOn), medianF(cpsOn)/medianF(cpsOff))
+		ms(stats.Median(ballastApply)), ms(stats.Median(nftApply)), float64(stats.Median(nftApply))/float64(stats.Median(ballastApply)))
+	fmt.Printf("  TCP request/response, 1 connection: without %8.0f/s   with %8.0f/s   (%.3fx)\n", stats.Median(rrOff), stats.Median(rrOn), stats.Median(rrOn)/stats.Median(rrOff))
+	fmt.Printf("  new TCP connections (walk all rules): without %6.0f/s   with %6.0f/s   (%.3fx)\n", stats.Median(cpsOff), stats.Median(cpsOn), stats.Median(cpsOn)/stats.Median(cpsOff))
 }
 
 // firewall is n declared openings, one port from one /32 each, with the
@@ -247,18 +247,6 @@ func connections(cli string, d time.Duration) float64 {
 		d = time.Since(start)
 	})
 	return float64(n) / d.Seconds()
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func medianF(fs []float64) float64 {
-	s := slices.Clone(fs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }

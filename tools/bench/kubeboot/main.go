@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/image"
+	"github.com/ballast-os/ballast/tools/bench/internal/stats"
 )
 
 var (
@@ -94,12 +95,12 @@ func run(n int) error {
 		{"node Ready", ready, "target ≤ 2 min, moonshot ≤ 60 s"},
 		{"images registered (took)", register, ""},
 	} {
-		fmt.Printf("  %-26s median %8v  min %8v  max %8v  %s\n", row.name, median(row.ds).Round(100*time.Millisecond),
+		fmt.Printf("  %-26s median %8v  min %8v  max %8v  %s\n", row.name, stats.Median(row.ds).Round(100*time.Millisecond),
 			slices.Min(row.ds).Round(100*time.Millisecond), slices.Max(row.ds).Round(100*time.Millisecond), row.target)
 	}
 	fmt.Println("boot timeline on the node (seconds since the kernel started), medians:")
 	for _, name := range order {
-		fmt.Printf("  %-24s %8.1f\n", name, medianF(marks[name]))
+		fmt.Printf("  %-24s %8.1f\n", name, stats.Median(marks[name]))
 	}
 	return nil
 }
@@ -107,16 +108,4 @@ func run(n int) error {
 func tail(b []byte, lines int) string {
 	all := bytes.Split(bytes.TrimSpace(b), []byte("\n"))
 	return string(bytes.Join(all[max(0, len(all)-lines):], []byte("\n")))
-}
-
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
-
-func medianF(fs []float64) float64 {
-	s := slices.Clone(fs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/netboot/server"
+	"github.com/ballast-os/ballast/tools/bench/internal/stats"
 )
 
 func main() {
@@ -122,7 +123,7 @@ func run() error {
 		fmt.Printf("%-9s %14.0f %14.0f %14.0f %10s %10s %10s\n", t.name, th[len(th)/2], th[0], th[len(th)-1],
 			pct(ts, 50), pct(ts, 99), ts[len(ts)-1].Round(time.Millisecond))
 	}
-	nb, ng := median(results[0].throughput), median(results[1].throughput)
+	nb, ng := stats.Median(results[0].throughput), stats.Median(results[1].throughput)
 	fmt.Printf("\nnetbootd / nginx throughput (medians): %.2f×  (target ≥ 0.8×)\n", nb/ng)
 	return nil
 }
@@ -236,12 +237,6 @@ http {
 func pct(sorted []time.Duration, p int) time.Duration {
 	i := (len(sorted)*p + 99) / 100
 	return sorted[min(max(i-1, 0), len(sorted)-1)].Round(time.Millisecond)
-}
-
-func median(xs []float64) float64 {
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return s[len(s)/2]
 }
 
 func maxprocs() int { return runtime.GOMAXPROCS(0) }

@@ -32,6 +32,7 @@ import (
 
 	"github.com/ballast-os/ballast/image/payload"
 	"github.com/ballast-os/ballast/initagent/lab"
+	"github.com/ballast-os/ballast/tools/bench/internal/stats"
 )
 
 func main() {
@@ -263,11 +264,5 @@ func summarize(rs []result) (rate, p50, p99 float64, errs int) {
 		p50s, p99s = append(p50s, r.P50us), append(p99s, r.P99us)
 		errs += r.Errors
 	}
-	return median(rates), median(p50s), median(p99s), errs
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	return s[len(s)/2]
+	return stats.Median(rates), stats.Median(p50s), stats.Median(p99s), errs
 }
