@@ -502,6 +502,38 @@ func TestHalfClose(t *testing.T) {
 	})
 }
 
+// TestIPv6Backend relays to a backend on an IPv6 address (an IPv6-only
+// control plane) from an IPv4 and an IPv6 frontend.
+func TestIPv6Backend(t *testing.T) {
+	pki := newPKI(t)
+	b6 := startBackendAt(t, "b6", pki, "[::1]:0")
+	front6, err := net.Listen("tcp", "[::1]:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front6Addr := front6.Addr().String()
+	front6.Close()
+	p, front4 := startProxy(t, fastChecks(Config{
+		Frontends:  []string{freeAddr(t), front6Addr},
+		Backends:   addrs(b6),
+		PinnedSPKI: []string{pki.pin},
+	}))
+	waitState(t, p, b6, StateUp)
+	for _, front := range []string{front4, front6Addr} {
+		cl, name, err := dialID(front)
+		if err != nil {
+			t.Fatalf("through %s: %v", front, err)
+		}
+		if name != "b6" {
+			t.Errorf("through %s: answered by %q, want b6", front, name)
+		}
+		if err := cl.echo("over IPv6"); err != nil {
+			t.Errorf("through %s: %v", front, err)
+		}
+		cl.c.Close()
+	}
+}
+
 func TestChecks(t *testing.T) {
 	pki := newPKI(t)
 	other := newPKI(t)

@@ -103,7 +103,12 @@ type testBackend struct {
 
 func startBackend(t *testing.T, name string, pki *testPKI) *testBackend {
 	t.Helper()
-	b := &testBackend{t: t, name: name, pki: pki, addr: "127.0.0.1:0"}
+	return startBackendAt(t, name, pki, "127.0.0.1:0")
+}
+
+func startBackendAt(t *testing.T, name string, pki *testPKI, addr string) *testBackend {
+	t.Helper()
+	b := &testBackend{t: t, name: name, pki: pki, addr: addr}
 	b.readyStatus.Store(http.StatusOK)
 	b.start()
 	t.Cleanup(b.kill)

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -116,8 +115,7 @@ func (l *loop) closeFDs() {
 }
 
 func (l *loop) add(fd int, events uint32) error {
-	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := epollAdd(l.epfd, fd, events); err != nil {
 		return fmt.Errorf("apiproxy: epoll_ctl add: %w", err)
 	}
 	return nil
@@ -191,7 +189,13 @@ func (l *loop) runPosted() {
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, maxEvents)
 	for !l.exit {
-		n, err := unix.EpollWait(l.epfd, events, l.timeout())
+		// Under load events are waiting: take them without blocking, and
+		// block (a scheduler-aware syscall) only when there are none.
+		n := epollPoll(l.epfd, events)
+		var err error
+		if n == 0 {
+			n, err = unix.EpollWait(l.epfd, events, l.timeout())
+		}
 		if err != nil && err != unix.EINTR {
 			l.p.log.Error("epoll_wait failed", "err", err)
 			time.Sleep(10 * time.Millisecond)
@@ -286,9 +290,7 @@ func (l *loop) track(fd int, pc *proxyConn) {
 func (l *loop) accept(ln listener) {
 	p := l.p
 	for range acceptBatch {
-		// accept4(2) without the peer's address: x/sys/unix would also
-		// ask for the socket's protocol to decode it.
-		r, _, errno := syscall.Syscall6(unix.SYS_ACCEPT4, uintptr(ln.fd), 0, 0, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+		fd, errno := acceptConn(ln.fd)
 		if errno != 0 {
 			switch errno {
 			case unix.EAGAIN:
@@ -304,7 +306,6 @@ func (l *loop) accept(ln listener) {
 			return
 		}
 		l.acceptDelay = 0
-		fd := int(r)
 		if p.active.Add(1) > int64(p.cfg.MaxConns) {
 			p.active.Add(-1)
 			ln.f.refused.Add(1)
@@ -445,26 +446,12 @@ func connectIP(ap netip.AddrPort) (int, error) {
 }
 
 func connectOnce(ap netip.AddrPort) (int, error) {
-	family := unix.AF_INET6
-	var sa unix.Sockaddr = &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ap.Addr().As16()}
-	if ap.Addr().Is4() {
-		family = unix.AF_INET
-		sa = &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ap.Addr().As4()}
-	}
-	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	fd, err := startConnect(ap)
 	if err != nil {
 		return -1, err
 	}
-	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
-		unix.Close(fd)
-		return -1, err
-	}
 	if mayConnectToItself(ap.Port()) && connectedToItself(fd, ap) {
-		unix.Close(fd)
+		closeFD(fd)
 		return -1, errSelfConnect
 	}
 	return fd, nil
@@ -536,7 +523,7 @@ func (l *loop) advance(pc *proxyConn, outcome bool) {
 	f := &pc.up
 	if f.n == 0 && !f.eof && f.ready {
 		f.buf = copyBufs.Get().(*[]byte)
-		n, err := unix.Read(pc.cfd, *f.buf)
+		n, err := recv(pc.cfd, *f.buf)
 		switch {
 		case err == unix.EAGAIN:
 			f.release()
@@ -558,7 +545,7 @@ func (l *loop) advance(pc *proxyConn, outcome bool) {
 		return // a host name being dialed
 	}
 	if f.off < f.n {
-		m, err := unix.Write(pc.sfd, (*f.buf)[f.off:f.n])
+		m, err := send(pc.sfd, (*f.buf)[f.off:f.n], false)
 		switch {
 		case err == unix.EAGAIN:
 			return // EPOLLOUT comes once connected
@@ -589,7 +576,7 @@ func (l *loop) advance(pc *proxyConn, outcome bool) {
 // client's message still in pc.up.
 func (l *loop) connectFailed(pc *proxyConn, err error) {
 	l.conns[pc.sfd] = nil
-	unix.Close(pc.sfd)
+	closeFD(pc.sfd)
 	pc.sfd = -1
 	l.p.unregister(pc)
 	pc.registered = false
@@ -667,7 +654,7 @@ func (l *loop) move(pc *proxyConn, f *flow, src, dst int, hup bool) bool {
 			return true
 		}
 		f.buf = copyBufs.Get().(*[]byte)
-		n, err := unix.Read(src, *f.buf)
+		n, err := recv(src, *f.buf)
 		switch {
 		case err == unix.EAGAIN:
 			f.release()
@@ -684,7 +671,7 @@ func (l *loop) move(pc *proxyConn, f *flow, src, dst int, hup bool) bool {
 		if n < len(*f.buf) && hup {
 			// The peer's FIN came already: if it follows this data, the
 			// data and ours leave in one segment.
-			m, err := unix.Read(src, (*f.buf)[n:])
+			m, err := recv(src, (*f.buf)[n:])
 			switch {
 			case err == unix.EAGAIN:
 			case err != nil:
@@ -701,20 +688,6 @@ func (l *loop) move(pc *proxyConn, f *flow, src, dst int, hup bool) bool {
 			f.ready = false
 		}
 	}
-}
-
-// send writes b to fd; with more, it holds a short segment back
-// (MSG_MORE) for the FIN that follows.
-func send(fd int, b []byte, more bool) (int, error) {
-	flags := unix.MSG_NOSIGNAL
-	if more {
-		flags |= unix.MSG_MORE
-	}
-	n, _, errno := syscall.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(flags), 0, 0)
-	if errno != 0 {
-		return 0, errno
-	}
-	return int(n), nil
 }
 
 func (l *loop) splice(pc *proxyConn, f *flow, src, dst int) bool {
@@ -760,7 +733,7 @@ func (l *loop) ended(pc *proxyConn, f *flow, dst int) bool {
 	if other.eof {
 		return false
 	}
-	return unix.Shutdown(dst, unix.SHUT_WR) == nil
+	return shutdownWrite(dst) == nil
 }
 
 // close closes both sockets of pc and ends its accounting.
@@ -772,7 +745,7 @@ func (l *loop) close(pc *proxyConn) {
 	for _, fd := range []int{pc.cfd, pc.sfd} {
 		if fd >= 0 {
 			l.conns[fd] = nil
-			unix.Close(fd) // also leaves the epoll set
+			closeFD(fd) // also leaves the epoll set
 		}
 	}
 	pc.cfd, pc.sfd = -1, -1
