@@ -67,7 +67,7 @@ const (
 	// SystemCPIOFile is the PXE initrd that puts SystemFile at /system.sqfs
 	// in the node's rootfs. Boot scripts load it before InitramfsFile: the
 	// kernel only finds an uncompressed cpio at a 4-byte aligned offset, and
-	// the EFI stub concatenates initrds without padding (the zstd
+	// the EFI stub concatenates initrds without padding (the compressed
 	// initramfs.img can have any length), so it goes first, like early
 	// microcode.
 	SystemCPIOFile = "system.cpio"

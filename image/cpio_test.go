@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/klauspost/compress/zstd"
 	"github.com/u-root/u-root/pkg/cpio"
 )
 
@@ -222,13 +221,8 @@ func TestEarlyCPIOIsFoundLikeTheKernel(t *testing.T) {
 		if got, _ := findEarly(t, tc.initrd, "kernel/x86/microcode/AuthenticAMD.bin"); !bytes.Equal(got, amd) {
 			t.Errorf("%s: the early scan finds AuthenticAMD.bin with %d bytes, want %d", tc.name, len(got), len(amd))
 		}
-		// What follows the uncompressed archives is the zstd initramfs.
-		zr, err := zstd.NewReader(bytes.NewReader(tc.initrd[end:]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(mustReadAll(t, zr))))
-		zr.Close()
+		// What follows the uncompressed archives is the compressed initramfs.
+		recs, err := cpio.ReadAllRecords(cpio.Newc.Reader(bytes.NewReader(mustReadAll(t, NewInitramfsReader(bytes.NewReader(tc.initrd[end:]))))))
 		if err != nil || len(recs) != 1 || recs[0].Name != "init" {
 			t.Errorf("%s: the archive after the early cpio holds %v (%v), want /init", tc.name, recs, err)
 		}

@@ -133,11 +133,17 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		a.Log.Error("no image description, skipping module loading", "err", err)
 		info = &boot.ImageInfo{}
 	default:
+		// The drivers for the hardware present and the image's own modules
+		// load side by side: a driver's probe mostly waits for its device,
+		// and the kernel makes a module whose dependency is still loading
+		// wait for it (the two may also load the same module: one of them
+		// gets EEXIST).
+		coldplugged := a.startColdplug(ctx, info)
 		res := boot.LoadModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
 		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
+		coldplugged()
 		a.timeline.Mark(boottime.ModulesLoaded)
-		a.startColdplug(ctx, info)
 	}
 	a.readCPU()
 	// After coldplug: a console can be a driver module (virtio console).

@@ -16,14 +16,15 @@ import (
 // present; a driver stuck in its probe must not hold the node off the network.
 const coldplugWait = 30 * time.Second
 
-// startColdplug loads the drivers the hardware present needs and keeps
-// loading them for devices that appear later, then returns once the devices
-// present at boot have their drivers (or coldplugWait has passed).
-func (a *Agent) startColdplug(ctx context.Context, info *boot.ImageInfo) {
+// startColdplug starts loading the drivers the hardware present needs (and,
+// for devices that appear later, keeps loading them). The returned function
+// waits until the devices present at boot have their drivers or
+// coldplugWait has passed.
+func (a *Agent) startColdplug(ctx context.Context, info *boot.ImageInfo) (wait func()) {
 	if len(info.Drivers) == 0 {
-		return
+		return func() {}
 	}
-	l := &coldplug.Loader{Dir: filepath.Join(a.Root, "lib/modules", info.KernelRelease), Drivers: info.Drivers,
+	l := &coldplug.Loader{Dir: filepath.Join(a.Root, "lib/modules", info.KernelRelease), Drivers: info.Drivers, Boot: info.Modules,
 		Sys: filepath.Join(a.Root, "sys"), Kmsg: filepath.Join(a.Root, "dev/kmsg"), Log: a.Log.With("part", "coldplug")}
 	if data, err := os.ReadFile(filepath.Join(a.Root, boot.FirmwareInfoPath)); err == nil {
 		if err := json.Unmarshal(data, &l.Firmware); err != nil {
@@ -32,11 +33,14 @@ func (a *Agent) startColdplug(ctx context.Context, info *boot.ImageInfo) {
 	}
 	a.hardware = l
 	a.sup.Start(ctx, pid1.Daemon{Name: "coldplug", Run: l.Run})
-	select {
-	case <-l.Ready():
-	case <-time.After(coldplugWait):
-		a.Log.Error("drivers for the devices present still loading, booting on", "waited", coldplugWait)
-	case <-ctx.Done():
+	started := time.Now()
+	return func() {
+		select {
+		case <-l.Ready():
+		case <-time.After(coldplugWait - time.Since(started)):
+			a.Log.Error("drivers for the devices present still loading, booting on", "waited", coldplugWait)
+		case <-ctx.Done():
+		}
 	}
 }
 

@@ -35,8 +35,12 @@ type Loader struct {
 	// Dir holds the modules: /lib/modules/<release>.
 	Dir string
 	// Drivers are the modules loaded on demand, with their aliases; the
-	// modules they depend on are among them.
+	// modules they depend on are among them or in Boot.
 	Drivers []boot.ModuleInfo
+	// Boot are the modules the image loads at boot whatever the hardware,
+	// possibly while the loader runs: a driver that depends on one loads
+	// it if it is not in yet. Their aliases are not matched.
+	Boot []boot.ModuleInfo
 	// Sys is sysfs; default /sys.
 	Sys string
 	// Kmsg is the kernel log, followed for firmware the drivers did not
@@ -96,6 +100,9 @@ func (l *Loader) init() {
 		l.seen = map[string]bool{}
 		l.attempts = map[string]error{}
 		l.byName = map[string]boot.ModuleInfo{}
+		for _, m := range l.Boot {
+			l.byName[m.Name] = m
+		}
 		for _, m := range l.Drivers {
 			l.byName[m.Name] = m
 			for _, p := range m.Aliases {

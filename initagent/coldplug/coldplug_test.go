@@ -105,6 +105,41 @@ func TestColdplugBindsDevicesPresent(t *testing.T) {
 	}
 }
 
+// TestDriverDependsOnBootModule: the image loads some modules at boot
+// whatever the hardware, while coldplug runs; a driver that depends on one
+// that is not in yet (sr_mod on cdrom) loads it first instead of failing
+// as "not in the image".
+func TestDriverDependsOnBootModule(t *testing.T) {
+	drivers := []boot.ModuleInfo{{Name: "sr_mod", Path: "kernel/sr_mod.ko", Deps: []string{"cdrom"}, Aliases: []string{"scsi:t-0x05*"}}}
+	bootMods := []boot.ModuleInfo{{Name: "cdrom", Path: "kernel/cdrom.ko", Aliases: []string{"devname:cdrom"}}}
+	names := func(plan []boot.ModuleInfo) []string {
+		var out []string
+		for _, m := range plan {
+			out = append(out, m.Name)
+		}
+		return out
+	}
+
+	l := &Loader{Sys: fakeSys(t, nil), Drivers: drivers, Boot: bootMods}
+	l.init()
+	if got := names(l.closure([]string{"sr_mod"})); !slices.Equal(got, []string{"cdrom", "sr_mod"}) {
+		t.Errorf("plan %v, want [cdrom sr_mod]", got)
+	}
+	if err := l.attempts["cdrom"]; err != nil {
+		t.Errorf("cdrom: %v", err)
+	}
+	if got := Match(l.aliases, "devname:cdrom"); len(got) != 0 {
+		t.Errorf("a boot module's alias matched a device: %v", got)
+	}
+
+	without := &Loader{Sys: fakeSys(t, nil), Drivers: drivers}
+	without.init()
+	_ = without.closure([]string{"sr_mod"})
+	if err := without.attempts["cdrom"]; err == nil || !strings.Contains(err.Error(), "not in the image") {
+		t.Errorf("without the boot modules: cdrom %v, want not in the image", err)
+	}
+}
+
 // TestUeventSocketReadsKernelEvents: the socket receives the kernel's own
 // uevents (a veth pair made in a fresh network namespace announces itself
 // there) and Close ends a blocked Read.

@@ -21,7 +21,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/klauspost/compress/zstd"
+	"github.com/pierrec/lz4/v4"
 	"github.com/u-root/u-root/pkg/cpio"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -403,7 +403,7 @@ func (s *State) Start(n Node) error {
 	return nil
 }
 
-// ExtractInitramfs unpacks imgbuild's initramfs.img (a zstd-compressed
+// ExtractInitramfs unpacks imgbuild's initramfs.img (an LZ4-compressed
 // newc cpio, after the uncompressed early microcode cpio when the recipe
 // has one: a container node runs on the host's CPUs and leaves it out)
 // into dir.
@@ -416,14 +416,9 @@ func ExtractInitramfs(img, dir string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", img, err)
 	}
-	zr, err := zstd.NewReader(bytes.NewReader(raw[skip:]))
+	data, err := io.ReadAll(lz4.NewReader(bytes.NewReader(raw[skip:])))
 	if err != nil {
-		return fmt.Errorf("%s: %w", img, err)
-	}
-	defer zr.Close()
-	data, err := io.ReadAll(zr)
-	if err != nil {
-		return fmt.Errorf("%s: not a zstd-compressed initramfs: %w", img, err)
+		return fmt.Errorf("%s: not an LZ4-compressed initramfs: %w", img, err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

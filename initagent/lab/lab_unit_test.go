@@ -213,7 +213,7 @@ func TestMemoryNeeded(t *testing.T) {
 func TestInitrdWithConfig(t *testing.T) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "initramfs.img")
-	image := []byte("(a zstd-compressed newc archive, 37 b)")
+	image := []byte("(an LZ4-compressed newc archive, 37 b)")
 	if err := os.WriteFile(base, image, 0o644); err != nil {
 		t.Fatal(err)
 	}
