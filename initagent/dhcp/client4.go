@@ -327,6 +327,7 @@ func (c *Client4) discover(ctx context.Context) (Lease, error) {
 	if _, err := interfaceByName(c.cfg.Interface); err != nil {
 		return Lease{}, c.errorf("%w", err)
 	}
+	waitCarrier(ctx, c.cfg.Interface, carrierWait)
 	cl, err := c.rawClient(c.t.retries)
 	if err != nil {
 		return Lease{}, c.errorf("%w", err)
@@ -369,6 +370,7 @@ func (c *Client4) reboot(ctx context.Context, p Lease) (Lease, error) {
 	if err != nil {
 		return Lease{}, c.errorf("%w", err)
 	}
+	waitCarrier(ctx, c.cfg.Interface, carrierWait)
 	cl, err := c.rawClient(min(c.t.retries, 2))
 	if err != nil {
 		return Lease{}, c.errorf("%w", err)

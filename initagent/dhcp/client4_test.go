@@ -155,6 +155,34 @@ func mustJSON(t testing.TB, v any) string {
 // applied to the interface (unicast renewal through a UDP socket, the normal
 // case once netconf has applied the lease) and once without it (the
 // broadcast fallback).
+// TestClient4WaitsForCarrier: a client started while its link has no
+// carrier (the peer is down, as an e1000e still negotiating) sends its
+// DISCOVER once the carrier comes, not into the void (the e1000e drops it)
+// or into an error (a veth refuses it): with a retransmission timeout and a
+// retry backoff longer than the test waits, only that first DISCOVER can
+// bring the lease.
+func TestClient4WaitsForCarrier(t *testing.T) {
+	t.Parallel()
+	tn := newTestNet(t)
+	d := tn.startDnsmasq(t, dnsmasq4...)
+	run(t, "ip", "-n", tn.serverNS, "link", "set", serverIf, "down")
+	tn.waitCarrier(t, false) // the kernel tells carrier changes a moment later
+	ev := newEvents()
+	cfg := testConfig4(t, ev)
+	cfg.Timeout = 2 * waitLong
+	cfg.MinBackoff, cfg.MaxBackoff = 2*waitLong, 2*waitLong
+	startClient4(t, tn, cfg)
+	time.Sleep(time.Second) // the client is up and waiting
+	run(t, "ip", "-n", tn.serverNS, "link", "set", serverIf, "up")
+	l := waitFor(t, ev.leases, "lease after the carrier came up")
+	if !inRange4(l.Address.Addr()) {
+		t.Errorf("Address = %s, want 192.0.2.50-60", l.Address)
+	}
+	if n := d.transactions("DHCPDISCOVER"); n != 1 {
+		t.Errorf("dnsmasq saw %d DISCOVER transactions, want 1", n)
+	}
+}
+
 func TestClient4Renew(t *testing.T) {
 	t.Parallel()
 	for _, applyAddr := range []bool{true, false} {

@@ -193,6 +193,30 @@ func interfaceByName(name string) (*net.Interface, error) {
 	return ifc, nil
 }
 
+// carrierWait bounds how long an exchange waits for the interface's
+// carrier before it sends anyway (a driver that never reports it).
+const carrierWait = 10 * time.Second
+
+// waitCarrier returns once the interface is operational (IFF_RUNNING: its
+// lower layer is up), ctx ends or max has passed. A message sent before the
+// link came up is dropped by the driver (an e1000e negotiates for a second
+// or two after it is set up), and its retransmission would come only a
+// whole timeout (4s) later.
+func waitCarrier(ctx context.Context, name string, max time.Duration) {
+	deadline := time.Now().Add(max)
+	for {
+		ifc, err := net.InterfaceByName(name)
+		if err != nil || ifc.Flags&net.FlagRunning != 0 || !time.Now().Before(deadline) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
 func discardLogger(l *slog.Logger) *slog.Logger {
 	if l == nil {
 		return slog.New(slog.DiscardHandler)

@@ -37,6 +37,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -137,6 +138,30 @@ func (tn *testNet) waitLinkLocal(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no link-local address on %s after %s", clientIf, waitLong)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// waitCarrier waits until the client interface's carrier is as wanted.
+func (tn *testNet) waitCarrier(t *testing.T, want bool) {
+	t.Helper()
+	nh, err := netlink.NewHandleAt(tn.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nh.Close()
+	deadline := time.Now().Add(waitLong)
+	for {
+		link, err := nh.LinkByName(clientIf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (link.Attrs().RawFlags&unix.IFF_RUNNING != 0) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("carrier on %s still not %v after %s", clientIf, want, waitLong)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
