@@ -27,12 +27,6 @@ import (
 	"github.com/ballast-os/ballast/initagent/pid1/readiness"
 )
 
-// OVMF from Debian's ovmf package.
-const (
-	ovmfCode = "/usr/share/OVMF/OVMF_CODE.fd"
-	ovmfVars = "/usr/share/OVMF/OVMF_VARS.fd"
-)
-
 // diskBootTimeout bounds one boot through firmware and boot loader (TCG on
 // a busy machine; nothing asserts on how long it takes).
 const diskBootTimeout = 5 * time.Minute
@@ -134,14 +128,6 @@ func startFirmwareVM(t *testing.T, o firmwareVM) *VM {
 	vm.cmd = exec.Command(qemu, args...)
 	startConsoleVM(t, vm)
 	return vm
-}
-
-func copyFile(src, dst string) error {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(dst, data, 0o644)
 }
 
 // sparseCopy copies a (mostly empty) disk image, leaving holes for zeros,

@@ -23,14 +23,33 @@ import (
 	"sync"
 )
 
+// OVMF from Debian's ovmf package.
+const (
+	ovmfCode = "/usr/share/OVMF/OVMF_CODE.fd"
+	ovmfVars = "/usr/share/OVMF/OVMF_VARS.fd"
+)
+
+func copyFile(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(dst, data, 0o644)
+}
+
 // VMOptions describe one QEMU machine.
 type VMOptions struct {
+	// Kernel, Initrd and Cmdline boot a kernel directly; without Kernel the
+	// machine boots through its firmware (disks, the NIC's iPXE ROM).
 	Kernel, Initrd string
 	Cmdline        []string
-	MemoryMiB      int      // zero means 512
-	CPUs           int      // zero means 2
-	Accel          string   // zero means "tcg"
-	Args           []string // extra QEMU arguments (NICs, disks)
+	// UEFI boots OVMF (with a fresh copy of its variable store) instead of
+	// SeaBIOS.
+	UEFI      bool
+	MemoryMiB int      // zero means 512
+	CPUs      int      // zero means 2
+	Accel     string   // zero means "tcg"
+	Args      []string // extra QEMU arguments (NICs, disks)
 	// Netns runs QEMU inside this network namespace (for tap devices made there).
 	Netns string
 	// NoVirtio leaves out the virtio RNG StartVM adds otherwise: a machine
@@ -88,9 +107,17 @@ func StartVM(opts VMOptions) (*VM, error) {
 		"-serial", "stdio",
 		"-no-reboot", // a reboot ends the process too; the console says which it was
 		"-qmp", "unix:" + vm.qmpPath + ",server=on,wait=off",
-		"-kernel", opts.Kernel,
-		"-initrd", opts.Initrd,
-		"-append", strings.Join(opts.Cmdline, " "),
+	}
+	if opts.Kernel != "" {
+		args = append(args, "-kernel", opts.Kernel, "-initrd", opts.Initrd, "-append", strings.Join(opts.Cmdline, " "))
+	}
+	if opts.UEFI {
+		vars := filepath.Join(dir, "vars.fd")
+		if err := copyFile(ovmfVars, vars); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("OVMF variable store: %w (apt-get install -y ovmf)", err)
+		}
+		args = append(args, "-drive", "if=pflash,format=raw,readonly=on,file="+ovmfCode, "-drive", "if=pflash,format=raw,file="+vars)
 	}
 	if !opts.NoVirtio {
 		// TCG's CPU has no RDRAND: without a hardware RNG, getrandom(2) (DHCP
