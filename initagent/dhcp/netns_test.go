@@ -116,35 +116,30 @@ func newTestNet(t *testing.T) *testNet {
 // address (veth carrier comes up asynchronously).
 func (tn *testNet) waitLinkLocal(t *testing.T) {
 	t.Helper()
-	nh, err := netlink.NewHandleAt(tn.client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nh.Close()
-	deadline := time.Now().Add(waitLong)
-	for {
-		link, err := nh.LinkByName(clientIf)
-		if err != nil {
-			t.Fatal(err)
-		}
+	tn.waitClientLink(t, "a link-local address", func(nh *netlink.Handle, link netlink.Link) bool {
 		addrs, err := nh.AddrList(link, netlink.FAMILY_V6)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, a := range addrs {
 			if a.IP.IsLinkLocalUnicast() && a.Flags&(syscall.IFA_F_TENTATIVE) == 0 {
-				return
+				return true
 			}
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no link-local address on %s after %s", clientIf, waitLong)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return false
+	})
 }
 
 // waitCarrier waits until the client interface's carrier is as wanted.
 func (tn *testNet) waitCarrier(t *testing.T, want bool) {
+	t.Helper()
+	tn.waitClientLink(t, fmt.Sprintf("carrier %v", want), func(_ *netlink.Handle, link netlink.Link) bool {
+		return (link.Attrs().RawFlags&unix.IFF_RUNNING != 0) == want
+	})
+}
+
+// waitClientLink polls the client interface until cond holds.
+func (tn *testNet) waitClientLink(t *testing.T, what string, cond func(*netlink.Handle, netlink.Link) bool) {
 	t.Helper()
 	nh, err := netlink.NewHandleAt(tn.client)
 	if err != nil {
@@ -157,11 +152,11 @@ func (tn *testNet) waitCarrier(t *testing.T, want bool) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if (link.Attrs().RawFlags&unix.IFF_RUNNING != 0) == want {
+		if cond(nh, link) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("carrier on %s still not %v after %s", clientIf, want, waitLong)
+			t.Fatalf("no %s on %s after %s", what, clientIf, waitLong)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
