@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/boot"
@@ -22,6 +23,8 @@ import (
 	"github.com/ballast-os/ballast/initagent/txn"
 	"github.com/ballast-os/ballast/initagent/txn/probe"
 	"github.com/ballast-os/ballast/initagent/txn/slot"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // defaultNetworkTimeout bounds how long boot waits for the network (and
@@ -93,8 +96,10 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		a.Log.Error("config slots unusable", "err", err)
 	}
 
+	netChanged, stopWatching := watchAddrsAndRoutes(a.Log)
 	res, err := source.Fetch(ctx, source.Options{Cmdline: cmdline.Ballast(), Root: a.Root, Log: a.Log.With("part", "config"),
-		Devices: a.configDriveCandidates()})
+		Devices: a.configDriveCandidates(), NetworkChanged: netChanged})
+	stopWatching()
 	switch {
 	case errors.Is(err, source.ErrNoConfig):
 		a.Log.Info("no machine config, keeping DHCP on every NIC", "why", err)
@@ -129,6 +134,73 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 		a.Log.Error("ignition", "err", err)
 	}
 	return m, cfg
+}
+
+// watchAddrsAndRoutes pokes the returned channel whenever the kernel adds
+// an address or a route, until stop. Without netlink it returns a channel
+// that never fires: callers then fall back on their timers.
+func watchAddrsAndRoutes(log *slog.Logger) (changed <-chan struct{}, stop func()) {
+	poke := make(chan struct{}, 1)
+	done := make(chan struct{})
+	addrs := make(chan netlink.AddrUpdate, 64)
+	routes := make(chan netlink.RouteUpdate, 64)
+	onErr := func(err error) { log.Debug("address and route updates", "err", err) }
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		log.Debug("cannot follow address updates", "err", err)
+		addrs = nil
+	}
+	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{ErrorCallback: onErr}); err != nil {
+		log.Debug("cannot follow route updates", "err", err)
+		routes = nil
+	}
+	// Drained to the end when stopped: the subscriptions' readers close
+	// them once they see done.
+	addrsSub, routesSub := addrs, routes
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for addrs != nil || routes != nil {
+			added := false
+			select {
+			case <-done:
+				return
+			case u, ok := <-addrs:
+				if !ok {
+					addrs = nil
+				}
+				added = ok && u.NewAddr
+			case u, ok := <-routes:
+				if !ok {
+					routes = nil
+				}
+				// Local-table routes come with each address, already noticed.
+				added = ok && u.Type == unix.RTM_NEWROUTE && u.Table != unix.RT_TABLE_LOCAL
+			}
+			if added {
+				select {
+				case poke <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return poke, func() {
+		close(done)
+		wg.Wait()
+		if addrsSub != nil {
+			go func() {
+				for range addrsSub {
+				}
+			}()
+		}
+		if routesSub != nil {
+			go func() {
+				for range routesSub {
+				}
+			}()
+		}
+	}
 }
 
 // verifyLease probes what a new DHCP lease brings: its gateway answers

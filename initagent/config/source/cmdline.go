@@ -138,7 +138,10 @@ func retry(ctx context.Context, o Options, what string, timeout time.Duration, g
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	delay := firstBackoff
+	delay, maxDelay := firstBackoff, maxBackoff
+	if o.firstBackoff > 0 {
+		delay, maxDelay = o.firstBackoff, o.maxBackoff
+	}
 	var lastErr error
 	attempt := 1
 	for ; ; attempt++ {
@@ -160,14 +163,16 @@ func retry(ctx context.Context, o Options, what string, timeout time.Duration, g
 			break
 		}
 		sleep := delay/2 + rand.N(delay/2+1)
-		delay = min(2*delay, maxBackoff)
+		delay = min(2*delay, maxDelay)
 		o.Log.Warn("machine config fetch failed, will retry", "url", what, "attempt", attempt, "err", err, "retry_in", sleep.Round(time.Millisecond))
 		t := time.NewTimer(sleep)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 		case <-t.C:
+		case <-o.NetworkChanged:
+			o.Log.Info("network changed, retrying the machine config fetch now", "url", what)
 		}
+		t.Stop()
 		if ctx.Err() != nil {
 			break
 		}

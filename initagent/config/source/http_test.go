@@ -246,3 +246,34 @@ func TestFetchCmdlineTimeoutAndCancel(t *testing.T) {
 		t.Errorf("Fetch took %s after its context ended", took)
 	}
 }
+
+// A failed fetch retries when the network changes rather than when its
+// backoff runs out: with an hour-long backoff the only way to a second
+// attempt is the change.
+func TestFetchRetriesOnNetworkChange(t *testing.T) {
+	doc := []byte("apiVersion: ballast.dev/v1alpha1\nkind: MachineConfig\n")
+	failed := make(chan struct{})
+	srv, hits := configServer(t, false, doc, func(w http.ResponseWriter, n int64) bool {
+		if n == 1 {
+			http.Error(w, "no route yet", http.StatusServiceUnavailable)
+			close(failed)
+			return true
+		}
+		return false
+	})
+	changed := make(chan struct{}, 1)
+	go func() {
+		<-failed
+		changed <- struct{}{}
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	res, err := Fetch(ctx, Options{Cmdline: map[string]string{KeyURL: srv.URL + "/mc.yaml"}, Root: t.TempDir(), Devices: []string{},
+		NetworkChanged: changed, firstBackoff: time.Hour, maxBackoff: time.Hour, Log: testLog(t)})
+	if err != nil {
+		t.Fatalf("Fetch = %v, want the document on the attempt after the network change", err)
+	}
+	if !bytes.Equal(res.Data, doc) || hits.Load() != 2 {
+		t.Errorf("Fetch = %q after %d requests, want %q after 2", res.Data, hits.Load(), doc)
+	}
+}

@@ -89,8 +89,16 @@ type Options struct {
 	// drive (paths such as /dev/vdb) instead of every device in
 	// Root/sys/class/block. Tests use it to keep away from the host's disks.
 	Devices []string
+	// NetworkChanged, if set, receives when the node's addresses or routes
+	// change (the agent feeds it from netlink). A cmdline fetch that failed
+	// then retries at once instead of sleeping out its backoff, so the config
+	// comes when DHCP binds rather than up to a backoff later.
+	NetworkChanged <-chan struct{}
 	// Log gets one line per source tried and per failed attempt; nil discards.
 	Log *slog.Logger
+
+	// firstBackoff and maxBackoff override the retry delays in tests.
+	firstBackoff, maxBackoff time.Duration
 }
 
 // Result is a machine config document and where it came from.
