@@ -58,6 +58,7 @@ type Agent struct {
 	bless     *blessing         // judges a boot of a system slot that is not good yet; nil otherwise
 	hardware  *coldplug.Loader  // loads drivers for the devices present and hot-plugged; nil without drivers
 	cpu       *boot.CPU         // processors and their microcode revision; nil when unreadable
+	modules   *boot.Modules     // the image's boot modules, loading in the background; nil in a container
 	// localAPIServer: the API proxy fronts this control-plane node's own kube-apiserver too.
 	localAPIServer bool
 	// discovered are the apiservers registered in the cluster (runtime.Kube.APIServers).
@@ -137,13 +138,11 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		// load side by side: a driver's probe mostly waits for its device,
 		// and the kernel makes a module whose dependency is still loading
 		// wait for it (the two may also load the same module: one of them
-		// gets EEXIST).
+		// gets EEXIST). Boot goes on once the drivers are in; the boot
+		// modules go on loading, and what needs one waits for it.
 		coldplugged := a.startColdplug(ctx, info)
-		res := boot.LoadModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
-		a.Log.Info("kernel modules", "loaded", res.Loaded, "already", res.AlreadyLoaded,
-			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
 		coldplugged()
-		a.timeline.Mark(boottime.ModulesLoaded)
+		a.startModules(ctx, info)
 	}
 	a.readCPU()
 	// After coldplug: a console can be a driver module (virtio console).
@@ -158,7 +157,12 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	if a.Container {
 		a.Log.Info("container node: no power button, poweroff is SIGTERM to the container (runc kill)")
 	} else {
-		go pid1.WatchPowerButton(ctx, a.Log, requests)
+		go func() {
+			if err := a.needModules(ctx, "power button", "button", "evdev"); err != nil {
+				a.Log.Warn("power button modules", "err", err)
+			}
+			pid1.WatchPowerButton(ctx, a.Log, requests)
+		}()
 	}
 
 	if err := a.prepareSystem(ctx, cmdline); err != nil {

@@ -160,6 +160,9 @@ func (r *resolver) startDNS(ctx context.Context, cfg *config.MachineConfig, host
 	}
 	listen := []string{localDNS.String()}
 	allowed := []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+	if err := r.a.needLinkKinds(ctx, []string{config.TypeDummy}); err != nil {
+		r.a.Log.Warn("dummy links unavailable", "err", err)
+	}
 	if err := ensurePodDNSLink(); err != nil {
 		r.a.Log.Error("pod dns address; pods get no node-local resolver", "err", err)
 	} else {

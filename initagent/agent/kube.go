@@ -93,7 +93,13 @@ func (a *Agent) startKube(ctx context.Context, cfg *config.MachineConfig, role, 
 		k.ResolvConf = filepath.Join(a.Root, podResolvTo)
 	}
 	a.kube = k
-	a.sup.Start(ctx, pid1.Daemon{Name: "kubernetes", Run: k.Run})
+	a.sup.Start(ctx, pid1.Daemon{Name: "kubernetes", Run: func(ctx context.Context) error {
+		// containerd's overlay snapshots, br_netfilter, kube-proxy's nftables.
+		if err := a.needAllModules(ctx, "kubernetes"); err != nil {
+			return err
+		}
+		return k.Run(ctx)
+	}})
 	a.podRoutes = a.startPodRoutes(ctx, filepath.Join(a.Root, "var/lib/kubelet/kubeconfig"), hostname)
 }
 

@@ -37,12 +37,15 @@ const defaultNetworkTimeout = 60 * time.Second
 func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname string) (*network.Manager, *config.MachineConfig) {
 	m := &network.Manager{
 		Log:       a.Log.With("part", "network"),
-		Applier:   &netconf.Applier{Log: a.Log},
+		Applier:   &netconf.Applier{Log: a.Log, NeedKinds: a.needLinkKinds},
 		LeaseDir:  filepath.Join(a.Root, "var/lib/ballast/dhcp"),
 		Hostname:  hostname,
 		OnApplied: a.networkApplied,
 		OnDNS:     a.resolver.update,
 		ApplyNetfilter: func(rs netfilter.Ruleset) error {
+			if err := a.needAllModules(ctx, "nftables"); err != nil {
+				return err
+			}
 			conn, err := netfilter.New(0)
 			if err != nil {
 				return err
@@ -98,7 +101,8 @@ func (a *Agent) startNetwork(ctx context.Context, cmdline boot.Cmdline, hostname
 
 	netChanged, stopWatching := watchAddrsAndRoutes(a.Log)
 	res, err := source.Fetch(ctx, source.Options{Cmdline: cmdline.Ballast(), Root: a.Root, Log: a.Log.With("part", "config"),
-		Devices: a.configDriveCandidates(), NetworkChanged: netChanged})
+		Devices: a.configDriveCandidates(), NetworkChanged: netChanged,
+		NeedFilesystem: func(ctx context.Context, fstype string) error { return a.needFilesystems(ctx, fstype) }})
 	stopWatching()
 	switch {
 	case errors.Is(err, source.ErrNoConfig):

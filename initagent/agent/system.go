@@ -108,6 +108,9 @@ func (a *Agent) armBlessing(ctx context.Context, cmdline boot.Cmdline, requests 
 // media booted with ballast.install= it installs to disk and reboots into it.
 func (a *Agent) afterReady(ctx context.Context, cmdline boot.Cmdline, net bootNetwork) {
 	if target, ok := cmdline.Get(installParam); ok {
+		if err := a.needFilesystems(ctx, "iso9660", "vfat", "ext4", "squashfs"); err != nil {
+			a.Log.Warn("install: filesystem modules", "err", err)
+		}
 		a.install(ctx, cmdline, target)
 		return
 	}
@@ -167,6 +170,9 @@ func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
 		if _, err := os.Stat(filepath.Join(a.Root, source)); errors.Is(err, fs.ErrNotExist) {
 			return nil
 		}
+		if err := a.needFilesystems(ctx, "squashfs"); err != nil {
+			a.Log.Warn("system image: filesystem modules", "err", err)
+		}
 		dev, err := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}.MountSystemImage(source)
 		if err != nil {
 			a.Log.Error("system image not mounted: the node runs without its system image (containerd, kubelet); "+
@@ -176,6 +182,9 @@ func (a *Agent) prepareSystem(ctx context.Context, cmdline boot.Cmdline) error {
 		}
 		a.Log.Info("system image mounted", "source", source, "device", dev, "at", "/"+sysslot.SystemMount)
 		return nil
+	}
+	if err := a.needFilesystems(ctx, "vfat", "ext4", "squashfs"); err != nil {
+		a.Log.Warn("system slots: filesystem modules", "err", err)
 	}
 	node := sysslot.Node{Root: a.Root, Log: a.Log.With("part", "sysslot")}
 	m, err := node.Prepare(s)

@@ -36,3 +36,40 @@ func TestLoadModulesRecordsFailuresAndSkipsDependents(t *testing.T) {
 		}
 	}
 }
+
+// Waiting for one module waits for it (and so for its dependencies) and
+// returns its failure; a module outside the set needs no wait.
+func TestModulesWait(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("finit_module needs root")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "garbage.ko"), []byte("not a module"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := StartModules(dir, []ModuleInfo{
+		{Name: "garbage", Path: "garbage.ko"},
+		{Name: "user", Path: "user.ko", Deps: []string{"garbage"}},
+	}, slog.New(slog.DiscardHandler))
+	if err := m.Wait(t.Context(), "built_in"); err != nil {
+		t.Errorf("Wait(a module outside the set) = %v, want nil", err)
+	}
+	if err := m.Wait(t.Context(), "user"); err == nil || !strings.Contains(err.Error(), "dependency garbage failed") {
+		t.Errorf("Wait(user) = %v, want its dependency's failure", err)
+	}
+	if err := m.WaitAll(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-m.Done():
+	default:
+		t.Error("Done not closed after WaitAll")
+	}
+	if res := m.Result(); len(res.Failed) != 2 {
+		t.Errorf("Result = %+v, want 2 failures", res)
+	}
+	var none *Modules
+	if err := none.Wait(t.Context(), "user"); err != nil {
+		t.Errorf("nil Modules: Wait = %v", err)
+	}
+}

@@ -34,6 +34,10 @@ type Applier struct {
 	Handle *netlink.Handle
 	// SysctlRoot is where sysctls are written; empty means /proc/sys.
 	SysctlRoot string
+	// NeedKinds, if set, is called before a Spec with virtual links (bond,
+	// bridge, dummy, VLAN) is applied, with their kinds: the agent waits
+	// there for the kernel modules behind them, still loading at boot.
+	NeedKinds func(ctx context.Context, kinds []string) error
 
 	owned map[string]bool // addresses this applier added, "link|prefix"
 }
@@ -81,6 +85,19 @@ func (a *Applier) Apply(ctx context.Context, spec Spec) (*Result, error) {
 	}
 	if a.owned == nil {
 		a.owned = map[string]bool{}
+	}
+	if a.NeedKinds != nil {
+		var kinds []string
+		for _, l := range spec.Links {
+			if l.Kind != config.TypeEthernet && !slices.Contains(kinds, l.Kind) {
+				kinds = append(kinds, l.Kind)
+			}
+		}
+		if len(kinds) > 0 {
+			if err := a.NeedKinds(ctx, kinds); err != nil {
+				return &Result{}, fmt.Errorf("links of kind %v: %w", kinds, err)
+			}
+		}
 	}
 	res := &Result{}
 	err := a.apply(ctx, spec, res)

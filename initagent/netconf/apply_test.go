@@ -2,6 +2,7 @@ package netconf
 
 import (
 	"context"
+	"errors"
 	"net"
 	"os"
 	"slices"
@@ -276,4 +277,36 @@ func readSysctl(t *testing.T, path string) string {
 		nstest.Fatalf(t, "sysctl %s: %v", path, err)
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// Apply asks for the kernel support behind its virtual links before it
+// touches anything, and stops there when the support is missing.
+func TestApplyNeedsKindsFirst(t *testing.T) {
+	nstest.Do(t, func(h *netlink.Handle) {
+		nstest.Veth(t, h, "eth0", "eth0-peer")
+		var asked []string
+		a := &Applier{Handle: h, NeedKinds: func(ctx context.Context, kinds []string) error {
+			asked = append(asked, kinds...)
+			return errors.New("module bonding failed")
+		}}
+		ethernetOnly := Spec{Links: []LinkSpec{{Name: "eth0", Kind: config.TypeEthernet, MTU: 1400}}}
+		if _, err := a.Apply(context.Background(), ethernetOnly); err != nil || len(asked) != 0 {
+			nstest.Fatalf(t, "Apply(ethernet only) = %v after asking for %v, want no question", err, asked)
+		}
+		spec := Spec{Links: []LinkSpec{
+			{Name: "eth0", Kind: config.TypeEthernet, MTU: 1500},
+			{Name: "bond0", Kind: config.TypeBond},
+			{Name: "bond0.7", Kind: config.TypeVLAN, VLANLink: "bond0", VLANID: 7},
+		}}
+		res, err := a.Apply(context.Background(), spec)
+		if err == nil || !strings.Contains(err.Error(), "module bonding failed") {
+			nstest.Fatalf(t, "Apply = %v, want the missing support's error", err)
+		}
+		if !slices.Equal(asked, []string{config.TypeBond, config.TypeVLAN}) || len(res.Changes) != 0 {
+			nstest.Fatalf(t, "asked for %v and changed %q, want bond and vlan asked before any change", asked, res.Changes)
+		}
+		if l, err := h.LinkByName("eth0"); err != nil || l.Attrs().MTU != 1400 {
+			nstest.Fatalf(t, "eth0 changed by a refused apply: %v", err)
+		}
+	})
 }

@@ -72,7 +72,7 @@ func fetchConfigDrive(ctx context.Context, o Options) (*Result, error) {
 		o.Log.Warn("more than one config drive, using the first with a config", "drives", names)
 	}
 	for _, d := range drives {
-		res, err := readDrive(o, d)
+		res, err := readDrive(ctx, o, d)
 		if errors.Is(err, errAbsent) {
 			o.Log.Info("config drive has no machine config", "dev", d.dev, "label", d.label, "looked_for", driveFiles(d.label))
 			continue
@@ -176,7 +176,7 @@ type driveFS interface {
 // readDrive reads the first of driveFiles from d. vfat and ISO 9660 are
 // read in-process, so the initramfs needs neither their kernel modules nor
 // the nls codepages vfat wants; ext4 is mounted read-only.
-func readDrive(o Options, d drive) (*Result, error) {
+func readDrive(ctx context.Context, o Options, d drive) (*Result, error) {
 	f, err := os.Open(d.dev)
 	if err != nil {
 		return nil, err
@@ -190,7 +190,7 @@ func readDrive(o Options, d drive) (*Result, error) {
 		fsys, err = openISO(f)
 	case "ext4":
 		var m *mountedFS
-		m, err = mountReadOnly(o, d)
+		m, err = mountReadOnly(ctx, o, d)
 		if err == nil {
 			defer m.Close()
 			fsys = m
@@ -225,7 +225,12 @@ type mountedFS struct {
 	o    Options
 }
 
-func mountReadOnly(o Options, d drive) (*mountedFS, error) {
+func mountReadOnly(ctx context.Context, o Options, d drive) (*mountedFS, error) {
+	if o.NeedFilesystem != nil {
+		if err := o.NeedFilesystem(ctx, d.fstype); err != nil {
+			return nil, fmt.Errorf("no %s support: %w", d.fstype, err)
+		}
+	}
 	if err := os.MkdirAll(o.RunDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create run dir: %w", err)
 	}

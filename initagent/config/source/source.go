@@ -94,6 +94,10 @@ type Options struct {
 	// then retries at once instead of sleeping out its backoff, so the config
 	// comes when DHCP binds rather than up to a backoff later.
 	NetworkChanged <-chan struct{}
+	// NeedFilesystem, if set, is called before a config drive is mounted
+	// (ext4; FAT and ISO 9660 are read without the kernel): the agent
+	// waits there for the filesystem's kernel module, still loading.
+	NeedFilesystem func(ctx context.Context, fstype string) error
 	// Log gets one line per source tried and per failed attempt; nil discards.
 	Log *slog.Logger
 
