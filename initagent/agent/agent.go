@@ -134,15 +134,26 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 		a.Log.Error("no image description, skipping module loading", "err", err)
 		info = &boot.ImageInfo{}
 	default:
-		// The drivers for the hardware present and the image's own modules
-		// load side by side: a driver's probe mostly waits for its device,
-		// and the kernel makes a module whose dependency is still loading
-		// wait for it (the two may also load the same module: one of them
-		// gets EEXIST). Boot goes on once the drivers are in; the boot
-		// modules go on loading, and what needs one waits for it.
+		// The drivers for the hardware present and the boot modules this
+		// boot mounts with load side by side: a driver's probe mostly waits
+		// for its device, and the kernel makes a module whose dependency is
+		// still loading wait for it (the two may also load the same module:
+		// one of them gets EEXIST). The other boot modules load once the
+		// drivers are in, while boot goes on: what needs one waits for it.
+		if len(info.Drivers) == 0 {
+			// No coldplug: the image's modules are its drivers too (a
+			// recipe with a fixed module list), all in before boot goes on.
+			a.startModules(ctx, info, boot.ModuleOrder{})
+			if err := a.needAllModules(ctx, "drivers"); err != nil {
+				return pid1.Request{}, err
+			}
+			break
+		}
 		coldplugged := a.startColdplug(ctx, info)
+		afterColdplug := make(chan struct{})
+		a.startModules(ctx, info, boot.ModuleOrder{First: a.mountsFirst(cmdline), Later: afterColdplug})
 		coldplugged()
-		a.startModules(ctx, info)
+		close(afterColdplug)
 	}
 	a.readCPU()
 	// After coldplug: a console can be a driver module (virtio console).

@@ -2,22 +2,25 @@ package agent
 
 import (
 	"context"
+	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/boot"
 	"github.com/ballast-os/ballast/initagent/boottime"
 	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/sysslot"
 )
 
 // The image's boot modules load in the background (startModules); what
 // needs one waits for that one. Readiness with DHCP on every NIC needs none:
-// the drivers for the devices present come from coldplug.
+// the drivers for the devices present come from coldplug, which goes first.
 
 // startModules starts loading the image's boot modules and logs their
 // summary once every one was tried.
-func (a *Agent) startModules(ctx context.Context, info *boot.ImageInfo) {
-	a.modules = boot.StartModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, a.Log)
+func (a *Agent) startModules(ctx context.Context, info *boot.ImageInfo, order boot.ModuleOrder) {
+	a.modules = boot.StartModules(filepath.Join(a.Root, "lib/modules", info.KernelRelease), info.Modules, order, a.Log)
 	go func() {
 		select {
 		case <-a.modules.Done():
@@ -29,6 +32,19 @@ func (a *Agent) startModules(ctx context.Context, info *boot.ImageInfo) {
 			"failed", len(res.Failed), "took", res.Duration.Round(time.Millisecond))
 		a.timeline.Mark(boottime.ModulesLoaded)
 	}()
+}
+
+// mountsFirst are the modules behind what this boot mounts before it is
+// ready: the system slots' filesystems on a disk boot, the system image
+// on netboot. They load side by side with coldplug, the others after it.
+func (a *Agent) mountsFirst(cmdline boot.Cmdline) []string {
+	if runningSlot(cmdline) != "" {
+		return slices.Concat(filesystemModules("vfat"), filesystemModules("ext4"), filesystemModules("squashfs"))
+	}
+	if _, err := os.Stat(filepath.Join(a.Root, sysslot.NetbootSystemImage)); err == nil {
+		return filesystemModules("squashfs")
+	}
+	return nil
 }
 
 // needModules waits for the named boot modules; why says what for. A

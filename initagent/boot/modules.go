@@ -23,6 +23,14 @@ type ModuleResult struct {
 	Duration              time.Duration
 }
 
+// ModuleOrder says which modules load at once and which wait.
+type ModuleOrder struct {
+	// First load at once, with their dependencies; the others wait until
+	// Later is closed. A nil Later holds nothing back.
+	First []string
+	Later <-chan struct{}
+}
+
 // Modules is a set of modules loading in the background (StartModules).
 // What needs one of them waits for it alone; the rest of boot goes on.
 // A nil *Modules has nothing to wait for.
@@ -38,7 +46,7 @@ type Modules struct {
 // LoadModules loads modules (paths relative to dir) and returns when each
 // was tried: StartModules, then WaitAll.
 func LoadModules(dir string, modules []ModuleInfo, log *slog.Logger) ModuleResult {
-	m := StartModules(dir, modules, log)
+	m := StartModules(dir, modules, ModuleOrder{}, log)
 	<-m.all
 	return m.Result()
 }
@@ -49,14 +57,33 @@ func LoadModules(dir string, modules []ModuleInfo, log *slog.Logger) ModuleResul
 // the list's order. A failure is recorded and loading goes on: a missing
 // NIC driver must not stop the node from reporting it. Modules depending
 // on a failed one are not tried.
-func StartModules(dir string, modules []ModuleInfo, log *slog.Logger) *Modules {
+func StartModules(dir string, modules []ModuleInfo, order ModuleOrder, log *slog.Logger) *Modules {
 	start := time.Now()
 	m := &Modules{done: make(map[string]chan struct{}, len(modules)), all: make(chan struct{}), failed: map[string]error{}}
 	optional := map[string]bool{} // soft dependencies of some module
+	byName := make(map[string]ModuleInfo, len(modules))
 	for _, mod := range modules {
 		m.done[mod.Name] = make(chan struct{})
+		byName[mod.Name] = mod
 		for _, d := range mod.SoftDeps {
 			optional[d] = true
+		}
+	}
+	// The modules named first and what they depend on do not wait for Later.
+	first := map[string]bool{}
+	var mark func(string)
+	mark = func(name string) {
+		if first[name] {
+			return
+		}
+		first[name] = true
+		for _, d := range append(slices.Clone(byName[name].Deps), byName[name].SoftDeps...) {
+			mark(d)
+		}
+	}
+	for _, n := range order.First {
+		if _, ok := byName[n]; ok {
+			mark(n)
 		}
 	}
 	slots := make(chan struct{}, runtime.NumCPU())
@@ -64,6 +91,9 @@ func StartModules(dir string, modules []ModuleInfo, log *slog.Logger) *Modules {
 	for _, mod := range modules {
 		wg.Go(func() {
 			defer close(m.done[mod.Name])
+			if order.Later != nil && !first[mod.Name] {
+				<-order.Later
+			}
 			for _, d := range append(slices.Clone(mod.Deps), mod.SoftDeps...) {
 				if ch, ok := m.done[d]; ok {
 					<-ch

@@ -1,6 +1,8 @@
 package boot
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -47,16 +49,28 @@ func TestModulesWait(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "garbage.ko"), []byte("not a module"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	later := make(chan struct{})
 	m := StartModules(dir, []ModuleInfo{
+		{Name: "held", Path: "held.ko"},
 		{Name: "garbage", Path: "garbage.ko"},
 		{Name: "user", Path: "user.ko", Deps: []string{"garbage"}},
-	}, slog.New(slog.DiscardHandler))
+	}, ModuleOrder{First: []string{"user"}, Later: later}, slog.New(slog.DiscardHandler))
 	if err := m.Wait(t.Context(), "built_in"); err != nil {
 		t.Errorf("Wait(a module outside the set) = %v, want nil", err)
 	}
+	// user is first, and so is garbage, its dependency; held waits.
 	if err := m.Wait(t.Context(), "user"); err == nil || !strings.Contains(err.Error(), "dependency garbage failed") {
 		t.Errorf("Wait(user) = %v, want its dependency's failure", err)
 	}
+	if res := m.Result(); len(res.Failed) != 2 {
+		t.Errorf("Result before Later = %+v, want the 2 first modules' failures only", res)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if err := m.Wait(ctx, "held"); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait(held) before Later = %v, want it to wait until the context ends", err)
+	}
+	close(later)
 	if err := m.WaitAll(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -65,8 +79,8 @@ func TestModulesWait(t *testing.T) {
 	default:
 		t.Error("Done not closed after WaitAll")
 	}
-	if res := m.Result(); len(res.Failed) != 2 {
-		t.Errorf("Result = %+v, want 2 failures", res)
+	if res := m.Result(); len(res.Failed) != 3 {
+		t.Errorf("Result = %+v, want 3 failures", res)
 	}
 	var none *Modules
 	if err := none.Wait(t.Context(), "user"); err != nil {
