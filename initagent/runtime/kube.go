@@ -218,25 +218,19 @@ func (k *Kube) Run(ctx context.Context) error {
 	if err := k.prepareHost(); err != nil {
 		return k.fail("prepare host: %v", err)
 	}
-	if err := k.registerImages(ctx, p); err != nil {
-		return k.fail("register images: %v", err)
-	}
-	k.startOnce("containerd", (&Containerd{Paths: p, ConfigFile: k.path(containerdConfig), PauseImage: k.pauseImage(),
-		Output: k.output("containerd"), Reaper: k.Reaper}).Run)
-	k.update(func(s *KubeStatus) { s.Phase = "waiting for containerd" })
-	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	err := WaitSocket(wctx, p.Socket())
-	cancel()
-	if err != nil {
-		return k.fail("containerd: %v", err)
-	}
-	k.milestone("containerd ready", boottime.ContainerdReady, func(s *KubeStatus) { s.ContainerdReady = k.since() })
+	// containerd (and the images it serves) and the control plane's
+	// files (kubeadm's certificates, kubeconfigs and static pod
+	// manifests) do not need each other: they are made side by side, and
+	// kubelet starts once both are there.
+	containerd := make(chan error, 1)
+	go func() { containerd <- k.startContainerd(ctx, p) }()
 
 	controlPlane := k.Role == "control-plane"
 	kind, learner := bootstraps, uint64(0)
 	if controlPlane {
 		var err error
 		if kind, err = k.decide(ctx); err != nil {
+			<-containerd
 			return k.fail("control plane: %v", err)
 		}
 		if !k.exists("etc/kubernetes/manifests/kube-apiserver.yaml") || (kind == joins && !k.exists(etcdMemberDir)) {
@@ -247,6 +241,7 @@ func (k *Kube) Run(ctx context.Context) error {
 				err = k.createControlPlane(ctx)
 			}
 			if err != nil {
+				<-containerd
 				return k.fail("control plane: %v", err)
 			}
 		}
@@ -254,6 +249,9 @@ func (k *Kube) Run(ctx context.Context) error {
 			learner = k.unpromotedLearner(ctx)
 		}
 		k.noteEtcd(kind, learner)
+	}
+	if err := <-containerd; err != nil {
+		return k.fail("%v", err)
 	}
 	if err := k.writeKubeletFiles(p); err != nil {
 		return k.fail("kubelet files: %v", err)
@@ -268,6 +266,7 @@ func (k *Kube) Run(ctx context.Context) error {
 	}
 
 	var node *KubeClient
+	var err error
 	if controlPlane {
 		node, err = LoadKubeconfig(k.path(kubeletKubeconfig), "")
 	} else {
@@ -457,6 +456,25 @@ func (k *Kube) registerImages(ctx context.Context, p Paths) error {
 	k.Log.Info("images registered", "images", len(res.Images), "added", strings.Join(res.Added, ","),
 		"removed", strings.Join(res.Removed, ","), "new_layers", res.Layers, "took", time.Since(t).Round(time.Millisecond))
 	k.milestone("images ready", boottime.ImagesReady, func(s *KubeStatus) { s.ImagesReady = k.since() })
+	return nil
+}
+
+// startContainerd registers the system image's images, starts containerd
+// and waits for its socket.
+func (k *Kube) startContainerd(ctx context.Context, p Paths) error {
+	if err := k.registerImages(ctx, p); err != nil {
+		return fmt.Errorf("register images: %v", err)
+	}
+	k.startOnce("containerd", (&Containerd{Paths: p, ConfigFile: k.path(containerdConfig), PauseImage: k.pauseImage(),
+		Output: k.output("containerd"), Reaper: k.Reaper}).Run)
+	k.update(func(s *KubeStatus) { s.Phase = "waiting for containerd" })
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	err := WaitSocket(wctx, p.Socket())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("containerd: %v", err)
+	}
+	k.milestone("containerd ready", boottime.ContainerdReady, func(s *KubeStatus) { s.ContainerdReady = k.since() })
 	return nil
 }
 
