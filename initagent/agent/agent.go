@@ -123,39 +123,18 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	}
 
 	info, err := boot.ReadImageInfo(filepath.Join(a.Root, boot.ImageInfoPath))
-	switch {
-	case a.Container:
-		if info == nil {
-			info = &boot.ImageInfo{}
-		}
-		a.Log.Info("container node: no modules, the host's kernel provides them", "modules", len(info.Modules))
-	case err != nil:
+	if err != nil && !a.Container {
 		// Without it there is no module list, but the node can still come up on built-in drivers.
 		a.Log.Error("no image description, skipping module loading", "err", err)
-		info = &boot.ImageInfo{}
-	default:
-		// The drivers for the hardware present and the boot modules this
-		// boot mounts with load side by side: a driver's probe mostly waits
-		// for its device, and the kernel makes a module whose dependency is
-		// still loading wait for it (the two may also load the same module:
-		// one of them gets EEXIST). The other boot modules load once the
-		// drivers are in, while boot goes on: what needs one waits for it.
-		if len(info.Drivers) == 0 {
-			// No coldplug: the image's modules are its drivers too (a
-			// recipe with a fixed module list), all in before boot goes on.
-			a.startModules(ctx, info, boot.ModuleOrder{})
-			if err := a.needAllModules(ctx, "drivers"); err != nil {
-				return pid1.Request{}, err
-			}
-			break
-		}
-		coldplugged := a.startColdplug(ctx, info)
-		afterColdplug := make(chan struct{})
-		a.startModules(ctx, info, boot.ModuleOrder{First: a.mountsFirst(cmdline), Later: afterColdplug})
-		coldplugged()
-		close(afterColdplug)
 	}
-	a.readCPU()
+	if info == nil {
+		info = &boot.ImageInfo{}
+	}
+	driversIn := a.startDrivers(ctx, cmdline, info)
+	a.readCPU() // meanwhile
+	if err := driversIn(); err != nil {
+		return pid1.Request{}, err
+	}
 	// After coldplug: a console can be a driver module (virtio console).
 	if c, ok := a.Console.(multiConsole); ok && !a.Container {
 		a.Log.Info("consoles", "primary", "/dev/console", "others", c.Discover(a.Root))
@@ -280,6 +259,36 @@ func (a *Agent) bringUp(ctx context.Context, cmdline boot.Cmdline, info *boot.Im
 	a.timeline.Mark(boottime.NodeAPIServing)
 	a.Log.Info("ready", "hostname", hostname, "recipe", info.Recipe, "boot", time.Since(bootStart).Round(time.Millisecond))
 	a.afterReady(ctx, cmdline, bn)
+}
+
+// startDrivers starts loading the drivers for the hardware present and the
+// image's boot modules; the returned func waits until boot can go on.
+//
+// The drivers and the boot modules this boot mounts with load side by
+// side: a driver's probe mostly waits for its device, and the kernel makes
+// a module whose dependency is still loading wait for it (the two may also
+// load the same module: one of them gets EEXIST). The other boot modules
+// load once the drivers are in, while boot goes on: what needs one waits
+// for it.
+func (a *Agent) startDrivers(ctx context.Context, cmdline boot.Cmdline, info *boot.ImageInfo) (wait func() error) {
+	switch {
+	case a.Container:
+		a.Log.Info("container node: no modules, the host's kernel provides them", "modules", len(info.Modules))
+		return func() error { return nil }
+	case len(info.Drivers) == 0:
+		// No coldplug: the image's modules are its drivers too (a recipe
+		// with a fixed module list), all in before boot goes on.
+		a.startModules(ctx, info, boot.ModuleOrder{})
+		return func() error { return a.needAllModules(ctx, "drivers") }
+	}
+	coldplugged := a.startColdplug(ctx, info)
+	afterColdplug := make(chan struct{})
+	a.startModules(ctx, info, boot.ModuleOrder{First: a.mountsFirst(cmdline), Later: afterColdplug})
+	return func() error {
+		coldplugged()
+		close(afterColdplug)
+		return nil
+	}
 }
 
 // currentConfig is the config in the active slot, if any.

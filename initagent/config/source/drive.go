@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -49,11 +50,12 @@ func fetchConfigDrive(ctx context.Context, o Options) (*Result, error) {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		probeStart := time.Now()
 		fstype, label, err := probeDevice(dev)
 		if err != nil {
 			// Empty CD drives (ENOMEDIUM), vanished devices and short reads
 			// are normal during a scan; such a device has no config for us.
-			o.Log.Debug("skipping block device", "dev", dev, "err", err)
+			o.Log.Debug("skipping block device", "dev", dev, "err", err, "took", time.Since(probeStart).Round(time.Millisecond))
 			continue
 		}
 		if strings.EqualFold(label, LabelConfigDrive) || strings.EqualFold(label, LabelNoCloud) {
