@@ -119,7 +119,9 @@ func listenIn(ns, addr string) (net.Listener, error) {
 // apiservers answer /readyz on a third namespace. One backend of the master
 // dying moves nothing; the master's last backend dying moves the VIP to
 // the node whose proxy is healthy, and the master's log shows the proxy
-// dropped the backend before the speaker gave the VIP up.
+// dropped the backend before the speaker yielded the VIP. When the other
+// node's proxy loses its backends too, the VIP stays (never nobody holding
+// it); the first node's backend coming back moves it there.
 func TestAPIVIPFollowsProxyHealth(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root for network namespaces")
@@ -145,9 +147,8 @@ func TestAPIVIPFollowsProxyHealth(t *testing.T) {
 		sh(t, "ip", "-n", ns, "addr", "add", fmt.Sprintf("10.0.0.%d/24", 5+i), "dev", "eth0")
 		sh(t, "ip", "-n", ns, "link", "set", "eth0", "up")
 	}
-	backends := map[string]*httptest.Server{}
-	for _, a := range []string{"10.0.0.21:6443", "10.0.0.22:6443", "10.0.0.23:6443"} {
-		ln, err := listenIn(sw, a)
+	apiserver := func(addr string) *httptest.Server {
+		ln, err := listenIn(sw, addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +158,11 @@ func TestAPIVIPFollowsProxyHealth(t *testing.T) {
 		srv.TLS = &tls.Config{}
 		srv.StartTLS()
 		t.Cleanup(srv.Close)
-		backends[a] = srv
+		return srv
+	}
+	backends := map[string]*httptest.Server{}
+	for _, a := range []string{"10.0.0.21:6443", "10.0.0.22:6443", "10.0.0.23:6443"} {
+		backends[a] = apiserver(a)
 	}
 
 	dir := t.TempDir()
@@ -235,10 +240,27 @@ func TestAPIVIPFollowsProxyHealth(t *testing.T) {
 	text := string(b1)
 	down := strings.Index(text, `"msg":"backend down","part":"apiproxy","backend":"10.0.0.23:6443"`)
 	unhealthy := strings.Index(text, `"msg":"health changed","part":"apiproxy","healthy":false`)
-	confirmed := strings.Index(text, `"msg":"api proxy has no healthy apiserver: giving up the API VIP"`)
+	confirmed := strings.Index(text, `"msg":"api proxy has no healthy apiserver: the API VIP yields to a node whose proxy has one"`)
 	gaveUp := strings.LastIndex(text, `"msg":"vrrp state"`)
 	if down < 0 || unhealthy < down || confirmed < unhealthy || gaveUp < confirmed {
 		t.Errorf("order in node 1's log: backend down at %d, proxy unhealthy at %d, confirmed at %d, last VRRP state change at %d; want that order",
 			down, unhealthy, confirmed, gaveUp)
 	}
+
+	// Node 2's last backend dies too: no proxy reaches an apiserver, and
+	// the VIP stays on node 2 rather than on no node at all.
+	backends["10.0.0.22:6443"].CloseClientConnections()
+	backends["10.0.0.22:6443"].Close()
+	waitFor("node 2's proxy to have no healthy apiserver", func() bool {
+		return logHas(filepath.Join(dir, n2+".log"), `"msg":"api proxy has no healthy apiserver`)
+	})
+	for end := time.Now().Add(3 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if h1, h2 := holds(n1), holds(n2); h1 || !h2 {
+			t.Fatalf("with no apiserver reachable anywhere the VIP must stay on node 2 (node 1 holds: %v, node 2 holds: %v)", h1, h2)
+		}
+	}
+
+	// Node 1's backend comes back: node 1 takes the VIP from the yielding node 2.
+	apiserver("10.0.0.21:6443")
+	waitFor("node 1 holds the API VIP alone again", func() bool { return holds(n1) && !holds(n2) })
 }

@@ -143,14 +143,20 @@ func vipConfig(cfg *config.MachineConfig, role string, proxy bool, ifaceFor func
 	return vc, nil
 }
 
-// apiTrack makes a node whose proxy reaches no apiserver give the API VIP
-// up: clients would get nothing from it.
+// apiTrack makes a node whose proxy reaches no apiserver yield the API VIP
+// to one whose proxy does. It does not give the VIP up: when every node's
+// proxy sees no apiserver at once (all of them slow to answer /readyz on
+// an overloaded cluster) the VIP stays where it is, and clients still reach
+// a slow apiserver instead of no route to host.
 func apiTrack(proxy bool) *vip.TrackConfig {
 	if !proxy {
 		return nil
 	}
-	return &vip.TrackConfig{Name: apiProxyTrack, Fault: true}
+	return &vip.TrackConfig{Name: apiProxyTrack, Weight: apiTrackWeight}
 }
+
+// apiTrackWeight takes any priority (at most 254) down to vip.YieldPriority.
+const apiTrackWeight = 254 - vip.YieldPriority
 
 func ingressTrack(hc config.HealthCheck) *vip.TrackConfig {
 	if hc.HTTP == "" && hc.TCP == "" {
@@ -238,7 +244,7 @@ func (a *Agent) startServices(ctx context.Context, cfg *config.MachineConfig, ro
 }
 
 // healthConfirm is how long the proxy must stay without a healthy backend
-// before the API VIP is given up: one more health check interval, so a
+// before the API VIP yields: one more health check interval, so a
 // moment of CPU starvation that times out every check does not move the
 // VIP, while a real outage still moves it within seconds.
 const healthConfirm = time.Second
@@ -268,7 +274,7 @@ func linkHealth(p *apiproxy.Proxy, s *vip.Speaker, log *slog.Logger) {
 		}
 		pending = time.AfterFunc(healthConfirm, func() {
 			if !p.Healthy() {
-				log.Warn("api proxy has no healthy apiserver: giving up the API VIP")
+				log.Warn("api proxy has no healthy apiserver: the API VIP yields to a node whose proxy has one")
 				set(false)
 			}
 		})

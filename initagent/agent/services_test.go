@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ballast-os/ballast/initagent/config"
+	"github.com/ballast-os/ballast/initagent/vip"
 )
 
 func parse(t *testing.T, doc string) *config.MachineConfig {
@@ -67,8 +68,8 @@ func TestServicesFromConfig(t *testing.T) {
 	if len(api6.Peers) != 1 || api6.VIPs[0].String() != "2001:db8::100/128" {
 		t.Errorf("api-v6 router %+v", api6)
 	}
-	if len(api.Tracks) != 1 || api.Tracks[0].Name != apiProxyTrack || !api.Tracks[0].Fault {
-		t.Errorf("api router must give the VIP up when the proxy has no backend: %+v", api.Tracks)
+	if len(api.Tracks) != 1 || api.Tracks[0].Name != apiProxyTrack || api.Tracks[0].Fault || 254-int(api.Tracks[0].Weight) > vip.YieldPriority {
+		t.Errorf("api router must yield the VIP (priority %d from any) when the proxy has no backend, not give it up: %+v", vip.YieldPriority, api.Tracks)
 	}
 	if len(ing.Tracks) != 1 || ing.Tracks[0].TCP != "127.0.0.1:443" || ing.Tracks[0].Weight != 20 {
 		t.Errorf("ingress tracks %+v", ing.Tracks)

@@ -238,10 +238,13 @@ type VIP struct {
 	// Interface carries the adverts and the VIPs; empty: the interface
 	// whose subnet holds the VIP.
 	Interface string `yaml:"interface"`
-	// Priority of this node, 1–254; 0 means 100.
+	// Priority of this node, 1–254; 0 means 100. A master at priority 1
+	// yields to any node with a higher one (a node whose API proxy reaches
+	// no apiserver advertises 1), so 1 makes a node the last resort.
 	Priority int `yaml:"priority"`
 	// Preempt lets a higher-priority node take the VIPs from a healthy
-	// master; off by default, so the VIPs move only when a master fails.
+	// master; off by default, so the VIPs move only when a master fails
+	// or yields.
 	Preempt bool `yaml:"preempt"`
 	// PreemptDelaySeconds keeps a freshly booted node from preempting.
 	PreemptDelaySeconds int `yaml:"preemptDelaySeconds"`

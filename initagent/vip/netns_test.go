@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -262,6 +263,68 @@ func TestTracks(t *testing.T) {
 	if st := n1.router(t, "api"); st.State != StateFault || st.EffectivePriority != 0 {
 		t.Errorf("node1 is %s with priority %d, want fault with 0", st.State, st.EffectivePriority)
 	}
+}
+
+// TestYieldingMaster: without Preempt, a master whose track took it down
+// to YieldPriority is taken over by a node with a higher priority; when
+// every node's track has failed, the VIP stays where it is instead of
+// leaving the subnet with nobody answering for it.
+func TestYieldingMaster(t *testing.T) {
+	l := newLAN(t, 2)
+	start := func(nd *node, prio uint8) {
+		nd.start(t, speakerSpec{Routers: []RouterConfig{func() RouterConfig {
+			r := withVRID(api4(l, nd.i, 2, prio, 0), 11)
+			r.Preempt = false
+			r.Tracks = []TrackConfig{{Name: "apiproxy", Weight: 254 - YieldPriority}}
+			return r
+		}()}})
+	}
+	n0, n1 := l.nodes[0], l.nodes[1]
+	alone := func(nd *node) func() bool {
+		return func() bool {
+			h := l.holders(t, vip4)
+			return len(h) == 1 && h[0] == nd.i
+		}
+	}
+	stays := func(nd *node, why string) {
+		t.Helper()
+		for end := time.Now().Add(5 * testInterval); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+			if !alone(nd)() {
+				t.Fatalf("%s: the VIP must stay on node%d; held by %v", why, nd.i, l.holders(t, vip4))
+			}
+		}
+	}
+	// Tracks start failed: node0 (150) comes up alone and holds the VIP
+	// at priority 1; node1, yielding too, leaves it there.
+	start(n0, 150)
+	if st := n0.waitState(t, "api", StateMaster); st.EffectivePriority != YieldPriority {
+		t.Errorf("node0 holds the VIP at priority %d, want %d", st.EffectivePriority, YieldPriority)
+	}
+	start(n1, 100)
+	n1.waitState(t, "api", StateBackup)
+	stays(n0, "both nodes yield")
+
+	// node1's track recovers: it takes over from the yielding master
+	// although preempt is off and node0's configured priority is higher.
+	n1.setTrack(t, "apiproxy", true)
+	st := n1.waitState(t, "api", StateMaster)
+	if tr, _ := lastTransition(st, StateMaster); tr.Cause != CausePreempt || !strings.Contains(tr.Reason, "yields") {
+		t.Errorf("node1 became master because of %q (%s), want a takeover from a yielding master", tr.Cause, tr.Reason)
+	}
+	waitFor(t, "node1 alone to hold the VIP", alone(n1))
+
+	// Its track fails again: both yield, and the VIP stays with it.
+	n1.setTrack(t, "apiproxy", false)
+	waitFor(t, "node0 to see node1 yield", func() bool { return n0.router(t, "api").MasterPriority == YieldPriority })
+	stays(n1, "every track failed")
+
+	// Both recover: without preempt node0 (150) leaves the healthy
+	// master node1 (100) alone.
+	n1.setTrack(t, "apiproxy", true)
+	waitFor(t, "node0 to see node1 at priority 100", func() bool { return n0.router(t, "api").MasterPriority == 100 })
+	n0.setTrack(t, "apiproxy", true)
+	waitFor(t, "node0 at priority 150", func() bool { return n0.router(t, "api").EffectivePriority == 150 })
+	stays(n1, "a healthy master without preempt")
 }
 
 // TestIPv6UnicastPeers: IPv6 peers given by global address; adverts go

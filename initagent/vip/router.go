@@ -365,7 +365,8 @@ func (r *router) onAdvert(a rxAdvert) {
 			r.downCause, r.downReason = CausePriorityZero, fmt.Sprintf("master %s sent priority 0 (leaving)", a.src)
 			return
 		}
-		if !r.preemptNow() || a.Priority >= r.prio {
+		yielding := a.Priority == YieldPriority
+		if a.Priority >= r.prio || !(r.preemptNow() || yielding) {
 			r.masterAdverInt = interval
 			r.setMaster(a.src, a.Priority)
 			r.timer.Reset(r.downInterval())
@@ -375,6 +376,9 @@ func (r *router) onAdvert(a rxAdvert) {
 		// A lower-priority master: let the down timer run out to preempt it.
 		r.setMaster(a.src, a.Priority)
 		r.downCause, r.downReason = CausePreempt, fmt.Sprintf("preempting master %s (priority %d < %d)", a.src, a.Priority, r.prio)
+		if yielding && !r.preemptNow() {
+			r.downReason = fmt.Sprintf("taking over from master %s, which yields (priority %d: its tracks failed)", a.src, a.Priority)
+		}
 	case StateMaster:
 		switch {
 		case a.Priority == 0:
@@ -392,7 +396,7 @@ func (r *router) onAdvert(a rxAdvert) {
 }
 
 // preemptNow reports whether this node may take the VIPs from a master
-// with a lower priority.
+// with a lower priority (one at YieldPriority is taken over regardless).
 func (r *router) preemptNow() bool {
 	return r.cfg.Preempt && time.Since(r.started) >= r.cfg.PreemptDelay
 }

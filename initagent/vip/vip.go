@@ -39,6 +39,11 @@ import (
 	"time"
 )
 
+// YieldPriority is the lowest priority. A master advertising it yields:
+// backups with a higher priority take over even without Preempt. A
+// node configured with priority 1 is therefore the one of last resort.
+const YieldPriority = 1
+
 // Defaults.
 const (
 	// DefaultAdvertInterval is 10 centiseconds. A backup takes over when
@@ -131,6 +136,13 @@ type RouterConfig struct {
 // router in the fault state, where it gives up the VIPs (sending
 // priority 0 if it was master) and does not take part until the track
 // recovers.
+//
+// A Weight that takes the priority down to YieldPriority makes the router
+// yield instead: any node with a higher priority takes the VIPs from it,
+// preempt or not, but while none has, it keeps them. That suits a signal
+// every node can lose at once (the API proxy's health when all apiservers
+// are slow): with Fault every node would give the VIPs up and clients would
+// reach nothing, not even a slow apiserver.
 //
 // A track with neither HTTP nor TCP is set from inside the process with
 // Speaker.SetTrack (the API proxy's "I have a healthy backend"). Tracks

@@ -209,6 +209,11 @@ func run(ctx context.Context, artifacts, reportDir, focus string, keep bool) err
 		}
 		fmt.Printf("%-7s %8.1f  %s\n", status, r.Time, t)
 	}
+	for _, t := range tests {
+		if r, ok := results.find(t); ok && r.Failure != nil {
+			fmt.Printf("\nFAIL %s:\n%s\n", t, r.Failure.report(60))
+		}
+	}
 	fmt.Printf("\n%d of %d passed in %v (lab up %v); log and JUnit report in %s\n",
 		len(tests)-failed, len(tests), time.Since(e2eStart).Round(time.Second), e2eStart.Sub(start).Round(time.Second), reportDir)
 	if failed > 0 {
@@ -242,10 +247,29 @@ func (p *specProgress) Write(b []byte) (int, error) {
 }
 
 type junitCase struct {
-	Name    string    `xml:"name,attr"`
-	Time    float64   `xml:"time,attr"`
-	Failure *struct{} `xml:"failure"`
-	Skipped *struct{} `xml:"skipped"`
+	Name    string        `xml:"name,attr"`
+	Time    float64       `xml:"time,attr"`
+	Failure *junitFailure `xml:"failure"`
+	Skipped *struct{}     `xml:"skipped"`
+}
+
+type junitFailure struct {
+	Message string `xml:"message,attr"`
+	Text    string `xml:",chardata"`
+}
+
+// failureReport is what a failed case says, cut to its first lines: the
+// CI log must explain a failure without the report directory.
+func (f *junitFailure) report(maxLines int) string {
+	text := strings.TrimSpace(f.Text)
+	if text == "" {
+		text = strings.TrimSpace(f.Message)
+	}
+	lines := strings.Split(text, "\n")
+	if len(lines) > maxLines {
+		lines = append(lines[:maxLines], fmt.Sprintf("… %d more lines in the JUnit report", len(lines)-maxLines))
+	}
+	return "    " + strings.Join(lines, "\n    ")
 }
 
 type junitReport []junitCase
