@@ -158,6 +158,9 @@ func (a *Agent) Run(ctx context.Context) (pid1.Request, error) {
 	if err := a.prepareSystem(ctx, cmdline); err != nil {
 		a.Log.Error("system slots", "err", err)
 	}
+	if !a.Container && a.systemPayload() {
+		go a.prefetchPayload(ctx)
+	}
 	a.armBlessing(ctx, cmdline, requests)
 
 	hostname := info.Hostname
