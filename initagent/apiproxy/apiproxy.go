@@ -158,6 +158,8 @@ type Proxy struct {
 	fresh    []*proxyConn // registered in the last second, for lateSockopts
 	lateOpts bool         // KeepAlive or UserTimeout set
 
+	localPorts portRange // backends on these ports are checked for a self-connect
+
 	dialers sync.WaitGroup // net.Dialer for host name backends
 	connWG  sync.WaitGroup // accepted connections not closed yet
 
@@ -281,6 +283,8 @@ func New(cfg Config) (*Proxy, error) {
 		wake:      make(chan struct{}, 1),
 		pipes:     make(pipePool, 128),
 		lateOpts:  cfg.KeepAlive > 0 || cfg.UserTimeout > 0,
+
+		localPorts: readLocalPortRange(),
 	}
 	p.roots.Store(cfg.RootCAs)
 	for _, f := range cfg.Frontends {

@@ -7,7 +7,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -41,29 +40,28 @@ func (p *Proxy) dialName(ctx context.Context, b *backend) (int, error) {
 	return fd, nil
 }
 
-// mayConnectToItself reports whether port is in the kernel's range of
-// local ports: a connect to a local port that nothing listens on can then
-// pick that same port and connect the socket to itself (TCP simultaneous
-// open). The apiservers' 6443 is not, with the kernel's default range.
-func mayConnectToItself(port uint16) bool {
-	localPorts.once.Do(func() {
-		localPorts.lo, localPorts.hi = 1, 65535
-		if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-			if f := strings.Fields(string(b)); len(f) == 2 {
-				lo, err1 := strconv.ParseUint(f[0], 10, 16)
-				hi, err2 := strconv.ParseUint(f[1], 10, 16)
-				if err1 == nil && err2 == nil {
-					localPorts.lo, localPorts.hi = uint16(lo), uint16(hi)
-				}
+// portRange is the kernel's range of local ports (per network namespace).
+// A connect to a local port in it that nothing listens on can pick that
+// same port and connect the socket to itself (TCP simultaneous open). The
+// apiservers' 6443 is not in it, with the kernel's default range.
+type portRange struct{ lo, hi uint16 }
+
+func (r portRange) contains(port uint16) bool { return r.lo <= port && port <= r.hi }
+
+// readLocalPortRange reads this network namespace's range; every port
+// when it cannot tell.
+func readLocalPortRange() portRange {
+	r := portRange{1, 65535}
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			lo, err1 := strconv.ParseUint(f[0], 10, 16)
+			hi, err2 := strconv.ParseUint(f[1], 10, 16)
+			if err1 == nil && err2 == nil {
+				r = portRange{uint16(lo), uint16(hi)}
 			}
 		}
-	})
-	return localPorts.lo <= port && port <= localPorts.hi
-}
-
-var localPorts struct {
-	once   sync.Once
-	lo, hi uint16
+	}
+	return r
 }
 
 func dialErr(ap netip.AddrPort, err error) error {

@@ -359,7 +359,7 @@ func (l *loop) dial(pc *proxyConn) {
 			l.dialHost(pc, b)
 			return
 		}
-		fd, err := connectIP(b.ap)
+		fd, err := connectIP(b.ap, p.localPorts.contains(b.ap.Port()))
 		if err != nil {
 			p.unregister(pc)
 			p.markDown(b, dialErr(b.ap, err))
@@ -431,10 +431,11 @@ func (l *loop) hostDialed(pc *proxyConn, b *backend, fd int, err error) {
 // connectIP starts a non-blocking connect to ap. On loopback it is done
 // when connect(2) returns; elsewhere the first write or EPOLLOUT tells.
 // Like net.Dialer, it tries again when the kernel found no free local port
-// or connected the socket to itself.
-func connectIP(ap netip.AddrPort) (int, error) {
+// or connected the socket to itself (checked when mayHitItself: ap's port
+// is in the local port range).
+func connectIP(ap netip.AddrPort, mayHitItself bool) (int, error) {
 	for i := 0; ; i++ {
-		fd, err := connectOnce(ap)
+		fd, err := connectOnce(ap, mayHitItself)
 		if i < 2 && (err == errSelfConnect || err == unix.EADDRNOTAVAIL) {
 			continue
 		}
@@ -445,12 +446,14 @@ func connectIP(ap netip.AddrPort) (int, error) {
 	}
 }
 
-func connectOnce(ap netip.AddrPort) (int, error) {
+func connectOnce(ap netip.AddrPort, mayHitItself bool) (int, error) {
 	fd, err := startConnect(ap)
 	if err != nil {
 		return -1, err
 	}
-	if mayConnectToItself(ap.Port()) && connectedToItself(fd, ap) {
+	if mayHitItself && connectedToItself(fd, ap) {
+		// Reset, not FIN: a TIME_WAIT would keep the port from the retry.
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 		closeFD(fd)
 		return -1, errSelfConnect
 	}
