@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -389,6 +390,9 @@ func (b *Builder) heartbeat(ctx context.Context, p *progress, times map[string]f
 // (any version), for the estimates.
 const buildTimesFile = "build-times.json"
 
+// buildTimesLock serializes the updates of buildTimesFile.
+const buildTimesLock = "build-times.lock"
+
 func (b *Builder) lastBuildTimes() map[string]float64 {
 	times := map[string]float64{}
 	cache, err := b.cacheDir()
@@ -402,17 +406,24 @@ func (b *Builder) lastBuildTimes() map[string]float64 {
 	return times
 }
 
-var buildTimesMu sync.Mutex
-
 func (b *Builder) recordBuildTime(component string, d time.Duration) {
-	buildTimesMu.Lock()
-	defer buildTimesMu.Unlock()
-	times := b.lastBuildTimes()
-	times[component] = d.Round(100 * time.Millisecond).Seconds()
 	cache, err := b.cacheDir()
 	if err != nil {
 		return
 	}
+	// Builders here and in other processes (`make payload` runs two) share
+	// the file: one read-modify-write at a time. flock conflicts between
+	// open files, in one process too.
+	lock, err := os.OpenFile(filepath.Join(cache, buildTimesLock), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return
+	}
+	times := b.lastBuildTimes()
+	times[component] = d.Round(100 * time.Millisecond).Seconds()
 	data, _ := json.MarshalIndent(times, "", "  ")
 	tmp := filepath.Join(cache, "."+buildTimesFile+".tmp")
 	if os.WriteFile(tmp, append(data, '\n'), 0o644) == nil {
