@@ -21,24 +21,7 @@ import (
 // MAC without the client sending a single ARP request or neighbour
 // solicitation, and the client reaches the VIPs on the new master.
 func TestAnnounceUpdatesClient(t *testing.T) {
-	requireNetTest(t, "ping")
-	l := newLAN(t, 3)
-	client := l.nodes[2]
-	run(t, "ip", "-n", client.ns, "addr", "add", "2001:db8::3/64", "dev", "eth0", "nodad")
-	for i, prio := range []uint8{150, 100} {
-		l.nodes[i].start(t, speakerSpec{Cluster: "test", Routers: []RouterConfig{api4(l, i, 2, prio, 0), api6(prio, 0)}})
-	}
-	old, next := l.nodes[0], l.nodes[1]
-	for _, r := range []string{"api", "api6"} {
-		old.waitState(t, r, StateMaster)
-		next.waitState(t, r, StateBackup)
-	}
-	for _, v := range []netip.Prefix{vip4, vip6} {
-		run(t, "ip", "netns", "exec", client.ns, "ping", "-c", "2", "-i", "0.2", "-W", "5", v.Addr().String())
-		if n := clientNeigh(t, client, v.Addr()); !bytes.Equal(n.HardwareAddr, old.mac) {
-			t.Fatalf("client resolves %s to %s, want the master's %s", v.Addr(), n.HardwareAddr, old.mac)
-		}
-	}
+	l, old, next, client := clientOfTwoSpeakers(t)
 
 	// From here on the client sends nothing to the VIPs; count what it
 	// asks the network on its switch port.
@@ -69,6 +52,92 @@ func TestAnnounceUpdatesClient(t *testing.T) {
 			t.Errorf("new master %s counted no announcements: %+v", r, st.Counters)
 		}
 	}
+}
+
+// TestSplitBrainReannounce: the master's process stalls (SIGSTOP) for
+// longer than the master down interval, as on an overloaded node; the
+// backup takes over and announces the VIPs, so a client's entries move to
+// it. When the master runs again it asserts itself, the backup steps down,
+// and the master, which never removed the VIPs, must move the client back
+// by announcing again: the client sends nothing (no ARP request, no
+// solicitation) and still ends up on the master. Without that the client
+// keeps sending to a node that no longer holds the VIPs (connections
+// reset, then "no route to host" once its entry fails).
+func TestSplitBrainReannounce(t *testing.T) {
+	l, master, backup, client := clientOfTwoSpeakers(t)
+
+	// Past the takeover's repeated announcement: the master's next one is
+	// the periodic one a minute later.
+	for _, r := range []string{"api", "api6"} {
+		waitFor(t, "the master's second announcement of "+r, func() bool { return master.router(t, r).Counters.Announcements >= 2 })
+	}
+	w := watchResolution(t, l, client)
+	if err := master.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			master.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	for _, r := range []string{"api", "api6"} {
+		backup.waitState(t, r, StateMaster)
+	}
+	for _, v := range []netip.Prefix{vip4, vip6} {
+		waitFor(t, "the backup's takeover to move the client's entry for "+v.Addr().String(), func() bool {
+			return bytes.Equal(clientNeigh(t, client, v.Addr()).HardwareAddr, backup.mac)
+		})
+	}
+	if err := master.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	for _, r := range []string{"api", "api6"} {
+		backup.waitState(t, r, StateBackup)
+		if st := master.router(t, r); st.State != StateMaster || st.Counters.LowerPriorityMasters == 0 {
+			t.Errorf("master %s: state %s, %d lower-priority master adverts counted, want master and > 0", r, st.State, st.Counters.LowerPriorityMasters)
+		}
+	}
+	for _, v := range []netip.Prefix{vip4, vip6} {
+		waitFor(t, "the master's announcements to move the client's entry for "+v.Addr().String()+" back", func() bool {
+			return bytes.Equal(clientNeigh(t, client, v.Addr()).HardwareAddr, master.mac)
+		})
+	}
+	if q := w.stop(); q > 0 {
+		t.Errorf("the client sent %d ARP requests / neighbour solicitations: the entries were not moved back by announcements alone", q)
+	}
+	for _, v := range []netip.Prefix{vip4, vip6} {
+		run(t, "ip", "netns", "exec", client.ns, "ping", "-c", "1", "-W", "5", v.Addr().String())
+		if h := l.holders(t, v); len(h) != 1 || h[0] != 0 {
+			t.Errorf("%s is held by %v after the split brain, want [0]", v, h)
+		}
+	}
+}
+
+// clientOfTwoSpeakers starts speakers for vip4 and vip6 on node0 (master)
+// and node1 (backup) and has node2, the client, reach both VIPs, so its
+// neighbour table holds them with the master's MAC.
+func clientOfTwoSpeakers(t *testing.T) (l *lan, master, backup, client *node) {
+	t.Helper()
+	requireNetTest(t, "ping")
+	l = newLAN(t, 3)
+	master, backup, client = l.nodes[0], l.nodes[1], l.nodes[2]
+	run(t, "ip", "-n", client.ns, "addr", "add", "2001:db8::3/64", "dev", "eth0", "nodad")
+	for i, prio := range []uint8{150, 100} {
+		l.nodes[i].start(t, speakerSpec{Cluster: "test", Routers: []RouterConfig{api4(l, i, 2, prio, 0), api6(prio, 0)}})
+	}
+	for _, r := range []string{"api", "api6"} {
+		master.waitState(t, r, StateMaster)
+		backup.waitState(t, r, StateBackup)
+	}
+	for _, v := range []netip.Prefix{vip4, vip6} {
+		run(t, "ip", "netns", "exec", client.ns, "ping", "-c", "2", "-i", "0.2", "-W", "5", v.Addr().String())
+		if n := clientNeigh(t, client, v.Addr()); !bytes.Equal(n.HardwareAddr, master.mac) {
+			t.Fatalf("client resolves %s to %s, want the master's %s", v.Addr(), n.HardwareAddr, master.mac)
+		}
+	}
+	return l, master, backup, client
 }
 
 func clientNeigh(t *testing.T, client *node, ip netip.Addr) netlink.Neigh {

@@ -47,6 +47,8 @@ type router struct {
 	link       netlink.Link
 	timer      *time.Timer // advert timer (master) or master down timer (backup)
 	garp       *time.Timer // repeats the announcements while master
+	reasserted time.Time   // when a lower-priority master was last answered
+	holding    bool        // the VIPs are claimed (master, past a preemption's claim delay)
 	claim      *time.Timer // adds the VIPs after a preemption
 }
 
@@ -390,9 +392,39 @@ func (r *router) onAdvert(a rxAdvert) {
 			r.setMaster(a.src, a.Priority)
 			r.leaveMaster()
 			r.enterBackup(CauseHigherPrio, fmt.Sprintf("advert from %s with priority %d over ours %d", a.src, a.Priority, r.prio))
+		default:
+			r.reassert(a)
 		}
-		// A lower priority: ignore; our next advert makes it step down.
 	}
+}
+
+// reassert answers a master with a lower priority: a backup that missed
+// our adverts (a partition, or its process or ours stalled for a master
+// down interval) and took over. Its takeover announced the VIPs with its
+// MAC, so the hosts that heard it keep sending to that node after it steps
+// down on our advert, and their connections get reset or find no route.
+// So we advertise at once and announce the VIPs again, then once more
+// after garpRepeat, past the neighbour lock time (1 s on Linux) in which
+// a host ignores a second change of the same entry; keepalived does the
+// same (vrrp_garp_lower_prio_repeat). At most once per garpRepeat, however
+// long the other master keeps advertising.
+func (r *router) reassert(a rxAdvert) {
+	if !r.holding {
+		// A preemption in progress: the old master's last adverts, before
+		// it steps down and we claim the VIPs.
+		return
+	}
+	r.count(func(c *Counters) { c.LowerPriorityMasters++ })
+	if time.Since(r.reasserted) < garpRepeat {
+		return
+	}
+	r.reasserted = time.Now()
+	r.log.Warn("another master with a lower priority: asserting and announcing the VIPs again",
+		"master", a.src, "priority", a.Priority, "ours", r.prio)
+	r.sendAdvert(r.prio)
+	r.timer.Reset(r.cfg.AdvertInterval)
+	r.announce()
+	r.garp.Reset(garpRepeat)
 }
 
 // preemptNow reports whether this node may take the VIPs from a master
@@ -435,6 +467,7 @@ func (r *router) becomeMaster(cause Cause, reason string) {
 
 // claimVIPs adds the VIPs and announces them.
 func (r *router) claimVIPs() {
+	r.holding = true
 	r.addVIPs()
 	r.announce()
 	r.garp.Reset(garpRepeat)
@@ -442,6 +475,7 @@ func (r *router) claimVIPs() {
 
 // leaveMaster stops the master's timers and removes the VIPs.
 func (r *router) leaveMaster() {
+	r.holding = false
 	r.claim.Stop()
 	r.garp.Stop()
 	r.removeVIPs()

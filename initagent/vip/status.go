@@ -98,6 +98,9 @@ type Counters struct {
 	// IntervalMismatch: adverts whose interval differs from ours (a
 	// backup follows the master's interval, RFC 5798 §6.4.2).
 	IntervalMismatch uint64 `json:"intervalMismatch"`
+	// LowerPriorityMasters: adverts received as master from another master
+	// with a lower priority (a split brain this router ends).
+	LowerPriorityMasters uint64 `json:"lowerPriorityMasters"`
 	// Announcements: gratuitous ARPs / unsolicited NAs sent.
 	Announcements uint64 `json:"announcements"`
 	SendErrors    uint64 `json:"sendErrors"`
