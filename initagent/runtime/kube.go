@@ -638,16 +638,25 @@ func (k *Kube) waitAPIServer(ctx context.Context) error {
 	server := "https://" + net.JoinHostPort(k.NodeIPs[0].String(), "6443")
 	var c *KubeClient
 	var last error
+	var pending string
 	for {
 		if c == nil {
 			c, last = LoadKubeconfig(k.path("etc/kubernetes/admin.conf"), server)
 		}
 		if c != nil {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			_, last = c.Raw(rctx, "GET", "/readyz", nil)
+			_, last = c.Raw(rctx, "GET", "/readyz?verbose", nil)
 			cancel()
 			if last == nil {
 				return nil
+			}
+			// A slow start explains itself: which readiness checks still fail.
+			var apiErr *APIError
+			if errors.As(last, &apiErr) {
+				if failing := failingChecks(apiErr.Message); failing != pending {
+					pending = failing
+					k.Log.Info("kube-apiserver not ready yet", "failing", failing, "sinceBoot", k.since())
+				}
 			}
 		}
 		select {
@@ -656,6 +665,19 @@ func (k *Kube) waitAPIServer(ctx context.Context) error {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// failingChecks returns the names of the failed checks in a verbose
+// /readyz or /livez answer ("[-]etcd failed: reason withheld" lines).
+func failingChecks(verbose string) string {
+	var failed []string
+	for _, l := range strings.Split(verbose, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(l), "[-]"); ok {
+			name, _, _ := strings.Cut(rest, " ")
+			failed = append(failed, name)
+		}
+	}
+	return strings.Join(failed, ",")
 }
 
 // waitNode waits until kubelet has registered the node.

@@ -106,3 +106,17 @@ func TestCNIFollowsNodePodCIDRs(t *testing.T) {
 		t.Errorf("a CNI config before the node has podCIDRs:\n%s", data)
 	}
 }
+
+// TestFailingChecks reads the failed checks out of kube-apiserver's
+// verbose /readyz answer (the text it sends with status 500).
+func TestFailingChecks(t *testing.T) {
+	body := "[+]ping ok\n[+]log ok\n[-]etcd failed: reason withheld\n[+]etcd-readiness ok\n" +
+		"[+]poststarthook/start-apiserver-admission-initializer ok\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\n" +
+		"[-]poststarthook/apiservice-registration-controller failed: reason withheld\n[+]shutdown ok\nreadyz check failed"
+	if got, want := failingChecks(body), "etcd,poststarthook/rbac/bootstrap-roles,poststarthook/apiservice-registration-controller"; got != want {
+		t.Errorf("failingChecks = %q, want %q", got, want)
+	}
+	if got := failingChecks("Unauthorized"); got != "" {
+		t.Errorf("failingChecks of a non-verbose answer = %q, want empty", got)
+	}
+}
