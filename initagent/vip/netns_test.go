@@ -321,10 +321,102 @@ func TestYieldingMaster(t *testing.T) {
 	// Both recover: without preempt node0 (150) leaves the healthy
 	// master node1 (100) alone.
 	n1.setTrack(t, "apiproxy", true)
-	waitFor(t, "node0 to see node1 at priority 100", func() bool { return n0.router(t, "api").MasterPriority == 100 })
+	waitFor(t, "node0 to see node1 at priority 100 (101 once it has held the VIP for stickyAfter)", func() bool {
+		p := n0.router(t, "api").MasterPriority
+		return p == 100 || p == 101
+	})
 	n0.setTrack(t, "apiproxy", true)
 	waitFor(t, "node0 at priority 150", func() bool { return n0.router(t, "api").EffectivePriority == 150 })
 	stays(n1, "a healthy master without preempt")
+}
+
+// TestStickyMaster: with equal priorities, a backup with the higher
+// address that took over only because the master's process stalled
+// (SIGSTOP past the master down interval) gives the VIP back as soon as
+// the master advertises again, where RFC 5798's address tie-break alone
+// would move the VIP to it. After a real failover (the master killed) the
+// new master keeps the VIP when the old one comes back.
+func TestStickyMaster(t *testing.T) {
+	l := newLAN(t, 2)
+	n0, n1 := l.nodes[0], l.nodes[1]
+	spec := func(nd *node) speakerSpec {
+		return speakerSpec{Routers: []RouterConfig{withVRID(api4(l, nd.i, 2, 100, 0), 12)}}
+	}
+	alone := func(nd *node) func() bool {
+		return func() bool {
+			h := l.holders(t, vip4)
+			return len(h) == 1 && h[0] == nd.i
+		}
+	}
+	n0.start(t, spec(n0))
+	n0.waitState(t, "api", StateMaster)
+	n1.start(t, spec(n1))
+	n1.waitState(t, "api", StateBackup)
+	waitFor(t, "node0 to advertise 101 after holding the VIP for stickyAfter", func() bool { return n1.router(t, "api").MasterPriority == 101 })
+
+	if err := n0.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	n1.waitState(t, "api", StateMaster)
+	if err := n0.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	st := n1.waitState(t, "api", StateBackup)
+	if tr, _ := lastTransition(st, StateBackup); tr.Cause != CauseHigherPrio {
+		t.Errorf("node1 stepped down because of %q (%s), want node0's higher advertised priority", tr.Cause, tr.Reason)
+	}
+	waitFor(t, "node0 alone to hold the VIP after its stall", alone(n0))
+	if st := n0.router(t, "api"); st.State != StateMaster {
+		t.Errorf("node0 is %s after its stall, want master", st.State)
+	}
+
+	// A real failover: node1 takes over and, once settled, keeps the VIP
+	// when node0 comes back with the same priority.
+	n0.setLink(t, false)
+	n0.signal(t, syscall.SIGKILL)
+	n1.waitState(t, "api", StateMaster)
+	waitFor(t, "node1 alone to hold the VIP", alone(n1))
+	time.Sleep(stickyAfter)
+	n0.setLink(t, true)
+	n0.start(t, spec(n0))
+	n0.waitState(t, "api", StateBackup)
+	waitFor(t, "node0 to follow node1 at 101", func() bool { return n0.router(t, "api").MasterPriority == 101 })
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if !alone(n1)() {
+			t.Fatalf("the VIP must stay on node1 after node0 came back; held by %v", l.holders(t, vip4))
+		}
+	}
+}
+
+// TestStalledBackup: a backup whose own process stalls (SIGSTOP) past the
+// master down interval, while the master's adverts queue on its socket,
+// does not take over when it runs again: the adverts waiting to be read
+// prove the master alive. Repeated, since which of the expired timer and
+// the queued adverts the resumed process sees first is up to scheduling.
+func TestStalledBackup(t *testing.T) {
+	l := newLAN(t, 2)
+	n0, n1 := l.nodes[0], l.nodes[1]
+	n0.start(t, speakerSpec{Routers: []RouterConfig{withVRID(api4(l, n0.i, 2, 150, 0), 13)}})
+	n0.waitState(t, "api", StateMaster)
+	n1.start(t, speakerSpec{Routers: []RouterConfig{withVRID(api4(l, n1.i, 2, 100, 0), 13)}})
+	waitFor(t, "node1 to follow node0", func() bool { return n1.router(t, "api").Master == n0.addr.String() })
+	for range 5 {
+		if err := n1.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(5 * testInterval)
+		if err := n1.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(3 * testInterval)
+	}
+	st := n1.router(t, "api")
+	if tr, ok := lastTransition(st, StateMaster); ok {
+		t.Errorf("the stalled backup took over (%s: %s); transitions %+v", tr.Cause, tr.Reason, st.Transitions)
+	}
+	if c := st.Counters; c.TakeoversAvoided == 0 {
+		t.Errorf("no takeover avoided counted: %+v", c)
+	}
 }
 
 // TestIPv6UnicastPeers: IPv6 peers given by global address; adverts go

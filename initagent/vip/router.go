@@ -49,7 +49,12 @@ type router struct {
 	garp       *time.Timer // repeats the announcements while master
 	reasserted time.Time   // when a lower-priority master was last answered
 	holding    bool        // the VIPs are claimed (master, past a preemption's claim delay)
-	claim      *time.Timer // adds the VIPs after a preemption
+	heldSince  time.Time   // when holding began
+	// masterHeard counts the master's adverts a backup accepted; deferrals
+	// the quarter intervals its takeover waited for queued packets.
+	masterHeard uint64
+	deferrals   int
+	claim       *time.Timer // adds the VIPs after a preemption
 }
 
 // rxAdvert is a valid advert of this router's VRID.
@@ -186,10 +191,14 @@ func (r *router) run(ctx context.Context) error {
 		case <-r.timer.C:
 			switch r.state {
 			case StateMaster:
-				r.sendAdvert(r.prio)
+				prio := r.advertPriority()
+				r.sendAdvert(prio)
+				r.setMaster(r.src, prio)
 				r.timer.Reset(r.cfg.AdvertInterval)
 			case StateBackup:
-				r.becomeMaster(r.downCause, r.downReason)
+				if !r.stalled(rxc) {
+					r.becomeMaster(r.downCause, r.downReason)
+				}
 			}
 		case <-r.claim.C:
 			if r.state == StateMaster {
@@ -369,6 +378,8 @@ func (r *router) onAdvert(a rxAdvert) {
 		}
 		yielding := a.Priority == YieldPriority
 		if a.Priority >= r.prio || !(r.preemptNow() || yielding) {
+			r.masterHeard++
+			r.deferrals = 0
 			r.masterAdverInt = interval
 			r.setMaster(a.src, a.Priority)
 			r.timer.Reset(r.downInterval())
@@ -385,17 +396,49 @@ func (r *router) onAdvert(a rxAdvert) {
 		switch {
 		case a.Priority == 0:
 			// Another master left: assert ourselves at once (§6.4.3).
-			r.sendAdvert(r.prio)
+			r.sendAdvert(r.advertPriority())
 			r.timer.Reset(r.cfg.AdvertInterval)
-		case a.Priority > r.prio || (a.Priority == r.prio && a.src.Compare(r.src) > 0):
+		case a.Priority > r.advertPriority() || (a.Priority == r.advertPriority() && a.src.Compare(r.src) > 0):
 			r.masterAdverInt = interval
 			r.setMaster(a.src, a.Priority)
 			r.leaveMaster()
-			r.enterBackup(CauseHigherPrio, fmt.Sprintf("advert from %s with priority %d over ours %d", a.src, a.Priority, r.prio))
+			r.enterBackup(CauseHigherPrio, fmt.Sprintf("advert from %s with priority %d over ours %d", a.src, a.Priority, r.advertPriority()))
 		default:
 			r.reassert(a)
 		}
 	}
+}
+
+// stalled is asked when the master down timer expires on a backup. It
+// reads the adverts already handed over, and if one came from the master,
+// or a packet still waits on the socket, this process stalled, not the
+// master (an overloaded node): taking over would announce the VIPs from a
+// second master for nothing and reset the connections that reach it. So
+// the takeover waits, a quarter advert interval at a time, at most one
+// advert interval in all: packets that are not the master's cannot hold
+// it off for longer.
+func (r *router) stalled(rxc <-chan rxAdvert) bool {
+	if r.downCause != CauseMasterDown {
+		return false // a preemption or a master that left: meant to happen now
+	}
+	heard := r.masterHeard
+	for len(rxc) > 0 && r.state == StateBackup {
+		r.onAdvert(<-rxc)
+	}
+	if r.masterHeard != heard {
+		r.count(func(c *Counters) { c.TakeoversAvoided++ })
+		return true
+	}
+	if r.deferrals < maxDeferrals && r.conn.queued() {
+		if r.deferrals == 0 {
+			r.count(func(c *Counters) { c.TakeoversAvoided++ })
+		}
+		r.deferrals++
+		r.timer.Reset(r.cfg.AdvertInterval / maxDeferrals)
+		return true
+	}
+	r.deferrals = 0
+	return false
 }
 
 // reassert answers a master with a lower priority: a backup that missed
@@ -420,11 +463,29 @@ func (r *router) reassert(a rxAdvert) {
 	}
 	r.reasserted = time.Now()
 	r.log.Warn("another master with a lower priority: asserting and announcing the VIPs again",
-		"master", a.src, "priority", a.Priority, "ours", r.prio)
-	r.sendAdvert(r.prio)
+		"master", a.src, "priority", a.Priority, "ours", r.advertPriority())
+	r.sendAdvert(r.advertPriority())
 	r.timer.Reset(r.cfg.AdvertInterval)
 	r.announce()
 	r.garp.Reset(garpRepeat)
+}
+
+// advertPriority is the priority a master advertises: its effective
+// priority, plus one once it has held the VIPs for stickyAfter. A backup
+// that took over only because it missed a few adverts (its process or the
+// master's stalled on an overloaded node) has not held them that long, so
+// when the adverts flow again it loses to the master it displaced even with
+// the same configured priority and a higher address, where RFC 5798's
+// tie-break would move the VIP (and reset every connection through it) for
+// nothing. After a real failover the new master gets the same edge, so a
+// recovered node of equal priority does not take the VIP back either
+// (keepalived's nopreempt, for equal priorities only). A yielding master
+// gets no bonus, nor one at 254 (255 means the address owner).
+func (r *router) advertPriority() uint8 {
+	if r.holding && r.prio > YieldPriority && r.prio < 254 && time.Since(r.heldSince) >= stickyAfter {
+		return r.prio + 1
+	}
+	return r.prio
 }
 
 // preemptNow reports whether this node may take the VIPs from a master
@@ -467,7 +528,7 @@ func (r *router) becomeMaster(cause Cause, reason string) {
 
 // claimVIPs adds the VIPs and announces them.
 func (r *router) claimVIPs() {
-	r.holding = true
+	r.holding, r.heldSince = true, time.Now()
 	r.addVIPs()
 	r.announce()
 	r.garp.Reset(garpRepeat)
@@ -513,7 +574,7 @@ func (r *router) onTracks() {
 	if r.state == StateMaster {
 		// Tell the backups now, so that one with a higher priority and
 		// preempt takes over without waiting.
-		r.sendAdvert(r.prio)
+		r.sendAdvert(r.advertPriority())
 		r.setMaster(r.src, r.prio)
 		r.timer.Reset(r.cfg.AdvertInterval)
 	}

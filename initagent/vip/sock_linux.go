@@ -97,6 +97,24 @@ func bindToDevice(c syscall.Conn, ifname string) error {
 
 func (c *vrrpConn) Close() error { return c.c.Close() }
 
+// queued reports whether a packet waits on the socket to be read (SIOCINQ
+// gives the size of the first one).
+func (c *vrrpConn) queued() bool {
+	sc, ok := c.c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	n := 0
+	if rc.Control(func(fd uintptr) { n, _ = unix.IoctlGetInt(int(fd), unix.SIOCINQ) }) != nil {
+		return false
+	}
+	return n > 0
+}
+
 // send sends b from src to dst on the interface.
 func (c *vrrpConn) send(b []byte, src, dst netip.Addr) error {
 	to := &net.IPAddr{IP: dst.AsSlice()}

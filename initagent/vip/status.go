@@ -98,6 +98,10 @@ type Counters struct {
 	// IntervalMismatch: adverts whose interval differs from ours (a
 	// backup follows the master's interval, RFC 5798 §6.4.2).
 	IntervalMismatch uint64 `json:"intervalMismatch"`
+	// TakeoversAvoided: the master down timer expired while the master's
+	// adverts waited to be read (this process had stalled), so this backup
+	// did not take over.
+	TakeoversAvoided uint64 `json:"takeoversAvoided"`
 	// LowerPriorityMasters: adverts received as master from another master
 	// with a lower priority (a split brain this router ends).
 	LowerPriorityMasters uint64 `json:"lowerPriorityMasters"`

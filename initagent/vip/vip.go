@@ -10,6 +10,15 @@
 // not used, so a takeover needs the gratuitous ARP / unsolicited NA to move
 // the neighbours' caches.
 //
+// Three departures from RFC 5798 keep a VIP in place on an overloaded node,
+// where a process can miss a few 100 ms adverts: a backup whose down timer
+// expires while the master's adverts still wait on its socket does not
+// take over; a master that has held the VIPs for a few seconds advertises
+// one more than its priority, so a backup that took over anyway loses to
+// it even with an equal priority and a higher address; and a master that
+// hears a lower-priority master announces the VIPs again, so the hosts the
+// other's takeover redirected come back. On the wire they are plain VRRP.
+//
 // Usage:
 //
 //	s, err := vip.New(vip.Config{
@@ -63,6 +72,14 @@ const (
 	// DefaultGARPInterval repeats the gratuitous ARP / unsolicited NA
 	// while master: some switches and hosts miss the burst at takeover.
 	DefaultGARPInterval = 60 * time.Second
+	// stickyAfter is how long a master must have held the VIPs before it
+	// advertises one more than its priority (see router.advertPriority):
+	// far longer than a spurious takeover lasts (the displaced master's
+	// next advert ends it), short next to a real outage.
+	stickyAfter = 3 * time.Second
+	// maxDeferrals bounds how often a backup defers its takeover for
+	// packets waiting on its socket (see router.stalled).
+	maxDeferrals = 4
 	// garpRepeat is when the takeover burst is sent a second time.
 	garpRepeat = time.Second
 	// historyLen bounds RouterStatus.Transitions.
@@ -100,6 +117,8 @@ type RouterConfig struct {
 	Priority uint8
 	// Preempt lets this node take the VIPs from a master with a lower
 	// priority. False: a master keeps the VIPs until it fails or leaves.
+	// A settled master advertises its priority plus one, so a node whose
+	// priority is only one higher does not preempt it.
 	Preempt bool
 	// PreemptDelay is how long after Run starts this node does not preempt
 	// (keepalived's preempt_delay): a freshly booted node does not take the
