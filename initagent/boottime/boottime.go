@@ -27,6 +27,7 @@ const (
 	ContainerdReady  = "containerd ready"
 	KubeletStarted   = "kubelet started"
 	APIServerHealthy = "kube-apiserver healthy"
+	PodNetwork       = "pod network configured" // the node's pod CIDRs known, the CNI config written
 	NodeReady        = "node Ready"
 )
 

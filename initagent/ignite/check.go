@@ -54,6 +54,7 @@ var managed = []struct {
 	{kubernetesDir + "/manifests/kube-apiserver.yaml", false, "is the control plane's static pod, made by kubeadm"},
 	{kubernetesDir + "/manifests/kube-controller-manager.yaml", false, "is the control plane's static pod, made by kubeadm"},
 	{kubernetesDir + "/manifests/kube-scheduler.yaml", false, "is the control plane's static pod, made by kubeadm"},
+	{kubernetesDir + "/manifests-held", true, "holds the controller manager's and scheduler's static pods until the local apiserver is ready"},
 	{"/etc/resolv.conf", false, "is written by the agent: it points at the node's local DNS server; set upstream servers in network.dns"},
 	{"/etc/hosts", false, "is written by the runtime with localhost and the node's names; give other names through DNS"},
 	{"/etc/machine-id", false, "is kept by the runtime on STATE (/var/lib/ballast/machine-id)"},

@@ -88,6 +88,7 @@ func TestContainerLabHACluster(t *testing.T) {
 				}
 				for _, n := range s.Nodes {
 					t.Logf("%s console:\n%s", n.Name, tail(s.ConsoleLog(n), 40))
+					logRestartedContainers(t, n.Name, filepath.Join(filepath.Dir(s.ConsoleLog(n)), "state/log/pods"))
 				}
 			}
 			_ = Down(dir, false, log)
@@ -457,4 +458,25 @@ func lastLines(s string, n int) string {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// logRestartedContainers shows, for each container on the node that has
+// restarted, the end of the log of its last finished run (kubelet keeps
+// <restart>.log per run under /var/log/pods/<pod>/<container>/).
+func logRestartedContainers(t *testing.T, node, podLogs string) {
+	dirs, _ := filepath.Glob(filepath.Join(podLogs, "*", "*"))
+	for _, d := range dirs {
+		runs, _ := filepath.Glob(filepath.Join(d, "*.log"))
+		if len(runs) < 2 {
+			continue
+		}
+		slices.SortFunc(runs, func(a, b string) int { return runNumber(a) - runNumber(b) })
+		t.Logf("%s: %s restarted %d times; its run before the last:\n%s", node,
+			filepath.Base(filepath.Dir(d))+"/"+filepath.Base(d), len(runs)-1, tail(runs[len(runs)-2], 25))
+	}
+}
+
+func runNumber(path string) int {
+	n, _ := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".log"))
+	return n
 }

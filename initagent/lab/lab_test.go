@@ -91,7 +91,7 @@ func TestContainerLabReadyAndDown(t *testing.T) {
 		}
 	}
 	wantBoot := []string{boottime.NetworkCommitted, boottime.ServicesStarted, boottime.NodeAPIServing, boottime.ImagesReady,
-		boottime.ContainerdReady, boottime.KubeletStarted, boottime.APIServerHealthy, boottime.NodeReady}
+		boottime.ContainerdReady, boottime.KubeletStarted, boottime.APIServerHealthy, boottime.PodNetwork, boottime.NodeReady}
 	for _, w := range wantBoot {
 		if !slices.Contains(reached, w) {
 			t.Errorf("boot timeline %v lacks %q", boot, w)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -128,8 +129,10 @@ type Kube struct {
 	// EtcdClientPort is where the peers' etcd answers; 0 means 2379.
 	EtcdClientPort int
 
-	initOnce     sync.Once
-	bootstrapReq chan struct{}
+	initOnce sync.Once
+	// podNetworkMarked: the boot timeline has the pod network milestone.
+	podNetworkMarked bool
+	bootstrapReq     chan struct{}
 
 	mu               sync.Mutex
 	started          map[string]bool
@@ -253,6 +256,11 @@ func (k *Kube) Run(ctx context.Context) error {
 	if err := <-containerd; err != nil {
 		return k.fail("%v", err)
 	}
+	if controlPlane {
+		if err := k.holdManifests(); err != nil {
+			return k.fail("static pods: %v", err)
+		}
+	}
 	if err := k.writeKubeletFiles(p); err != nil {
 		return k.fail("kubelet files: %v", err)
 	}
@@ -282,6 +290,9 @@ func (k *Kube) Run(ctx context.Context) error {
 			return k.fail("kube-apiserver: %v", err)
 		}
 		k.milestone("kube-apiserver ready", boottime.APIServerHealthy, func(s *KubeStatus) { s.APIServerReady = k.since() })
+		if err := k.releaseManifests(); err != nil {
+			return k.fail("static pods: %v", err)
+		}
 	}
 	k.update(func(s *KubeStatus) { s.Phase = "waiting for the node object" })
 	n, err := k.waitNode(ctx, node)
@@ -521,6 +532,47 @@ func (k *Kube) kubeletNodeIP() string {
 	return strings.Join(s, ",")
 }
 
+// afterAPIServer are the static pods that start only once this node's
+// kube-apiserver is ready. kube-controller-manager exits when the API is
+// not healthy within 10 s of winning its lease, and on a slow machine the
+// apiserver takes far longer (its RBAC bootstrap alone ≈ 45 s under TCG):
+// started together with it, the controller manager crashed, backed off and
+// started over, and the node got its pod CIDR (and so Ready) only after
+// that second start, while both start-ups took CPU from the apiserver's.
+var afterAPIServer = []string{"kube-controller-manager.yaml", "kube-scheduler.yaml"}
+
+// heldManifestDir keeps them out of kubelet's static pod directory until then.
+const heldManifestDir = "etc/kubernetes/manifests-held"
+
+// holdManifests moves the afterAPIServer manifests out of kubelet's sight.
+// A node that stops before releaseManifests finds them held at the next
+// boot, which holds and releases them the same way.
+func (k *Kube) holdManifests() error {
+	if err := os.MkdirAll(k.path(heldManifestDir), 0o700); err != nil {
+		return err
+	}
+	return k.moveManifests("etc/kubernetes/manifests", heldManifestDir)
+}
+
+// releaseManifests gives the held manifests back to kubelet.
+func (k *Kube) releaseManifests() error {
+	if err := k.moveManifests(heldManifestDir, "etc/kubernetes/manifests"); err != nil {
+		return err
+	}
+	k.Log.Info("kube-controller-manager and kube-scheduler released: the local apiserver is ready")
+	return nil
+}
+
+func (k *Kube) moveManifests(from, to string) error {
+	for _, m := range afterAPIServer {
+		err := os.Rename(k.path(filepath.Join(from, m)), k.path(filepath.Join(to, m)))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
+}
+
 // createControlPlane runs kubeadm's phases that make the certificates,
 // kubeconfigs and static pod manifests (first boot of a control-plane node).
 func (k *Kube) createControlPlane(ctx context.Context) error {
@@ -719,20 +771,28 @@ func (k *Kube) writeCNI(p Paths, n *Node) error {
 		return err
 	}
 	path := filepath.Join(p.CNIConfDir, cniConfFile)
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, conf) {
-		return nil
+	if old, err := os.ReadFile(path); err != nil || !bytes.Equal(old, conf) {
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, conf, 0o644); err != nil {
+			return err
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			return err
+		}
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, conf, 0o644); err != nil {
-		return err
-	}
-	k.update(func(s *KubeStatus) {
+	setCIDRs := func(s *KubeStatus) {
 		s.PodCIDRs = nil
 		for _, c := range cidrs {
 			s.PodCIDRs = append(s.PodCIDRs, c.String())
 		}
-	})
-	return os.Rename(tmp, path)
+	}
+	if k.podNetworkMarked {
+		k.update(setCIDRs)
+		return nil
+	}
+	k.podNetworkMarked = true
+	k.milestone("pod network configured", boottime.PodNetwork, setCIDRs)
+	return nil
 }
 
 // follow logs the node's Ready transitions until ctx ends. The first Ready
@@ -790,10 +850,16 @@ func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 			}
 			wasReady = ready
 		}
+		// Until the first Ready, each second: the pod CIDR the controller
+		// manager allocates is what the node waits for (the CNI config).
+		poll := 3 * time.Second
+		if first {
+			poll = time.Second
+		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(3 * time.Second):
+		case <-time.After(poll):
 		}
 	}
 }

@@ -120,3 +120,54 @@ func TestFailingChecks(t *testing.T) {
 		t.Errorf("failingChecks of a non-verbose answer = %q, want empty", got)
 	}
 }
+
+// TestHoldManifests: the controller manager's and scheduler's manifests
+// leave kubelet's static pod directory until the apiserver is ready and
+// come back unchanged; the apiserver's and etcd's stay. A boot that stopped
+// while they were held holds and releases them again.
+func TestHoldManifests(t *testing.T) {
+	k := testKube(t)
+	dir := k.path("etc/kubernetes/manifests")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	all := []string{"etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"}
+	for _, m := range all {
+		if err := os.WriteFile(filepath.Join(dir, m), []byte("# "+m+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	present := func() []string {
+		var names []string
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		return names
+	}
+	for round := range 2 {
+		if err := k.holdManifests(); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Join(present(), ","); got != "etcd.yaml,kube-apiserver.yaml" {
+			t.Fatalf("round %d: kubelet sees %s while the apiserver starts, want only etcd and kube-apiserver", round, got)
+		}
+		if round == 0 {
+			continue // the node stopped here: the next boot holds again
+		}
+		if err := k.releaseManifests(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := strings.Join(present(), ","); got != strings.Join(all, ",") {
+		t.Fatalf("after the release kubelet sees %s, want %s", got, strings.Join(all, ","))
+	}
+	for _, m := range all {
+		if data, err := os.ReadFile(filepath.Join(dir, m)); err != nil || string(data) != "# "+m+"\n" {
+			t.Errorf("%s: %q %v", m, data, err)
+		}
+	}
+}
