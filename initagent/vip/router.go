@@ -425,6 +425,11 @@ func (r *router) stalled(rxc <-chan rxAdvert) bool {
 	for len(rxc) > 0 && r.state == StateBackup {
 		r.onAdvert(<-rxc)
 	}
+	if r.downCause != CauseMasterDown {
+		// A drained advert changed why the timer runs: a master leaving
+		// (priority 0) set it to the skew time; a preemption is due now.
+		return r.downCause == CausePriorityZero
+	}
 	if r.masterHeard != heard {
 		r.count(func(c *Counters) { c.TakeoversAvoided++ })
 		return true
@@ -574,8 +579,9 @@ func (r *router) onTracks() {
 	if r.state == StateMaster {
 		// Tell the backups now, so that one with a higher priority and
 		// preempt takes over without waiting.
-		r.sendAdvert(r.advertPriority())
-		r.setMaster(r.src, r.prio)
+		prio := r.advertPriority()
+		r.sendAdvert(prio)
+		r.setMaster(r.src, prio)
 		r.timer.Reset(r.cfg.AdvertInterval)
 	}
 }
