@@ -130,9 +130,15 @@ func TestContainerLabHACluster(t *testing.T) {
 	}
 
 	// Pod routes and a pod on a control plane reaching a pod on the worker.
-	cidrs := map[string]string{}
+	// Every node its own pod subnet: the bootstrapping node's claim and the
+	// controller manager's allocations for the others do not collide.
+	cidrs, cidrOwner := map[string]string{}, map[string]string{}
 	for name, n := range nodes {
 		cidrs[name] = n.podCIDR
+		if other, dup := cidrOwner[n.podCIDR]; dup || n.podCIDR == "" {
+			t.Errorf("node %s has pod CIDR %q, as %s has", name, n.podCIDR, other)
+		}
+		cidrOwner[n.podCIDR] = name
 	}
 	h.waitPodRoutes(cidrs, "")
 	h.podToPod(pauseTag)

@@ -1,8 +1,10 @@
 package lab
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -112,6 +114,14 @@ func TestContainerLabReadyAndDown(t *testing.T) {
 	}
 	if ips := n.InternalIPs(); len(ips) != 1 || ips[0] != s.Nodes[0].Address {
 		t.Errorf("node InternalIPs %v, want [%s]", ips, s.Nodes[0].Address)
+	}
+	// The bootstrapping node claims its pod subnet itself (the lowest of
+	// the pod CIDR) instead of waiting for the controller manager.
+	if want := netip.MustParsePrefix(podCIDR).Masked().Addr().String() + "/24"; !slices.Equal(n.Spec.PodCIDRs, []string{want}) {
+		t.Errorf("node podCIDRs %v, want [%s]", n.Spec.PodCIDRs, want)
+	}
+	if console, _ := os.ReadFile(s.ConsoleLog(s.Nodes[0])); !bytes.Contains(console, []byte("pod CIDRs claimed for the bootstrapping node")) {
+		t.Errorf("cp-1's log does not show its pod CIDR claim:\n%s", tail(s.ConsoleLog(s.Nodes[0]), 40))
 	}
 	// Pods land in the node's own cgroup subtree, not the host's root.
 	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/memory", s.CgroupParent, "cp-1/kubepods")); err != nil {

@@ -290,6 +290,10 @@ func (k *Kube) Run(ctx context.Context) error {
 			return k.fail("kube-apiserver: %v", err)
 		}
 		k.milestone("kube-apiserver ready", boottime.APIServerHealthy, func(s *KubeStatus) { s.APIServerReady = k.since() })
+		if kind == bootstraps {
+			k.update(func(s *KubeStatus) { s.Phase = "waiting for the node object" })
+			k.claimPodCIDRs(ctx, node)
+		}
 		if err := k.releaseManifests(); err != nil {
 			return k.fail("static pods: %v", err)
 		}
@@ -299,19 +303,34 @@ func (k *Kube) Run(ctx context.Context) error {
 	if err != nil {
 		return k.fail("node %s: %v", k.NodeName, err)
 	}
-	if controlPlane {
-		if err := k.finishControlPlane(ctx); err != nil {
-			return k.fail("control plane: %v", err)
-		}
-		if err := k.grantNodeAgents(ctx); err != nil {
-			return k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err)
-		}
-	}
 	if err := k.writeCNI(p, n); err != nil {
 		return k.fail("CNI config: %v", err)
 	}
 	k.update(func(s *KubeStatus) { s.Phase = "waiting for node Ready" })
-	return k.follow(ctx, p, node)
+	if !controlPlane {
+		return k.follow(ctx, p, node)
+	}
+	// kubeadm's remaining phases take a while on a slow machine; the node
+	// may be Ready before they are done, and follow sees it when it is.
+	fctx, cancel := context.WithCancelCause(ctx)
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		if err := k.finishControlPlane(fctx); err != nil {
+			cancel(k.fail("control plane: %v", err))
+			return
+		}
+		if err := k.grantNodeAgents(fctx); err != nil {
+			cancel(k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err))
+		}
+	}()
+	err = k.follow(fctx, p, node)
+	cancel(nil)
+	<-finished
+	if cause := context.Cause(fctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
 }
 
 func (k *Kube) init() {
@@ -751,8 +770,9 @@ func (k *Kube) waitNode(ctx context.Context, c *KubeClient) (*Node, error) {
 	}
 }
 
-// writeCNI writes the bridge network for the pod CIDRs the controller
-// manager gave the node. Until it gives some there is no CNI config, so
+// writeCNI writes the bridge network for the node's pod CIDRs (the
+// controller manager's allocation, or on the bootstrapping node its own
+// claim). Until the node has some there is no CNI config, so
 // kubelet reports the network not ready and no pod lands on a bridge whose
 // subnet would change under it (the bridge plugin then refuses every pod).
 func (k *Kube) writeCNI(p Paths, n *Node) error {

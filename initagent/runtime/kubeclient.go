@@ -183,7 +183,11 @@ func (c *KubeClient) Raw(ctx context.Context, method, path string, body io.Reade
 		return nil, err
 	}
 	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+		ct := "application/json"
+		if method == http.MethodPatch {
+			ct = "application/merge-patch+json"
+		}
+		req.Header.Set("Content-Type", ct)
 	}
 	req.Header.Set("Accept", "application/json")
 	resp, err := c.HTTP.Do(req)
@@ -209,8 +213,9 @@ func (c *KubeClient) Raw(ctx context.Context, method, path string, body io.Reade
 // Node is the part of a Node object the node follows.
 type Node struct {
 	Metadata struct {
-		Name   string            `json:"name"`
-		Labels map[string]string `json:"labels"`
+		Name            string            `json:"name"`
+		Labels          map[string]string `json:"labels"`
+		ResourceVersion string            `json:"resourceVersion"`
 	} `json:"metadata"`
 	Spec struct {
 		PodCIDRs []string `json:"podCIDRs"`
