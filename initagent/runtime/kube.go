@@ -284,53 +284,70 @@ func (k *Kube) Run(ctx context.Context) error {
 	if err != nil {
 		return k.fail("kubelet kubeconfig: %v", err)
 	}
+	// follow watches the node from now on: it writes the CNI config once
+	// the node has pod CIDRs and marks Ready, whatever the control plane's
+	// remaining steps are doing.
+	phase := "waiting for node Ready"
 	if controlPlane {
-		k.update(func(s *KubeStatus) { s.Phase = "waiting for kube-apiserver" })
-		if err := k.waitAPIServer(ctx); err != nil {
-			return k.fail("kube-apiserver: %v", err)
-		}
-		k.milestone("kube-apiserver ready", boottime.APIServerHealthy, func(s *KubeStatus) { s.APIServerReady = k.since() })
-		if kind == bootstraps {
-			k.update(func(s *KubeStatus) { s.Phase = "waiting for the node object" })
-			k.claimPodCIDRs(ctx, node)
-		}
-		if err := k.releaseManifests(); err != nil {
-			return k.fail("static pods: %v", err)
-		}
+		phase = "waiting for kube-apiserver"
 	}
-	k.update(func(s *KubeStatus) { s.Phase = "waiting for the node object" })
-	n, err := k.waitNode(ctx, node)
-	if err != nil {
-		return k.fail("node %s: %v", k.NodeName, err)
-	}
-	if err := k.writeCNI(p, n); err != nil {
-		return k.fail("CNI config: %v", err)
-	}
-	k.update(func(s *KubeStatus) { s.Phase = "waiting for node Ready" })
-	if !controlPlane {
-		return k.follow(ctx, p, node)
-	}
-	// kubeadm's remaining phases take a while on a slow machine; the node
-	// may be Ready before they are done, and follow sees it when it is.
+	k.update(func(s *KubeStatus) { s.Phase = phase })
 	fctx, cancel := context.WithCancelCause(ctx)
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		if err := k.finishControlPlane(fctx); err != nil {
-			cancel(k.fail("control plane: %v", err))
-			return
+	defer cancel(nil)
+	followed := make(chan error, 1)
+	go func() { followed <- k.follow(fctx, p, node) }()
+	if controlPlane {
+		if err := k.runControlPlane(fctx, kind, node); err != nil {
+			cancel(err)
+			<-followed
+			return err
 		}
-		if err := k.grantNodeAgents(fctx); err != nil {
-			cancel(k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err))
-		}
-	}()
-	err = k.follow(fctx, p, node)
-	cancel(nil)
-	<-finished
-	if cause := context.Cause(fctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
-		return cause
 	}
-	return err
+	return <-followed
+}
+
+// runControlPlane takes a control-plane node from kubelet's start to a
+// finished control plane: the bootstrapping node's pod CIDR claim, the held
+// manifests released once the local apiserver is ready, and kubeadm's
+// phases that need the API.
+func (k *Kube) runControlPlane(ctx context.Context, kind controlPlaneKind, node *KubeClient) error {
+	claimed := make(chan struct{})
+	claimCtx, stopClaim := context.WithCancel(ctx)
+	defer stopClaim()
+	if kind == bootstraps {
+		// The apiserver serves its own node's kubelet (Node authorizer) and
+		// system:masters well before /readyz passes (RBAC's bootstrap roles
+		// take ≈ 45 s under TCG): the claim need not wait for it.
+		go func() { defer close(claimed); k.claimPodCIDRs(claimCtx, node) }()
+	} else {
+		close(claimed)
+	}
+	if err := k.waitAPIServer(ctx); err != nil {
+		return k.fail("kube-apiserver: %v", err)
+	}
+	k.milestone("kube-apiserver ready", boottime.APIServerHealthy, func(s *KubeStatus) { s.APIServerReady = k.since() })
+	k.update(func(s *KubeStatus) {
+		if s.Phase == "waiting for kube-apiserver" {
+			s.Phase = "waiting for node Ready"
+		}
+	})
+	// The controller manager's allocator must not run beside the claim.
+	select {
+	case <-claimed:
+	case <-time.After(claimWait):
+		stopClaim()
+		<-claimed
+	}
+	if err := k.releaseManifests(); err != nil {
+		return k.fail("static pods: %v", err)
+	}
+	if err := k.finishControlPlane(ctx); err != nil {
+		return k.fail("control plane: %v", err)
+	}
+	if err := k.grantNodeAgents(ctx); err != nil {
+		return k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err)
+	}
+	return nil
 }
 
 func (k *Kube) init() {
@@ -758,14 +775,12 @@ func (k *Kube) waitNode(ctx context.Context, c *KubeClient) (*Node, error) {
 		n, err := c.GetNode(rctx, k.NodeName)
 		cancel()
 		if err == nil {
-			k.Log.Info("node registered", "node", k.NodeName, "internalIPs", strings.Join(n.InternalIPs(), ","),
-				"podCIDRs", strings.Join(n.Spec.PodCIDRs, ","))
 			return n, nil
 		}
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w (last: %v)", ctx.Err(), err)
-		case <-time.After(2 * time.Second):
+		case <-time.After(time.Second):
 		}
 	}
 }
@@ -819,7 +834,7 @@ func (k *Kube) writeCNI(p Paths, n *Node) error {
 // is logged with what it took and the memory in use, and the node's
 // addresses are checked against the nodeIP decision.
 func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
-	wasReady, first := false, true
+	wasReady, first, seen := false, true, false
 	var apiservers []string
 	var admin *KubeClient
 	defer func() {
@@ -835,9 +850,13 @@ func (k *Kube) follow(ctx context.Context, p Paths, c *KubeClient) error {
 		n, err := c.GetNode(rctx, k.NodeName)
 		cancel()
 		if err == nil {
+			if !seen {
+				seen = true
+				k.Log.Info("node registered", "node", k.NodeName, "internalIPs", strings.Join(n.InternalIPs(), ","),
+					"podCIDRs", strings.Join(n.Spec.PodCIDRs, ","), "sinceBoot", k.since())
+			}
 			if len(n.Spec.PodCIDRs) > 0 {
-				// The controller manager may allocate the node's range after
-				// the node registered.
+				// The pod CIDRs may come after the node registered.
 				if err := k.writeCNI(p, n); err != nil {
 					k.Log.Error("CNI config", "err", err)
 				}

@@ -213,9 +213,8 @@ func (c *KubeClient) Raw(ctx context.Context, method, path string, body io.Reade
 // Node is the part of a Node object the node follows.
 type Node struct {
 	Metadata struct {
-		Name            string            `json:"name"`
-		Labels          map[string]string `json:"labels"`
-		ResourceVersion string            `json:"resourceVersion"`
+		Name   string            `json:"name"`
+		Labels map[string]string `json:"labels"`
 	} `json:"metadata"`
 	Spec struct {
 		PodCIDRs []string `json:"podCIDRs"`

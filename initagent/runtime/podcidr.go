@@ -20,21 +20,23 @@ const (
 	nodeMaskIPv6 = 64
 )
 
-// claimWait bounds how long the bootstrapping node waits for kubelet to
-// register it before it lets the controller manager allocate instead.
+// claimWait bounds how long the controller manager's manifest stays held,
+// once the local apiserver is ready, for a claim still waiting for kubelet
+// to register the node; then the controller manager allocates instead.
 const claimWait = 30 * time.Second
 
 // claimPodCIDRs gives the node that bootstraps the cluster its pod subnets
 // itself, the ones kube-controller-manager's range allocator would give it
 // (the lowest free subnet of each cluster pod CIDR, node masks /24 and
-// /64). It runs while the controller manager's manifest is still held, so
-// no allocator runs beside it: when the controller manager starts, it
-// reads every node's podCIDRs and marks them taken. Without it, the node's
-// CNI config (and so node Ready) waits for the controller manager to start,
-// win its lease and run its node IPAM controller: about a minute on a slow
-// machine. A cluster whose controller manager has ever held its lease
-// allocates alone; so does a node whose registration takes longer than
-// claimWait.
+// /64), as soon as kubelet has registered the node. It runs while the
+// controller manager's manifest is still held, so no allocator runs beside
+// it: when the controller manager starts, it reads every node's podCIDRs
+// and marks them taken. Without it, the node's CNI config (and so node
+// Ready) waits for the apiserver's /readyz and then for the controller
+// manager to start, win its lease and run its node IPAM controller: well
+// over a minute on a slow machine. A cluster whose controller manager has
+// ever held its lease allocates alone; so does a node whose registration
+// comes later than claimWait after the apiserver is ready (ctx ends).
 func (k *Kube) claimPodCIDRs(ctx context.Context, node *KubeClient) {
 	admin, err := LoadKubeconfig(k.path("etc/kubernetes/super-admin.conf"), "https://"+net.JoinHostPort(k.NodeIPs[0].String(), strconv.Itoa(apiServerPort)))
 	if err != nil {
@@ -44,9 +46,7 @@ func (k *Kube) claimPodCIDRs(ctx context.Context, node *KubeClient) {
 		return
 	}
 	defer admin.HTTP.CloseIdleConnections()
-	wctx, cancel := context.WithTimeout(ctx, claimWait)
-	defer cancel()
-	cidrs, err := k.claim(wctx, admin, node)
+	cidrs, err := k.claim(ctx, admin, node)
 	if err != nil {
 		k.Log.Info("pod CIDRs left to the controller manager", "reason", err)
 		return
@@ -90,12 +90,11 @@ func (k *Kube) claim(ctx context.Context, admin, node *KubeClient) ([]netip.Pref
 	for _, c := range cidrs {
 		strs = append(strs, c.String())
 	}
-	// The resourceVersion makes the patch fail if anything else changed the
-	// node since it was read (a podCIDR once set cannot change).
-	patch := map[string]any{
-		"metadata": map[string]any{"resourceVersion": n.Metadata.ResourceVersion},
-		"spec":     map[string]any{"podCIDR": strs[0], "podCIDRs": strs},
-	}
+	// No resourceVersion precondition: kubelet patches its node's status
+	// several times a second while it starts, and the apiserver refuses to
+	// change a podCIDR once set, so a node the controller manager got to
+	// first keeps its allocation (the patch fails).
+	patch := map[string]any{"spec": map[string]any{"podCIDR": strs[0], "podCIDRs": strs}}
 	if err := admin.Do(ctx, http.MethodPatch, "/api/v1/nodes/"+k.NodeName, patch, nil); err != nil {
 		return nil, fmt.Errorf("patch node %s podCIDRs %s: %w", k.NodeName, strings.Join(strs, ","), err)
 	}
