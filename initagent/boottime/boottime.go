@@ -29,6 +29,10 @@ const (
 	APIServerHealthy = "kube-apiserver healthy"
 	PodNetwork       = "pod network configured" // the node's pod CIDRs known, the CNI config written
 	NodeReady        = "node Ready"
+	// A control plane's kube-controller-manager and kube-scheduler both
+	// answer /healthz: from here pods get scheduled. On the bootstrapping
+	// node of a slow machine it comes after node Ready.
+	ControlPlaneRunning = "controller manager and scheduler running"
 )
 
 // Mark is one milestone reached.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,9 +12,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -144,16 +147,18 @@ type Kube struct {
 type KubeStatus struct {
 	Phase string `json:"phase"`
 	// Seconds from boot to each milestone; 0 until reached.
-	ContainerdReady float64  `json:"containerdReadySeconds,omitempty"`
-	ImagesReady     float64  `json:"imagesReadySeconds,omitempty"`
-	KubeletStarted  float64  `json:"kubeletStartedSeconds,omitempty"`
-	APIServerReady  float64  `json:"apiServerReadySeconds,omitempty"`
-	NodeReady       float64  `json:"nodeReadySeconds,omitempty"`
-	Ready           bool     `json:"ready"`
-	ReadyMessage    string   `json:"readyMessage,omitempty"`
-	NodeAddresses   []string `json:"nodeAddresses,omitempty"`
-	PodCIDRs        []string `json:"podCIDRs,omitempty"`
-	LastError       string   `json:"lastError,omitempty"`
+	ContainerdReady float64 `json:"containerdReadySeconds,omitempty"`
+	ImagesReady     float64 `json:"imagesReadySeconds,omitempty"`
+	KubeletStarted  float64 `json:"kubeletStartedSeconds,omitempty"`
+	APIServerReady  float64 `json:"apiServerReadySeconds,omitempty"`
+	NodeReady       float64 `json:"nodeReadySeconds,omitempty"`
+	// ControllersRunning: kube-controller-manager and kube-scheduler healthy.
+	ControllersRunning float64  `json:"controllersRunningSeconds,omitempty"`
+	Ready              bool     `json:"ready"`
+	ReadyMessage       string   `json:"readyMessage,omitempty"`
+	NodeAddresses      []string `json:"nodeAddresses,omitempty"`
+	PodCIDRs           []string `json:"podCIDRs,omitempty"`
+	LastError          string   `json:"lastError,omitempty"`
 	// Etcd is this control plane's part in etcd: bootstrapped, learner or member.
 	Etcd         string `json:"etcd,omitempty"`
 	EtcdMemberID string `json:"etcdMemberID,omitempty"`
@@ -313,7 +318,7 @@ func (k *Kube) Run(ctx context.Context) error {
 func (k *Kube) runControlPlane(ctx context.Context, kind controlPlaneKind, node *KubeClient) error {
 	claimed := make(chan struct{})
 	claimCtx, stopClaim := context.WithCancel(ctx)
-	defer stopClaim()
+	defer func() { stopClaim(); <-claimed }()
 	if kind == bootstraps {
 		// The apiserver serves its own node's kubelet (Node authorizer) and
 		// system:masters well before /readyz passes (RBAC's bootstrap roles
@@ -341,13 +346,63 @@ func (k *Kube) runControlPlane(ctx context.Context, kind controlPlaneKind, node 
 	if err := k.releaseManifests(); err != nil {
 		return k.fail("static pods: %v", err)
 	}
-	if err := k.finishControlPlane(ctx); err != nil {
-		return k.fail("control plane: %v", err)
+	wctx, stopWaiting := context.WithCancel(ctx)
+	controllers := make(chan struct{})
+	go func() { defer close(controllers); k.waitControllers(wctx, controllerHealthz) }()
+	err := k.finishControlPlane(ctx)
+	if err != nil {
+		err = k.fail("control plane: %v", err)
+	} else if err = k.grantNodeAgents(ctx); err != nil {
+		err = k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err)
 	}
-	if err := k.grantNodeAgents(ctx); err != nil {
-		return k.fail("RBAC for the node agents (%s): %v", NodeAgentRole, err)
+	if err != nil {
+		stopWaiting()
 	}
-	return nil
+	<-controllers
+	stopWaiting()
+	return err
+}
+
+// controllerHealthz are kubeadm's kube-controller-manager and
+// kube-scheduler health endpoints (127.0.0.1, self-signed serving certs,
+// /healthz open to anonymous requests).
+var controllerHealthz = []string{"https://127.0.0.1:10257/healthz", "https://127.0.0.1:10259/healthz"}
+
+// waitControllers marks ControlPlaneRunning once every URL answers 200:
+// on the bootstrapping node of a slow machine the node is Ready well before
+// pods can be scheduled, and the timeline says when that became possible.
+func (k *Kube) waitControllers(ctx context.Context, urls []string) {
+	// Loopback health checks of processes on this node: their certificates
+	// are made in memory and cannot be verified.
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	c := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	healthy := func(u string) bool {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return false
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	pending := slices.Clone(urls)
+	for {
+		pending = slices.DeleteFunc(pending, healthy)
+		if len(pending) == 0 {
+			k.milestone("kube-controller-manager and kube-scheduler running", boottime.ControlPlaneRunning,
+				func(s *KubeStatus) { s.ControllersRunning = k.since() })
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 func (k *Kube) init() {

@@ -1,12 +1,20 @@
 package runtime
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/ballast-os/ballast/initagent/boottime"
 )
 
 func testKube(t *testing.T) *Kube {
@@ -169,5 +177,47 @@ func TestHoldManifests(t *testing.T) {
 		if data, err := os.ReadFile(filepath.Join(dir, m)); err != nil || string(data) != "# "+m+"\n" {
 			t.Errorf("%s: %q %v", m, data, err)
 		}
+	}
+}
+
+// TestWaitControllers: the control-plane-running milestone comes once every
+// health endpoint answers 200 (TLS with certificates nobody can verify, as
+// the controller manager's and scheduler's own), not before; a boot that
+// ends first leaves it unmarked.
+func TestWaitControllers(t *testing.T) {
+	var asked atomic.Int32
+	slow := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if asked.Add(1) < 3 {
+			http.Error(w, "[-]informer-sync failed", http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	defer slow.Close()
+	up := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	defer up.Close()
+	down := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "not yet", http.StatusServiceUnavailable)
+	}))
+	defer down.Close()
+
+	k := testKube(t)
+	k.Since, k.Timeline = time.Now(), boottime.New(false)
+	k.waitControllers(context.Background(), []string{up.URL + "/healthz", slow.URL + "/healthz"})
+	if n := asked.Load(); n != 3 {
+		t.Errorf("the slow endpoint was asked %d times, want 3 (healthy at the third)", n)
+	}
+	marks := k.Timeline.Marks()
+	if len(marks) != 1 || marks[0].Name != boottime.ControlPlaneRunning || k.Status().ControllersRunning <= 0 {
+		t.Errorf("timeline %v, status %+v: want %q marked", marks, k.Status(), boottime.ControlPlaneRunning)
+	}
+
+	k = testKube(t)
+	k.Since, k.Timeline = time.Now(), boottime.New(false)
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	k.waitControllers(ctx, []string{up.URL + "/healthz", down.URL + "/healthz"})
+	if marks := k.Timeline.Marks(); len(marks) != 0 || k.Status().ControllersRunning != 0 {
+		t.Errorf("with one endpoint never healthy: timeline %v, status %+v; want nothing marked", marks, k.Status())
 	}
 }

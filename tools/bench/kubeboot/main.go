@@ -1,5 +1,6 @@
 // Command kubeboot measures a single control plane's boot under QEMU: QEMU
-// start → containerd ready, → kubelet started, → node Ready, and the boot
+// start → containerd ready, → kubelet started, → node Ready, → the test's
+// first pod running (so the scheduler is up), and the boot
 // timeline the node records, medians over n boots. Each boot is one run of
 // qemu-tests' TestKubernetesControlPlane (the control-plane disk image,
 // direct kernel + slot A, 2 vCPUs, 4 GiB, first boot of a fresh disk), so the
@@ -25,7 +26,7 @@ import (
 )
 
 var (
-	figuresLine  = regexp.MustCompile(`figures: QEMU start → containerd ready (\S+), → kubelet started (\S+), → node Ready (\S+); images registered in (\S+);`)
+	figuresLine  = regexp.MustCompile(`figures: QEMU start → containerd ready (\S+), → kubelet started (\S+), → node Ready (\S+), → first pod running (\S+); images registered in (\S+);`)
 	timelineLine = regexp.MustCompile(`figures: boot timeline \(seconds since the kernel started\) \[(.*)\]`)
 	markPattern  = regexp.MustCompile(`\{([^{}]+?) ([0-9.]+)\}`)
 )
@@ -44,7 +45,7 @@ func run(n int) error {
 	if err != nil {
 		return err
 	}
-	var containerd, kubelet, ready, register []time.Duration
+	var containerd, kubelet, ready, pod, register []time.Duration
 	marks := map[string][]float64{}
 	var order []string
 	for i := 0; i < n; i++ {
@@ -60,7 +61,7 @@ func run(n int) error {
 		for sc.Scan() {
 			if m := figuresLine.FindStringSubmatch(sc.Text()); m != nil {
 				found = true
-				for j, d := range []*[]time.Duration{&containerd, &kubelet, &ready, &register} {
+				for j, d := range []*[]time.Duration{&containerd, &kubelet, &ready, &pod, &register} {
 					v, err := time.ParseDuration(m[j+1])
 					if err != nil {
 						return fmt.Errorf("boot %d: %q: %v", i+1, m[j+1], err)
@@ -81,8 +82,8 @@ func run(n int) error {
 		if !found {
 			return fmt.Errorf("boot %d: no figures line in the test output\n%s", i+1, tail(out, 40))
 		}
-		fmt.Printf("boot %d: containerd ready %v, kubelet started %v, node Ready %v (images registered in %v)\n",
-			i+1, containerd[i], kubelet[i], ready[i], register[i])
+		fmt.Printf("boot %d: containerd ready %v, kubelet started %v, node Ready %v, first pod running %v (images registered in %v)\n",
+			i+1, containerd[i], kubelet[i], ready[i], pod[i], register[i])
 	}
 	fmt.Printf("single control plane under TCG, %d boots (QEMU start →):\n", n)
 	for _, row := range []struct {
@@ -93,6 +94,7 @@ func run(n int) error {
 		{"containerd ready", containerd, ""},
 		{"kubelet started", kubelet, "target ≤ 20 s"},
 		{"node Ready", ready, "target ≤ 2 min, moonshot ≤ 60 s"},
+		{"first pod running", pod, ""},
 		{"images registered (took)", register, ""},
 	} {
 		fmt.Printf("  %-26s median %8v  min %8v  max %8v  %s\n", row.name, stats.Median(row.ds).Round(100*time.Millisecond),
